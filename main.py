@@ -1,0 +1,374 @@
+"""FCN-8s road segmentation on KITTI Road, TensorFlow 1.x style (graph, placeholders, Session).
+
+`python main.py` trains on KITTI Road with Udacity's pretrained VGG16 and writes road overlays of the test
+images to runs/<timestamp>/. Without KITTI or the weights (offline), it says so, trains on generated road scenes
+with a randomly initialised VGG16 instead, and records that in the run's config.json.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+from tqdm import tqdm
+
+import helper
+import metrics
+import synthetic
+import vgg
+
+tf.disable_eager_execution()
+
+NUM_CLASSES = 2
+VGG_TENSOR_NAMES = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
+# FCN-8s "at once" (Long, Shelhamer, Darrell): the skips are scaled so that pool3/pool4 activations, much larger
+# than fc7's, do not swamp the fused scores at the start of training.
+POOL4_SCALE = 0.01
+POOL3_SCALE = 0.0001
+# (kernel, stride) of the three transposed convolutions; kernel = 2 x stride makes bilinear upsampling exact.
+UPSCORE2 = (4, 2)
+UPSCORE_POOL4 = (4, 2)
+UPSCORE8 = (16, 8)
+SCORE_INIT_STDDEV = 0.01
+# Weight decay on the new layers, as the classic tf.contrib l2_regularizer(scale): scale * sum(w^2) / 2.
+L2_SCALE = 1e-3
+
+# The recommended settings per data source; a flag the user sets wins. The README explains the choices.
+RECIPES = {
+    'kitti': dict(image_shape=(160, 576), epochs=40, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
+    'synthetic': dict(image_shape=(64, 224), epochs=20, batch_size=8, learning_rate=1e-4, keep_prob=0.5,
+                      num_train=240, num_test=30),
+}
+SYNTHETIC_DIR = 'synthetic_road'
+
+
+# ------------------------------------------------------------------------------------------------- network
+
+def load_vgg(sess, vgg_path):
+    """Load the `vgg16`-tagged SavedModel at vgg_path into sess's graph.
+
+    Returns (image_input [N, H, W, 3], keep_prob [], layer3_out [N, H/8, W/8, 256],
+    layer4_out [N, H/16, W/16, 512], layer7_out [N, H/32, W/32, 4096]).
+    """
+    tf.saved_model.loader.load(sess, [vgg.TAG], vgg_path)
+    return vgg_tensors(sess.graph)
+
+
+def vgg_tensors(graph):
+    """The five Udacity VGG tensors of graph, by name."""
+    return tuple(graph.get_tensor_by_name(name) for name in VGG_TENSOR_NAMES)
+
+
+def bilinear_kernel(kernel, channels):
+    """Transposed-convolution weights [kernel, kernel, channels, channels] that upsample each channel
+    bilinearly (FCN's `upsample_filt`), channel i feeding only channel i."""
+    factor = (kernel + 1) // 2
+    center = factor - 1 if kernel % 2 == 1 else factor - 0.5
+    og = np.ogrid[:kernel, :kernel]
+    filt = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+    weights = np.zeros((kernel, kernel, channels, channels), np.float32)
+    for c in range(channels):
+        weights[:, :, c, c] = filt
+    return weights
+
+
+def _regularized_variable(name, shape, initializer):
+    """A new layer's variable whose L2 penalty goes to the REGULARIZATION_LOSSES collection."""
+    var = tf.get_variable(name, shape, initializer=initializer)
+    tf.add_to_collection(tf.GraphKeys.REGULARIZATION_LOSSES, L2_SCALE * tf.nn.l2_loss(var))
+    return var
+
+
+def score(x, num_classes, name):
+    """1x1 convolution to class scores: [N, h, w, C] -> [N, h, w, num_classes]."""
+    with tf.variable_scope(name):
+        weights = _regularized_variable('weights', [1, 1, x.shape[-1], num_classes],
+                                        tf.truncated_normal_initializer(stddev=SCORE_INIT_STDDEV))
+        biases = tf.get_variable('biases', [num_classes], initializer=tf.zeros_initializer())
+        return tf.nn.bias_add(tf.nn.conv2d(x, weights, 1, 'SAME'), biases)
+
+
+def upscore(x, output_hw, kernel, stride, name):
+    """Transposed convolution, initialised as bilinear upsampling: [N, h, w, K] -> [N, output_hw, K]."""
+    num_classes = int(x.shape[-1])
+    with tf.variable_scope(name):
+        weights = _regularized_variable('weights', [kernel, kernel, num_classes, num_classes],
+                                        tf.constant_initializer(bilinear_kernel(kernel, num_classes)))
+        output_shape = tf.stack([tf.shape(x)[0], output_hw[0], output_hw[1], num_classes])
+        y = tf.nn.conv2d_transpose(x, weights, output_shape, stride, 'SAME')
+        y.set_shape([None, None, None, num_classes])
+        return y
+
+
+def _spatial_shape(x):
+    """(H, W) of [N, H, W, C], as Python ints where static so that static shapes propagate."""
+    static, dynamic = x.shape.as_list(), tf.shape(x)
+    return [static[i] if static[i] is not None else dynamic[i] for i in (1, 2)]
+
+
+def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes):
+    """FCN-8s decoder on the VGG16 encoder.
+
+    pool3 [N, H/8, W/8, 256], pool4 [N, H/16, W/16, 512], fc7 [N, H/32, W/32, 4096] -> [N, H, W, num_classes].
+    H and W must be multiples of 32.
+    """
+    score_fr = score(vgg_layer7_out, num_classes, 'score_fr')                      # [N, H/32, W/32, K]
+    scale_pool4 = tf.multiply(vgg_layer4_out, POOL4_SCALE, name='scale_pool4')
+    score_pool4 = score(scale_pool4, num_classes, 'score_pool4')                   # [N, H/16, W/16, K]
+    upscore2 = upscore(score_fr, _spatial_shape(score_pool4), *UPSCORE2, 'upscore2')
+    fuse_pool4 = tf.add(upscore2, score_pool4, name='fuse_pool4')                  # [N, H/16, W/16, K]
+    scale_pool3 = tf.multiply(vgg_layer3_out, POOL3_SCALE, name='scale_pool3')
+    score_pool3 = score(scale_pool3, num_classes, 'score_pool3')                   # [N, H/8, W/8, K]
+    upscore_pool4 = upscore(fuse_pool4, _spatial_shape(score_pool3), *UPSCORE_POOL4, 'upscore_pool4')
+    fuse_pool3 = tf.add(upscore_pool4, score_pool3, name='fuse_pool3')             # [N, H/8, W/8, K]
+    h, w = _spatial_shape(fuse_pool3)
+    output_hw = [h * UPSCORE8[1], w * UPSCORE8[1]]
+    return tf.identity(upscore(fuse_pool3, output_hw, *UPSCORE8, 'upscore8'), name='upscore8_out')
+
+
+def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
+    """Loss and Adam training op.
+
+    nn_last_layer [N, H, W, K], correct_label [N, H, W, K] one-hot (all zeros = invalid pixel) ->
+    (logits [N*H*W, K], train_op, cross_entropy_loss): the loss is the mean cross-entropy over valid pixels
+    only; the train op minimises it plus the L2 weight decay of the new layers.
+    """
+    logits = tf.reshape(nn_last_layer, [-1, num_classes], name='logits')
+    labels = tf.reshape(correct_label, [-1, num_classes])
+    valid = tf.reduce_sum(labels, axis=1)  # 1 for a labelled pixel, 0 for KITTI's black invalid area
+    pixel_loss = tf.nn.softmax_cross_entropy_with_logits(labels=tf.stop_gradient(labels), logits=logits)
+    cross_entropy_loss = tf.divide(tf.reduce_sum(pixel_loss * valid), tf.maximum(tf.reduce_sum(valid), 1.0),
+                                   name='cross_entropy_loss')
+    regularization = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)
+    total_loss = cross_entropy_loss + tf.add_n(regularization) if regularization else cross_entropy_loss
+    train_op = tf.train.AdamOptimizer(learning_rate).minimize(total_loss, name='train_op')
+    return logits, train_op, cross_entropy_loss
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
+             correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
+             validate_fn=None, on_epoch_end=None):
+    """Train for `epochs` passes over get_batches_fn(batch_size); return one dict per epoch.
+
+    validate_fn() -> dict of validation figures (e.g. road_iou), printed and recorded after each epoch;
+    on_epoch_end(history) is called after each epoch (to save metrics as training goes).
+    """
+    history = []
+    num_images = getattr(get_batches_fn, 'num_images', None)
+    num_batches = -(-num_images // batch_size) if num_images else None
+    for epoch in range(1, epochs + 1):
+        start, losses = time.time(), []
+        bar = tqdm(get_batches_fn(batch_size), total=num_batches, desc=f'epoch {epoch}/{epochs}', leave=False)
+        for images, labels in bar:
+            feed = {input_image: images, correct_label: labels, keep_prob: keep_prob_value}
+            if learning_rate is not None:
+                feed[learning_rate] = learning_rate_value
+            _, loss = sess.run([train_op, cross_entropy_loss], feed)
+            losses.append(float(loss))
+            bar.set_postfix(loss=f'{np.mean(losses):.4f}')
+        record = {'epoch': epoch, 'loss': float(np.mean(losses)) if losses else float('nan')}
+        if validate_fn is not None:
+            record.update(validate_fn())
+        record['seconds'] = round(time.time() - start, 1)
+        history.append(record)
+        print(' '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in record.items()),
+              flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(history)
+    return history
+
+
+def make_validate_fn(sess, logits, keep_prob, input_image, val_pairs, image_shape):
+    """validate_fn for train_nn: road IoU on the validation images at their original resolution."""
+    road_prob = helper.road_probability(logits)
+    examples = [helper.load_pair(image, label) for image, label in val_pairs]
+
+    def validate_fn():
+        hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+        for image, classes in examples:
+            prob = helper.predict_road(sess, road_prob, keep_prob, input_image, image, image_shape)
+            hist += metrics.fast_hist(classes, prob > 0.5)
+        recall, fpr = metrics.road_recall_and_false_positive_rate(hist)
+        return {'val_road_iou': metrics.road_iou(hist), 'val_road_recall': recall, 'val_non_road_as_road': fpr}
+
+    return validate_fn
+
+
+# ---------------------------------------------------------------------------------------- command line
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train FCN-8s (VGG16) road segmentation on KITTI Road and write road overlays of the test '
+                    'images. Offline, without KITTI or the VGG16 weights, it trains on generated road scenes '
+                    'with a randomly initialised VGG16 instead (and says so).',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    k, s = RECIPES['kitti'], RECIPES['synthetic']
+    parser.add_argument('--data-dir', default='data',
+                        help='folder holding vgg/ (pretrained VGG16) and data_road/ (KITTI Road)')
+    parser.add_argument('--dataset', help='a KITTI-layout folder (training/image_2, training/gt_image_2, '
+                                          'testing/image_2) [default: DATA_DIR/data_road]')
+    parser.add_argument('--vgg-dir', help='folder of the VGG16 SavedModel [default: DATA_DIR/vgg]')
+    parser.add_argument('--runs-dir', default='runs', help='each run writes a new RUNS_DIR/<timestamp>/ folder')
+    parser.add_argument('--epochs', type=int,
+                        help=f'passes over the training split [default: {k["epochs"]} on KITTI, '
+                             f'{s["epochs"]} on the synthetic fallback]')
+    parser.add_argument('--batch-size', type=int,
+                        help=f'images per step [default: {k["batch_size"]}; {s["batch_size"]} synthetic]')
+    parser.add_argument('--learning-rate', type=float,
+                        help=f'Adam learning rate [default: {k["learning_rate"]:g}; '
+                             f'{s["learning_rate"]:g} synthetic]')
+    parser.add_argument('--keep-prob', type=float,
+                        help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}]')
+    parser.add_argument('--image-shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='network input size, multiples of 32; images are resized to it and predictions '
+                             'back to each image\'s own size [default: 160 576; 64 224 synthetic]')
+    parser.add_argument('--val-fraction', type=float, default=0.1,
+                        help='fraction of each category (um/umm/uu) held out for validation, never trained on')
+    parser.add_argument('--seed', type=int, default=0, help='seeds the split, shuffling and initialisation')
+    parser.add_argument('--no-download', action='store_true',
+                        help='never use the network: a missing default VGG16 or KITTI falls back at once')
+    args = parser.parse_args(argv)
+    if args.image_shape and any(d <= 0 or d % 32 for d in args.image_shape):
+        parser.error(f'--image-shape {args.image_shape[0]} {args.image_shape[1]}: both must be positive '
+                     'multiples of 32 (the encoder halves the size five times)')
+    for name in ('epochs', 'batch_size'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be at least 1')
+    if args.keep_prob is not None and not 0 < args.keep_prob <= 1:
+        parser.error('--keep-prob must be in (0, 1]')
+    if not 0 < args.val_fraction < 1:
+        parser.error('--val-fraction must be in (0, 1)')
+    return args
+
+
+def warn(message):
+    bar = '=' * 78
+    print(f'\n{bar}\n{message}\n{bar}\n', file=sys.stderr, flush=True)
+
+
+def resolve_dataset(args):
+    """(dataset folder, source) where source is 'kitti', 'user' or 'synthetic'."""
+    if args.dataset:
+        if not os.path.isdir(args.dataset):
+            raise helper.UserError(f'--dataset {args.dataset}: no such folder')
+        return args.dataset, 'user'
+    try:
+        if args.no_download and not os.path.isdir(os.path.join(args.data_dir, 'data_road', 'training')):
+            raise helper.UserError('KITTI Road is not in ' + os.path.join(args.data_dir, 'data_road'))
+        return helper.maybe_download_kitti(args.data_dir), 'kitti'
+    except helper.UserError as e:
+        recipe = RECIPES['synthetic']
+        folder = os.path.join(args.data_dir, SYNTHETIC_DIR)
+        warn(f'KITTI Road is not available: {e}\nTraining on generated road scenes instead: {folder} '
+             f'({recipe["num_train"]} training, {recipe["num_test"]} test images). See README.md, "Data".')
+        if not os.path.isdir(folder):
+            synthetic.make_synthetic_kitti(folder, recipe['num_train'], recipe['num_test'], seed=0)
+        return folder, 'synthetic'
+
+
+def resolve_weights(args):
+    """(vgg folder or None for a random encoder, source) where source is 'udacity' or 'random'."""
+    if args.vgg_dir:
+        if not helper.vgg_is_complete(args.vgg_dir):
+            raise helper.UserError(f'--vgg-dir {args.vgg_dir}: no VGG16 SavedModel there '
+                                   f'(needs {", ".join(helper.VGG_FILES)})')
+        return args.vgg_dir, 'udacity'
+    try:
+        default_dir = os.path.join(args.data_dir, 'vgg')
+        if args.no_download and not helper.vgg_is_complete(default_dir):
+            raise helper.UserError(f'the pretrained VGG16 is not in {default_dir}')
+        return helper.maybe_download_pretrained_vgg(args.data_dir), 'udacity'
+    except helper.UserError as e:
+        warn(f'The pretrained VGG16 is not available: {e}\nUsing a randomly initialised (He) VGG16 encoder: '
+             'expect much weaker results than with pretrained weights. See README.md, "Data".')
+        return None, 'random'
+
+
+def settings(args, data_source):
+    """The effective training settings: the recipe of the data source, overridden by the flags given."""
+    recipe = RECIPES['synthetic' if data_source == 'synthetic' else 'kitti']
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
+              if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape')}
+    chosen['image_shape'] = tuple(chosen['image_shape'])
+    return chosen
+
+
+def write_json(path, data):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run(argv=None):
+    """The whole job: data, weights, graph, training, validation, test-set overlays, config and metrics."""
+    args = parse_args(argv)
+    dataset, data_source = resolve_dataset(args)
+    vgg_dir, weight_source = resolve_weights(args)
+    conf = settings(args, data_source)
+    image_shape = conf['image_shape']
+
+    training_dir = os.path.join(dataset, 'training')
+    names = helper.list_images(os.path.join(training_dir, 'image_2'))
+    helper.training_pairs(training_dir, names)  # fail early, before any training, on a missing label
+    train_names, val_names = helper.split_train_val(names, args.val_fraction, args.seed)
+    run_dir = helper.new_run_dir(args.runs_dir)
+    config = {'command': sys.argv, 'settings': {**vars(args), **conf}, 'data': {
+        'source': data_source, 'dataset': os.path.abspath(dataset), 'train_images': len(train_names),
+        'val_images': len(val_names), 'val_names': val_names},
+        'weights': {'source': weight_source, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
+        'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
+                     'numpy': np.__version__}}
+    write_json(os.path.join(run_dir, 'config.json'), config)
+    print(f'run folder {run_dir}: data {data_source} ({len(train_names)} train, {len(val_names)} val), '
+          f'weights {weight_source}, {conf}', flush=True)
+
+    with tf.Graph().as_default(), tf.Session() as sess:
+        tf.set_random_seed(args.seed)
+        correct_label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
+        learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
+        if vgg_dir:
+            input_image, keep_prob, layer3, layer4, layer7 = load_vgg(sess, vgg_dir)
+            restored = {v.name for v in tf.global_variables()}  # the loaded weights: not to re-initialise
+        else:
+            input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=args.seed)
+            restored = set()
+        nn_last_layer = layers(layer3, layer4, layer7, NUM_CLASSES)
+        logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, NUM_CLASSES)
+        sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
+
+        get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed)
+        val_pairs = helper.training_pairs(training_dir, val_names)
+        validate_fn = make_validate_fn(sess, logits, keep_prob, input_image, val_pairs, image_shape)
+        metrics_path = os.path.join(run_dir, 'metrics.json')
+        sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
+        train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op, cross_entropy_loss,
+                 input_image, correct_label, keep_prob, learning_rate, keep_prob_value=conf['keep_prob'],
+                 learning_rate_value=conf['learning_rate'], validate_fn=validate_fn,
+                 on_epoch_end=lambda history: write_json(metrics_path, {'epochs': history}))
+        helper.save_inference_samples(args.runs_dir, args.data_dir, sess, image_shape, logits, keep_prob,
+                                      input_image, test_folder=os.path.join(dataset, 'testing'),
+                                      output_dir=run_dir)
+    print(f'overlays, config.json and metrics.json written to {run_dir}')
+    return run_dir
+
+
+def main(argv=None):
+    try:
+        run(argv)
+    except helper.UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,477 @@
+"""The project's checks: `python project_tests.py` runs them all (pytest underneath) and ends with a line
+`N passed, M failed`. No network, GPU, KITTI or real VGG16: tests generate thin SavedModels with the VGG tensor
+names and small KITTI-layout folders of synthetic scenes. Each test runs in a graph of its own.
+"""
+import http.server
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from unittest import mock
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import helper
+import main
+import metrics
+import synthetic
+import vgg
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KITTI_DIR = os.path.join(HERE, 'data', 'data_road')
+KITTI_SAMPLES = os.path.join(HERE, '..', 'shared', 'kitti_samples')
+THIN = (4, 8, 16, 32, 32, 64)  # VGG16 channels cut down so that tests run in seconds
+SMALL_SIZES = ((70, 230), (64, 224), (72, 240))  # mixed sizes, like KITTI's, but small
+
+
+@pytest.fixture(autouse=True)
+def graph():
+    with tf.Graph().as_default() as g:
+        yield g
+
+
+@pytest.fixture(scope='session')
+def thin_vgg(tmp_path_factory):
+    return vgg.save_vgg16(str(tmp_path_factory.mktemp('weights') / 'vgg'), channels=THIN)
+
+
+@pytest.fixture(scope='session')
+def small_dataset(tmp_path_factory):
+    return synthetic.make_synthetic_kitti(str(tmp_path_factory.mktemp('data') / 'road'), 12, 4, seed=1,
+                                          sizes=SMALL_SIZES, progress=False)
+
+
+def init_new_variables(sess, restored=()):
+    sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
+
+
+def thin_fcn(sess, vgg_path):
+    """Load the thin encoder, add FCN-8s and the training ops; return the tensors the tests need."""
+    image_input, keep_prob, layer3, layer4, layer7 = main.load_vgg(sess, vgg_path)
+    restored = {v.name for v in tf.global_variables()}
+    correct_label = tf.placeholder(tf.float32, [None, None, None, 2])
+    learning_rate = tf.placeholder(tf.float32, [])
+    last = main.layers(layer3, layer4, layer7, 2)
+    logits, train_op, loss = main.optimize(last, correct_label, learning_rate, 2)
+    init_new_variables(sess, restored)
+    return dict(image_input=image_input, keep_prob=keep_prob, correct_label=correct_label,
+                learning_rate=learning_rate, last=last, logits=logits, train_op=train_op, loss=loss)
+
+
+# ------------------------------------------------------------------------- the classic Udacity checks
+
+def test_load_vgg_calls_the_loader_and_returns_the_graph_tensors():
+    def fake_load(sess, tags, path):
+        for name in main.VGG_TENSOR_NAMES:
+            tf.placeholder(tf.float32, name=name.split(':')[0])
+
+    with tf.Session() as sess, mock.patch.object(main.tf.saved_model.loader, 'load',
+                                                 side_effect=fake_load) as load:
+        tensors = main.load_vgg(sess, 'some/vgg/path')
+    load.assert_called_once_with(sess, ['vgg16'], 'some/vgg/path')
+    assert [t.name for t in tensors] == list(main.VGG_TENSOR_NAMES)
+    assert all(t.graph is tf.get_default_graph() for t in tensors)
+
+
+def test_load_vgg_loads_a_saved_model(thin_vgg):
+    with tf.Session() as sess:
+        image_input, keep_prob, layer3, layer4, layer7 = main.load_vgg(sess, thin_vgg)
+        out = sess.run([layer3, layer4, layer7], {image_input: np.zeros((1, 64, 96, 3)), keep_prob: 1.0})
+    assert [o.shape for o in out] == [(1, 8, 12, THIN[2]), (1, 4, 6, THIN[3]), (1, 2, 3, THIN[5])]
+
+
+def test_layers_gives_rank_4_with_num_classes_last():
+    layer3 = tf.placeholder(tf.float32, [None, None, None, 256])
+    layer4 = tf.placeholder(tf.float32, [None, None, None, 512])
+    layer7 = tf.placeholder(tf.float32, [None, None, None, 4096])
+    out = main.layers(layer3, layer4, layer7, 2)
+    assert out.shape.rank == 4 and out.shape[-1] == 2
+
+
+@pytest.mark.parametrize('height, width', [(160, 576), (96, 128)])
+def test_layers_output_follows_the_input_size(thin_vgg, height, width):
+    with tf.Session() as sess:
+        net = thin_fcn(sess, thin_vgg)
+        out = sess.run(net['last'], {net['image_input']: np.zeros((2, height, width, 3))})
+    assert out.shape == (2, height, width, 2)
+
+
+def test_optimize_reshapes_logits_and_a_step_changes_the_weights():
+    image = tf.placeholder(tf.float32, [None, 4, 6, 3])
+    weights = tf.get_variable('w', [1, 1, 3, 2])
+    last = tf.nn.conv2d(image, weights, 1, 'SAME')
+    correct_label = tf.placeholder(tf.float32, [None, 4, 6, 2])
+    logits, train_op, loss = main.optimize(last, correct_label, 0.1, 2)
+    assert logits.shape.as_list() == [None, 2]
+    rng = np.random.RandomState(0)
+    labels = np.eye(2)[rng.randint(0, 2, (3, 4, 6))]
+    feed = {image: rng.rand(3, 4, 6, 3), correct_label: labels}
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        assert sess.run(logits, feed).shape == (3 * 4 * 6, 2)
+        before = sess.run(weights)
+        sess.run(train_op, feed)
+        assert not np.allclose(before, sess.run(weights))
+
+
+def test_train_nn_runs_on_a_fake_batch_generator(capsys):
+    def get_batches_fn(batch_size):
+        for _ in range(3):
+            yield np.ones((batch_size, 2, 3, 3)), np.ones((batch_size, 2, 3, 2))
+
+    input_image = tf.placeholder(tf.float32, name='input_image')
+    correct_label = tf.placeholder(tf.float32, name='correct_label')
+    keep_prob = tf.placeholder(tf.float32, name='keep_prob')
+    learning_rate = tf.placeholder(tf.float32, name='learning_rate')
+    loss = tf.reduce_sum(input_image) * 0 + tf.reduce_mean(correct_label) + keep_prob + learning_rate
+    with tf.Session() as sess:
+        history = main.train_nn(sess=sess, epochs=2, batch_size=2, get_batches_fn=get_batches_fn,
+                                train_op=tf.no_op(), cross_entropy_loss=loss, input_image=input_image,
+                                correct_label=correct_label, keep_prob=keep_prob, learning_rate=learning_rate)
+    assert [h['epoch'] for h in history] == [1, 2]
+    assert history[0]['loss'] == pytest.approx(1 + 0.5 + 1e-4)
+    assert 'epoch 2 loss' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.isdir(KITTI_DIR), reason='KITTI Road is not in data/data_road')
+def test_kitti_dataset_counts():
+    count = lambda folder, pattern='': len([f for f in os.listdir(os.path.join(KITTI_DIR, folder)) if pattern in f])
+    assert count('training/image_2') == 289
+    assert count('training/gt_image_2', '_road_') == 289
+    assert count('testing/image_2') == 290
+
+
+# ------------------------------------------------------------------------------------ network details
+
+def test_bilinear_kernel_matches_fcn_upsample_filt():
+    kernel = main.bilinear_kernel(4, 2)
+    profile = np.array([0.25, 0.75, 0.75, 0.25])
+    np.testing.assert_allclose(kernel[:, :, 0, 0], np.outer(profile, profile))
+    np.testing.assert_allclose(kernel[:, :, 1, 1], np.outer(profile, profile))
+    assert not kernel[:, :, 0, 1].any() and not kernel[:, :, 1, 0].any()
+
+
+def test_upscore_starts_as_bilinear_upsampling():
+    """A constant map stays constant away from the border, and a ramp stays a ramp."""
+    x = tf.constant(np.tile(np.arange(8, dtype=np.float32)[None, None, :, None], (1, 8, 1, 2)))
+    up = main.upscore(x, [16, 16], 4, 2, 'up')
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        out = sess.run(up)[0, 4:12, 2:14, 0]
+    np.testing.assert_allclose(np.diff(out, axis=1), 0.5, atol=1e-5)
+    np.testing.assert_allclose(np.diff(out, axis=0), 0.0, atol=1e-5)
+
+
+def test_l2_weight_decay_is_in_the_training_objective():
+    layer3, layer4, layer7 = (tf.zeros([1, 4, 4, 8]), tf.zeros([1, 2, 2, 8]), tf.zeros([1, 1, 1, 8]))
+    main.layers(layer3, layer4, layer7, 2)
+    decay = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)
+    assert len(decay) == 6  # score_fr, score_pool4, score_pool3, upscore2, upscore_pool4, upscore8
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        w = sess.run([v for v in tf.global_variables() if v.op.name == 'upscore2/weights'][0])
+        upscore2_decay = [d for d in decay if d.name.startswith('upscore2/')]
+        assert sess.run(upscore2_decay[0]) == pytest.approx(main.L2_SCALE * np.sum(w ** 2) / 2, rel=1e-5)
+
+
+def test_invalid_pixels_do_not_change_the_loss():
+    logits_pl = tf.placeholder(tf.float32, [1, 2, 2, 2])
+    label_pl = tf.placeholder(tf.float32, [1, 2, 2, 2])
+    bias = tf.get_variable('bias', [2], initializer=tf.zeros_initializer())  # optimize needs a variable
+    _, _, loss = main.optimize(logits_pl + bias, label_pl, 0.1, 2)
+    labels = np.array([[[[0, 1], [1, 0]], [[0, 0], [0, 0]]]], np.float32)  # bottom row invalid
+    logits = np.array([[[[0, 2], [1, 0]], [[5, -5], [-3, 9]]]], np.float32)
+    other = logits.copy()
+    other[0, 1] = [[-7, 7], [4, 4]]
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        a = sess.run(loss, {logits_pl: logits, label_pl: labels})
+        b = sess.run(loss, {logits_pl: other, label_pl: labels})
+    expected = (np.log1p(np.exp(-2)) + np.log1p(np.exp(-1))) / 2  # mean over the two valid pixels only
+    assert a == pytest.approx(expected, rel=1e-5) and b == pytest.approx(a)
+
+
+def test_loss_falls_over_a_few_steps(thin_vgg, small_dataset):
+    get_batches_fn = helper.gen_batch_function(os.path.join(small_dataset, 'training'), (64, 224))
+    images, labels = next(get_batches_fn(4))
+    with tf.Session() as sess:
+        tf.set_random_seed(0)
+        net = thin_fcn(sess, thin_vgg)
+        feed = {net['image_input']: images, net['correct_label']: labels, net['learning_rate']: 1e-3}
+        losses = [sess.run([net['train_op'], net['loss']], feed)[1] for _ in range(15)]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+# ---------------------------------------------------------------------------------------- data handling
+
+def test_decode_label_of_a_hand_made_patch():
+    gt = np.array([[[255, 0, 255], [255, 0, 0]], [[0, 0, 0], [255, 0, 255]]], np.uint8)
+    classes = helper.decode_label(gt)
+    np.testing.assert_array_equal(classes, [[helper.ROAD, helper.NON_ROAD], [helper.IGNORE, helper.ROAD]])
+    np.testing.assert_array_equal(helper.one_hot(classes), [[[0, 1], [1, 0]], [[0, 0], [0, 1]]])
+
+
+def test_decode_label_names_unknown_colours():
+    gt = np.zeros((2, 2, 3), np.uint8)
+    gt[0, 0] = (255, 0, 254)
+    with pytest.raises(ValueError, match=r'\(255, 0, 254\): 1 px'):
+        helper.decode_label(gt)
+
+
+def test_nearest_resizing_keeps_only_the_three_colours():
+    _, gt = synthetic.render_scene(np.random.default_rng(3), 375, 1242)
+    for shape in [(160, 576), (64, 224), (400, 1300)]:
+        small = helper.resize_nearest(gt, shape)
+        assert small.shape == (*shape, 3)
+        colours = {tuple(c) for c in np.unique(small.reshape(-1, 3), axis=0)}
+        assert colours <= {helper.ROAD_COLOR, helper.NON_ROAD_COLOR, helper.INVALID_COLOR}
+        assert helper.ROAD_COLOR in colours
+
+
+def test_resize_image_takes_height_then_width():
+    image = np.zeros((30, 100, 3), np.uint8)
+    assert helper.resize_image(image, (64, 224)).shape == (64, 224, 3)
+
+
+def test_batches_pair_images_and_labels_by_name(small_dataset, tmp_path):
+    """Labels listed in another order than images (a stray lane label sorts between them) still pair by name."""
+    folder = tmp_path / 'training'
+    folder.mkdir()
+    os.symlink(os.path.join(small_dataset, 'training', 'image_2'), folder / 'image_2')
+    (folder / 'gt_image_2').mkdir()
+    src = os.path.join(small_dataset, 'training', 'gt_image_2')
+    for name in os.listdir(src):
+        os.symlink(os.path.join(src, name), folder / 'gt_image_2' / name)
+    os.symlink(os.path.join(src, 'um_road_000000.png'), folder / 'gt_image_2' / 'um_lane_000001.png')
+    pairs = helper.training_pairs(str(folder))
+    assert all(os.path.basename(l) == helper.label_name(os.path.basename(i)) for i, l in pairs)
+    images, labels = next(helper.gen_batch_function(str(folder), (64, 224))(100))
+    assert images.shape == (12, 64, 224, 3) and labels.shape == (12, 64, 224, 2)
+    assert images.dtype == np.float32 and 0 <= images.min() and images.max() <= 255
+    assert set(np.unique(labels.sum(-1))) <= {0.0, 1.0}
+
+
+def test_an_image_without_ground_truth_is_a_clear_error(small_dataset, tmp_path):
+    folder = tmp_path / 'training'
+    (folder / 'gt_image_2').mkdir(parents=True)
+    os.symlink(os.path.join(small_dataset, 'training', 'image_2'), folder / 'image_2')
+    with pytest.raises(helper.UserError, match='um_000000.png needs .*um_road_000000.png'):
+        helper.gen_batch_function(str(folder), (64, 224))
+
+
+def test_shuffling_is_seeded_and_changes_per_epoch(small_dataset):
+    training = os.path.join(small_dataset, 'training')
+    first = helper.gen_batch_function(training, (32, 96), seed=5)
+    second = helper.gen_batch_function(training, (32, 96), seed=5)
+    epoch = lambda fn: np.concatenate([images[:, 0, 0, 0] for images, _ in fn(5)])
+    a1, a2, b1 = epoch(first), epoch(first), epoch(second)
+    np.testing.assert_array_equal(a1, b1)
+    assert not np.array_equal(a1, a2)
+
+
+def test_validation_split_is_seeded_stratified_and_disjoint():
+    names = [f'{cat}_{i:06d}.png' for cat, n in (('um', 95), ('umm', 96), ('uu', 98)) for i in range(n)]
+    train, val = helper.split_train_val(names, 0.1, seed=0)
+    assert not set(train) & set(val) and sorted(train + val) == sorted(names)
+    assert [sum(helper.category(n) == c for n in val) for c in helper.CATEGORIES] == [10, 10, 10]
+    assert helper.split_train_val(names, 0.1, seed=0) == (train, val)
+    assert helper.split_train_val(names, 0.1, seed=1)[1] != val
+
+
+@pytest.mark.skipif(not os.path.isdir(KITTI_SAMPLES), reason='no real KITTI samples beside the project')
+def test_real_kitti_files_load():
+    training = os.path.join(KITTI_SAMPLES, 'training')
+    images, labels = next(helper.gen_batch_function(training, (160, 576))(2))
+    assert images.shape == (2, 160, 576, 3) and labels.shape == (2, 160, 576, 2)
+    road = labels[..., 1].mean()
+    invalid = (labels.sum(-1) == 0).mean()
+    assert 0.1 < road < 0.3 and 0 < invalid < 0.05  # um_road_000000/1: ~15 % road, ~2 % invalid
+    tops = images[:, :40].mean()
+    assert tops > images[:, -40:].mean()  # bright sky above, dark road below: not transposed
+
+
+def test_synthetic_scenes_are_deterministic_and_use_the_kitti_layout(tmp_path):
+    a = synthetic.make_synthetic_kitti(str(tmp_path / 'a'), 4, 2, seed=3, sizes=SMALL_SIZES, progress=False)
+    b = synthetic.make_synthetic_kitti(str(tmp_path / 'b'), 4, 2, seed=3, sizes=SMALL_SIZES, progress=False)
+    for folder, expected in [('training/image_2', ['um_000000.png', 'um_000001.png', 'umm_000000.png',
+                                                   'uu_000000.png']),
+                             ('training/gt_image_2', ['um_road_000000.png', 'um_road_000001.png',
+                                                      'umm_road_000000.png', 'uu_road_000000.png']),
+                             ('testing/image_2', ['um_000000.png', 'umm_000000.png'])]:
+        assert sorted(os.listdir(os.path.join(a, folder))) == expected
+        for name in expected:
+            with open(os.path.join(a, folder, name), 'rb') as fa, open(os.path.join(b, folder, name), 'rb') as fb:
+                assert fa.read() == fb.read()
+    classes = helper.decode_label(iio.imread(os.path.join(a, 'training/gt_image_2/um_road_000000.png')))
+    assert (classes == helper.ROAD).any() and (classes == helper.NON_ROAD).any()
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+def test_fast_hist_and_road_iou_on_a_hand_made_case():
+    label = np.array([[1, 1, 0], [0, -1, 1]])
+    pred = np.array([[1, 0, 1], [0, 1, 1]])
+    hist = metrics.fast_hist(label, pred)
+    np.testing.assert_array_equal(hist, [[1, 1], [1, 2]])  # the ignored pixel counts nowhere
+    assert metrics.road_iou(hist) == pytest.approx(2 / 4)
+    assert metrics.road_recall_and_false_positive_rate(hist) == pytest.approx((2 / 3, 1 / 2))
+
+
+# ------------------------------------------------------------------------------------ inference, outputs
+
+def test_overlay_is_green_at_alpha_127_where_road():
+    image = np.full((1, 2, 3), 100, np.uint8)
+    out = helper.overlay(image, np.array([[0.9, 0.2]]))
+    np.testing.assert_array_equal(out[0, 1], [100, 100, 100])
+    np.testing.assert_array_equal(out[0, 0], np.round(100 * (128 / 255) + np.array([0, 255, 0]) * 127 / 255))
+
+
+def test_gen_test_output_does_not_grow_the_graph(thin_vgg, small_dataset):
+    with tf.Session() as sess:
+        net = thin_fcn(sess, thin_vgg)
+        outputs = helper.gen_test_output(sess, net['logits'], net['keep_prob'], net['image_input'],
+                                         os.path.join(small_dataset, 'testing'), (64, 224))
+        name, first = next(outputs)
+        ops = len(sess.graph.get_operations())
+        rest = list(outputs)
+        again = list(helper.gen_test_output(sess, net['logits'], net['keep_prob'], net['image_input'],
+                                            os.path.join(small_dataset, 'testing'), (64, 224)))
+        assert len(sess.graph.get_operations()) == ops
+    assert len(rest) == 3 and len(again) == 4
+    assert first.shape == iio.imread(os.path.join(small_dataset, 'testing', 'image_2', name)).shape
+
+
+def test_new_run_dir_never_reuses_a_folder(tmp_path):
+    dirs = {helper.new_run_dir(str(tmp_path)) for _ in range(3)}
+    assert len(dirs) == 3
+
+
+# ------------------------------------------------------------------------------------------ downloads
+
+class ZipServer:
+    """A loopback HTTP server for download tests: serves `files` {path: bytes}, 404 for anything else."""
+
+    def __init__(self, files):
+        files = dict(files)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header('Content-Length', str(len(body or b'')))
+                self.end_headers()
+                self.wfile.write(body or b'')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = f'http://127.0.0.1:{self.server.server_address[1]}'
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def vgg_zip(saved_model_dir):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w') as archive:
+        for root, _, files in os.walk(saved_model_dir):
+            for name in files:
+                path = os.path.join(root, name)
+                archive.write(path, os.path.join('vgg', os.path.relpath(path, saved_model_dir)))
+    return buffer.getvalue()
+
+
+def test_vgg_download_from_a_loopback_server(thin_vgg, tmp_path):
+    server = ZipServer({'/vgg.zip': vgg_zip(thin_vgg)})
+    try:
+        data_dir = str(tmp_path / 'data')
+        vgg_dir = helper.maybe_download_pretrained_vgg(data_dir, url=server.url + '/vgg.zip')
+        assert helper.vgg_is_complete(vgg_dir)
+        with tf.Session() as sess:
+            main.load_vgg(sess, vgg_dir)
+        assert helper.maybe_download_pretrained_vgg(data_dir, url=server.url + '/gone.zip') == vgg_dir
+    finally:
+        server.close()
+
+
+def test_a_failed_download_says_what_to_do_and_leaves_no_file(tmp_path):
+    server = ZipServer({})
+    try:
+        with pytest.raises(helper.UserError, match=r'(?s)404.*unzip it in'):
+            helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
+    finally:
+        server.close()
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------ the command line
+
+def run_main(*args, cwd=HERE):
+    return subprocess.run([sys.executable, os.path.join(HERE, 'main.py'), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_a_missing_dataset_is_an_error_without_traceback(tmp_path):
+    result = run_main('--dataset', str(tmp_path / 'nowhere'), '--no-download', '--runs-dir', str(tmp_path))
+    assert result.returncode == 2
+    assert 'nowhere: no such folder' in result.stderr and 'Traceback' not in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_image_shape_not_divisible_by_32_is_refused(tmp_path):
+    result = run_main('--image-shape', '100', '300', '--runs-dir', str(tmp_path))
+    assert result.returncode == 2 and 'multiples of 32' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_help_explains_every_flag():
+    result = run_main('--help')
+    assert result.returncode == 0
+    for flag in ('--data-dir', '--dataset', '--vgg-dir', '--runs-dir', '--epochs', '--batch-size',
+                 '--learning-rate', '--keep-prob', '--image-shape', '--val-fraction', '--seed', '--no-download'):
+        assert flag in result.stdout
+
+
+def test_end_to_end_run_writes_its_run_folder(thin_vgg, small_dataset, tmp_path):
+    runs = tmp_path / 'runs'
+    run_dir = main.run(['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--runs-dir', str(runs),
+                        '--epochs', '2', '--batch-size', '4', '--image-shape', '64', '224',
+                        '--val-fraction', '0.25', '--no-download'])
+    assert os.path.dirname(run_dir) == str(runs)
+    test_dir = os.path.join(small_dataset, 'testing', 'image_2')
+    for name in os.listdir(test_dir):
+        assert iio.imread(os.path.join(run_dir, name)).shape == iio.imread(os.path.join(test_dir, name)).shape
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert config['data']['source'] == 'user' and config['weights']['source'] == 'udacity'
+    assert config['data']['val_images'] == 3 and config['settings']['epochs'] == 2
+    history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
+    assert [h['epoch'] for h in history] == [1, 2]
+    assert all(0 <= h['val_road_iou'] <= 1 and np.isfinite(h['loss']) for h in history)
+
+
+class Summary:
+    """Counts outcomes for the closing `N passed, M failed` line."""
+
+    def __init__(self):
+        self.counts = {'passed': 0, 'failed': 0, 'skipped': 0}
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == 'call' or report.outcome != 'passed':
+            key = 'failed' if report.outcome == 'failed' else report.outcome
+            self.counts[key] += 1
+
+
+if __name__ == '__main__':
+    summary = Summary()
+    code = pytest.main([__file__, '-q', '-p', 'no:cacheprovider', *sys.argv[1:]], plugins=[summary])
+    c = summary.counts
+    print(f'{c["passed"]} passed, {c["failed"]} failed' + (f', {c["skipped"]} skipped' if c['skipped'] else ''))
+    sys.exit(code if code != 5 else 1)
