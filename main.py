@@ -32,14 +32,23 @@ POOL3_SCALE = 0.0001
 UPSCORE2 = (4, 2)
 UPSCORE_POOL4 = (4, 2)
 UPSCORE8 = (16, 8)
-SCORE_INIT_STDDEV = 0.01
+# Score layers start near zero, as in FCN (zero-initialised scoring layers), with a little noise to break
+# symmetry: stddev 0.01 / sqrt(fan_in), so that initial logits stay small whatever the encoder's activation
+# scale. (A He-initialised VGG16's fc7 has an RMS near 50 on road images, so a fixed stddev of 0.01 starts the
+# logits near +-30: the first losses explode and Adam's second-moment estimates stay inflated long after.)
+SCORE_INIT_GAIN = 0.01
 # Weight decay on the new layers, as the classic tf.contrib l2_regularizer(scale): scale * sum(w^2) / 2.
 L2_SCALE = 1e-3
 
+# Adam's first steps are sign steps of size learning_rate on every weight: on fc6 (fan-in 25088) that moves
+# pre-activations by several times their own scale, and the loss explodes from ~0.7 to ~100 on the second step.
+# A linear warm-up of the learning rate over the first steps avoids it.
+WARMUP_STEPS = 50
+
 # The recommended settings per data source; a flag the user sets wins. The README explains the choices.
 RECIPES = {
-    'kitti': dict(image_shape=(160, 576), epochs=40, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
-    'synthetic': dict(image_shape=(64, 224), epochs=20, batch_size=8, learning_rate=1e-4, keep_prob=0.5,
+    'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
+    'synthetic': dict(image_shape=(96, 320), epochs=6, batch_size=4, learning_rate=6e-4, keep_prob=0.5,
                       num_train=240, num_test=30),
 }
 SYNTHETIC_DIR = 'synthetic_road'
@@ -86,7 +95,8 @@ def score(x, num_classes, name):
     """1x1 convolution to class scores: [N, h, w, C] -> [N, h, w, num_classes]."""
     with tf.variable_scope(name):
         weights = _regularized_variable('weights', [1, 1, x.shape[-1], num_classes],
-                                        tf.truncated_normal_initializer(stddev=SCORE_INIT_STDDEV))
+                                        tf.variance_scaling_initializer(SCORE_INIT_GAIN ** 2, 'fan_in',
+                                                                        'truncated_normal'))
         biases = tf.get_variable('biases', [num_classes], initializer=tf.zeros_initializer())
         return tf.nn.bias_add(tf.nn.conv2d(x, weights, 1, 'SAME'), biases)
 
@@ -152,13 +162,14 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
 
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
-             validate_fn=None, on_epoch_end=None):
+             warmup_steps=0, validate_fn=None, on_epoch_end=None):
     """Train for `epochs` passes over get_batches_fn(batch_size); return one dict per epoch.
 
+    The learning rate fed rises linearly to learning_rate_value over the first warmup_steps steps.
     validate_fn() -> dict of validation figures (e.g. road_iou), printed and recorded after each epoch;
     on_epoch_end(history) is called after each epoch (to save metrics as training goes).
     """
-    history = []
+    history, step = [], 0
     num_images = getattr(get_batches_fn, 'num_images', None)
     num_batches = -(-num_images // batch_size) if num_images else None
     for epoch in range(1, epochs + 1):
@@ -166,8 +177,9 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
         bar = tqdm(get_batches_fn(batch_size), total=num_batches, desc=f'epoch {epoch}/{epochs}', leave=False)
         for images, labels in bar:
             feed = {input_image: images, correct_label: labels, keep_prob: keep_prob_value}
+            step += 1
             if learning_rate is not None:
-                feed[learning_rate] = learning_rate_value
+                feed[learning_rate] = learning_rate_value * min(1.0, step / max(warmup_steps, 1))
             _, loss = sess.run([train_op, cross_entropy_loss], feed)
             losses.append(float(loss))
             bar.set_postfix(loss=f'{np.mean(losses):.4f}')
@@ -226,7 +238,7 @@ def parse_args(argv=None):
                         help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}]')
     parser.add_argument('--image-shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='network input size, multiples of 32; images are resized to it and predictions '
-                             'back to each image\'s own size [default: 160 576; 64 224 synthetic]')
+                             'back to each image\'s own size [default: 160 576; 96 320 synthetic]')
     parser.add_argument('--val-fraction', type=float, default=0.1,
                         help='fraction of each category (um/umm/uu) held out for validation, never trained on')
     parser.add_argument('--seed', type=int, default=0, help='seeds the split, shuffling and initialisation')
@@ -349,8 +361,8 @@ def run(argv=None):
         sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
         train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op, cross_entropy_loss,
                  input_image, correct_label, keep_prob, learning_rate, keep_prob_value=conf['keep_prob'],
-                 learning_rate_value=conf['learning_rate'], validate_fn=validate_fn,
-                 on_epoch_end=lambda history: write_json(metrics_path, {'epochs': history}))
+                 learning_rate_value=conf['learning_rate'], warmup_steps=WARMUP_STEPS,
+                 validate_fn=validate_fn, on_epoch_end=lambda history: write_json(metrics_path, {'epochs': history}))
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, image_shape, logits, keep_prob,
                                       input_image, test_folder=os.path.join(dataset, 'testing'),
                                       output_dir=run_dir)
