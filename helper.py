@@ -80,6 +80,17 @@ def vgg_is_complete(vgg_dir):
     return all(os.path.isfile(os.path.join(vgg_dir, f)) for f in VGG_FILES)
 
 
+def vgg_instructions(data_dir, url=VGG_URL):
+    return (f'To use the pretrained VGG16, download {url} by hand and unzip it in {data_dir}/ so that '
+            f'{os.path.join(data_dir, "vgg", "saved_model.pb")} exists.')
+
+
+def kitti_instructions(data_dir):
+    return ('To train on KITTI Road, register at https://www.cvlibs.net/datasets/kitti/eval_road.php, download '
+            f'data_road.zip (base kit, ~450 MB) and unzip it in {data_dir}/ so that '
+            f'{os.path.join(data_dir, "data_road", "training", "image_2")} exists.')
+
+
 def maybe_download_pretrained_vgg(data_dir, url=VGG_URL):
     """Make sure data_dir/vgg holds Udacity's VGG16 SavedModel, downloading and extracting vgg.zip if not."""
     vgg_dir = os.path.join(data_dir, 'vgg')
@@ -91,8 +102,7 @@ def maybe_download_pretrained_vgg(data_dir, url=VGG_URL):
         if not os.path.exists(zip_path):
             download(url, zip_path)
     except UserError as e:
-        raise UserError(f'{e}\n  To use the pretrained VGG16, download {url} by hand and unzip it in {data_dir}/ '
-                        f'so that {vgg_dir}/saved_model.pb exists.') from None
+        raise UserError(f'{e}\n  {vgg_instructions(data_dir, url)}') from None
     extract_zip(zip_path, data_dir)
     if not vgg_is_complete(vgg_dir):
         raise UserError(f'{zip_path} does not hold vgg/{" vgg/".join(VGG_FILES)}')
@@ -110,9 +120,7 @@ def maybe_download_kitti(data_dir, url=KITTI_URL):
         if not os.path.exists(zip_path):
             download(url, zip_path)
     except UserError as e:
-        raise UserError(f'{e}\n  To train on KITTI Road, register at '
-                        'https://www.cvlibs.net/datasets/kitti/eval_road.php, download data_road.zip (base kit, '
-                        f'~450 MB) and unzip it in {data_dir}/ so that {road_dir}/training/image_2 exists.') from None
+        raise UserError(f'{e}\n  {kitti_instructions(data_dir)}') from None
     extract_zip(zip_path, data_dir)
     return road_dir
 

@@ -42,13 +42,14 @@ L2_SCALE = 1e-3
 
 # Adam's first steps are sign steps of size learning_rate on every weight: on fc6 (fan-in 25088) that moves
 # pre-activations by several times their own scale, and the loss explodes from ~0.7 to ~100 on the second step.
-# A linear warm-up of the learning rate over the first steps avoids it.
+# A linear warm-up of the learning rate over the first steps avoids it. After it, DeepLab's "poly" decay.
 WARMUP_STEPS = 50
+POLY_POWER = 0.9
 
 # The recommended settings per data source; a flag the user sets wins. The README explains the choices.
 RECIPES = {
     'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
-    'synthetic': dict(image_shape=(96, 320), epochs=6, batch_size=4, learning_rate=6e-4, keep_prob=0.5,
+    'synthetic': dict(image_shape=(96, 320), epochs=6, batch_size=4, learning_rate=3e-4, keep_prob=1.0,
                       num_train=240, num_test=30),
 }
 SYNTHETIC_DIR = 'synthetic_road'
@@ -160,18 +161,26 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
 
 # ------------------------------------------------------------------------------------------------ training
 
+def learning_rate_at(step, total_steps, base, warmup_steps=WARMUP_STEPS):
+    """Learning rate of step 1..total_steps: linear warm-up, then base * (1 - progress) ** POLY_POWER."""
+    warmup = min(1.0, step / max(warmup_steps, 1))
+    progress = (step - 1) / total_steps if total_steps else 0.0
+    return base * warmup * (1.0 - progress) ** POLY_POWER
+
+
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
-             warmup_steps=0, validate_fn=None, on_epoch_end=None):
+             validate_fn=None, on_epoch_end=None):
     """Train for `epochs` passes over get_batches_fn(batch_size); return one dict per epoch.
 
-    The learning rate fed rises linearly to learning_rate_value over the first warmup_steps steps.
+    The learning rate fed follows learning_rate_at (warm-up, then poly decay when the number of steps is known).
     validate_fn() -> dict of validation figures (e.g. road_iou), printed and recorded after each epoch;
     on_epoch_end(history) is called after each epoch (to save metrics as training goes).
     """
     history, step = [], 0
     num_images = getattr(get_batches_fn, 'num_images', None)
     num_batches = -(-num_images // batch_size) if num_images else None
+    total_steps = num_batches * epochs if num_batches else None
     for epoch in range(1, epochs + 1):
         start, losses = time.time(), []
         bar = tqdm(get_batches_fn(batch_size), total=num_batches, desc=f'epoch {epoch}/{epochs}', leave=False)
@@ -179,7 +188,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
             feed = {input_image: images, correct_label: labels, keep_prob: keep_prob_value}
             step += 1
             if learning_rate is not None:
-                feed[learning_rate] = learning_rate_value * min(1.0, step / max(warmup_steps, 1))
+                feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
             _, loss = sess.run([train_op, cross_entropy_loss], feed)
             losses.append(float(loss))
             bar.set_postfix(loss=f'{np.mean(losses):.4f}')
@@ -217,31 +226,34 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Train FCN-8s (VGG16) road segmentation on KITTI Road and write road overlays of the test '
                     'images. Offline, without KITTI or the VGG16 weights, it trains on generated road scenes '
-                    'with a randomly initialised VGG16 instead (and says so).',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    'with a randomly initialised VGG16 instead (and says so). Every run writes a new folder '
+                    'RUNS_DIR/<YYYYmmdd-HHMMSS>/ with the overlays, config.json and metrics.json.')
     k, s = RECIPES['kitti'], RECIPES['synthetic']
     parser.add_argument('--data-dir', default='data',
-                        help='folder holding vgg/ (pretrained VGG16) and data_road/ (KITTI Road)')
+                        help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')
     parser.add_argument('--dataset', help='a KITTI-layout folder (training/image_2, training/gt_image_2, '
                                           'testing/image_2) [default: DATA_DIR/data_road]')
     parser.add_argument('--vgg-dir', help='folder of the VGG16 SavedModel [default: DATA_DIR/vgg]')
-    parser.add_argument('--runs-dir', default='runs', help='each run writes a new RUNS_DIR/<timestamp>/ folder')
+    parser.add_argument('--runs-dir', default='runs',
+                        help='each run writes a new RUNS_DIR/<timestamp>/ folder [default: runs]')
     parser.add_argument('--epochs', type=int,
                         help=f'passes over the training split [default: {k["epochs"]} on KITTI, '
                              f'{s["epochs"]} on the synthetic fallback]')
     parser.add_argument('--batch-size', type=int,
-                        help=f'images per step [default: {k["batch_size"]}; {s["batch_size"]} synthetic]')
+                        help=f'images per step [default: {k["batch_size"]}]')
     parser.add_argument('--learning-rate', type=float,
-                        help=f'Adam learning rate [default: {k["learning_rate"]:g}; '
-                             f'{s["learning_rate"]:g} synthetic]')
+                        help=f'peak Adam learning rate: a {WARMUP_STEPS}-step linear warm-up, then poly decay '
+                             f'[default: {k["learning_rate"]:g}; {s["learning_rate"]:g} synthetic]')
     parser.add_argument('--keep-prob', type=float,
                         help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}]')
     parser.add_argument('--image-shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='network input size, multiples of 32; images are resized to it and predictions '
                              'back to each image\'s own size [default: 160 576; 96 320 synthetic]')
     parser.add_argument('--val-fraction', type=float, default=0.1,
-                        help='fraction of each category (um/umm/uu) held out for validation, never trained on')
-    parser.add_argument('--seed', type=int, default=0, help='seeds the split, shuffling and initialisation')
+                        help='fraction of each category (um/umm/uu) held out for validation, never trained '
+                             'on [default: 0.1]')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seeds the split, shuffling and initialisation [default: 0]')
     parser.add_argument('--no-download', action='store_true',
                         help='never use the network: a missing default VGG16 or KITTI falls back at once')
     args = parser.parse_args(argv)
@@ -271,7 +283,8 @@ def resolve_dataset(args):
         return args.dataset, 'user'
     try:
         if args.no_download and not os.path.isdir(os.path.join(args.data_dir, 'data_road', 'training')):
-            raise helper.UserError('KITTI Road is not in ' + os.path.join(args.data_dir, 'data_road'))
+            raise helper.UserError(f'it is not in {os.path.join(args.data_dir, "data_road")} (--no-download)\n  '
+                                   + helper.kitti_instructions(args.data_dir))
         return helper.maybe_download_kitti(args.data_dir), 'kitti'
     except helper.UserError as e:
         recipe = RECIPES['synthetic']
@@ -293,7 +306,8 @@ def resolve_weights(args):
     try:
         default_dir = os.path.join(args.data_dir, 'vgg')
         if args.no_download and not helper.vgg_is_complete(default_dir):
-            raise helper.UserError(f'the pretrained VGG16 is not in {default_dir}')
+            raise helper.UserError(f'it is not in {default_dir} (--no-download)\n  '
+                                   + helper.vgg_instructions(args.data_dir))
         return helper.maybe_download_pretrained_vgg(args.data_dir), 'udacity'
     except helper.UserError as e:
         warn(f'The pretrained VGG16 is not available: {e}\nUsing a randomly initialised (He) VGG16 encoder: '
@@ -325,17 +339,21 @@ def run(argv=None):
     conf = settings(args, data_source)
     image_shape = conf['image_shape']
 
-    training_dir = os.path.join(dataset, 'training')
-    names = helper.list_images(os.path.join(training_dir, 'image_2'))
-    helper.training_pairs(training_dir, names)  # fail early, before any training, on a missing label
+    training_dir, test_dir = os.path.join(dataset, 'training'), os.path.join(dataset, 'testing')
+    # Fail before any training on a missing folder or label.
+    names = [os.path.basename(image) for image, _ in helper.training_pairs(training_dir)]
+    if not os.path.isdir(os.path.join(test_dir, 'image_2')):
+        raise helper.UserError(f'{os.path.join(test_dir, "image_2")} does not exist: the test images go there')
     train_names, val_names = helper.split_train_val(names, args.val_fraction, args.seed)
     run_dir = helper.new_run_dir(args.runs_dir)
-    config = {'command': sys.argv, 'settings': {**vars(args), **conf}, 'data': {
-        'source': data_source, 'dataset': os.path.abspath(dataset), 'train_images': len(train_names),
-        'val_images': len(val_names), 'val_names': val_names},
+    config = {
+        'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
+        'settings': {**vars(args), **conf},
+        'data': {'source': data_source, 'dataset': os.path.abspath(dataset), 'train_images': len(train_names),
+                 'val_images': len(val_names), 'val_names': val_names},
         'weights': {'source': weight_source, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
-        'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
-                     'numpy': np.__version__}}
+        'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__, 'numpy': np.__version__},
+    }
     write_json(os.path.join(run_dir, 'config.json'), config)
     print(f'run folder {run_dir}: data {data_source} ({len(train_names)} train, {len(val_names)} val), '
           f'weights {weight_source}, {conf}', flush=True)
@@ -361,10 +379,10 @@ def run(argv=None):
         sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
         train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op, cross_entropy_loss,
                  input_image, correct_label, keep_prob, learning_rate, keep_prob_value=conf['keep_prob'],
-                 learning_rate_value=conf['learning_rate'], warmup_steps=WARMUP_STEPS,
-                 validate_fn=validate_fn, on_epoch_end=lambda history: write_json(metrics_path, {'epochs': history}))
+                 learning_rate_value=conf['learning_rate'], validate_fn=validate_fn,
+                 on_epoch_end=lambda history: write_json(metrics_path, {'epochs': history}))
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, image_shape, logits, keep_prob,
-                                      input_image, test_folder=os.path.join(dataset, 'testing'),
+                                      input_image, test_folder=test_dir,
                                       output_dir=run_dir)
     print(f'overlays, config.json and metrics.json written to {run_dir}')
     return run_dir

@@ -135,8 +135,16 @@ def test_train_nn_runs_on_a_fake_batch_generator(capsys):
                                 train_op=tf.no_op(), cross_entropy_loss=loss, input_image=input_image,
                                 correct_label=correct_label, keep_prob=keep_prob, learning_rate=learning_rate)
     assert [h['epoch'] for h in history] == [1, 2]
-    assert history[0]['loss'] == pytest.approx(1 + 0.5 + 1e-4)
+    fed = [main.learning_rate_at(step, None, 1e-4) for step in (1, 2, 3)]  # no decay: length unknown
+    assert history[0]['loss'] == pytest.approx(1 + 0.5 + np.mean(fed))
     assert 'epoch 2 loss' in capsys.readouterr().out
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    lr = [main.learning_rate_at(step, 200, 1.0, warmup_steps=50) for step in range(1, 201)]
+    assert lr[0] == pytest.approx(1 / 50) and lr[24] == pytest.approx(0.5 * (1 - 24 / 200) ** main.POLY_POWER)
+    assert max(lr) == lr[49] and all(a > b for a, b in zip(lr[49:], lr[50:]))
+    assert 0 < lr[-1] < 0.01
 
 
 @pytest.mark.skipif(not os.path.isdir(KITTI_DIR), reason='KITTI Road is not in data/data_road')
@@ -438,6 +446,28 @@ def test_help_explains_every_flag():
     for flag in ('--data-dir', '--dataset', '--vgg-dir', '--runs-dir', '--epochs', '--batch-size',
                  '--learning-rate', '--keep-prob', '--image-shape', '--val-fraction', '--seed', '--no-download'):
         assert flag in result.stdout
+
+
+def test_offline_default_falls_back_to_synthetic_scenes_and_a_random_encoder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(main.RECIPES['synthetic'], 'num_train', 6)
+    monkeypatch.setitem(main.RECIPES['synthetic'], 'num_test', 3)
+    args = main.parse_args(['--data-dir', str(tmp_path / 'data'), '--no-download'])
+    folder, source = main.resolve_dataset(args)
+    assert source == 'synthetic' and folder == str(tmp_path / 'data' / main.SYNTHETIC_DIR)
+    assert len(os.listdir(os.path.join(folder, 'training', 'gt_image_2'))) == 6
+    assert main.resolve_weights(args) == (None, 'random')
+    err = capsys.readouterr().err
+    assert 'KITTI Road is not available' in err and 'data_road.zip' in err
+    assert 'pretrained VGG16 is not available' in err and 'vgg.zip' in err
+    assert main.resolve_dataset(args) == (folder, 'synthetic')  # made once, then reused
+
+
+def test_named_folders_never_fall_back(tmp_path, small_dataset):
+    with pytest.raises(helper.UserError, match='no such folder'):
+        main.resolve_dataset(main.parse_args(['--dataset', str(tmp_path / 'missing')]))
+    with pytest.raises(helper.UserError, match='no VGG16 SavedModel there'):
+        main.resolve_weights(main.parse_args(['--vgg-dir', str(tmp_path / 'missing'), '--no-download']))
+    assert main.resolve_dataset(main.parse_args(['--dataset', small_dataset])) == (small_dataset, 'user')
 
 
 def test_end_to_end_run_writes_its_run_folder(thin_vgg, small_dataset, tmp_path):
