@@ -91,45 +91,51 @@ def kitti_instructions(data_dir):
             f'{os.path.join(data_dir, "data_road", "training", "image_2")} exists.')
 
 
+def fetch_and_extract(url, data_dir, instructions):
+    """Download url into data_dir (unless its zip is already there) and extract it into data_dir."""
+    os.makedirs(data_dir, exist_ok=True)
+    zip_path = os.path.join(data_dir, os.path.basename(url))
+    if not os.path.exists(zip_path):
+        try:
+            download(url, zip_path)
+        except UserError as e:
+            raise UserError(f'{e}\n  {instructions}') from None
+    extract_zip(zip_path, data_dir)
+    return zip_path
+
+
 def maybe_download_pretrained_vgg(data_dir, url=VGG_URL):
     """Make sure data_dir/vgg holds Udacity's VGG16 SavedModel, downloading and extracting vgg.zip if not."""
     vgg_dir = os.path.join(data_dir, 'vgg')
-    if vgg_is_complete(vgg_dir):
-        return vgg_dir
-    os.makedirs(data_dir, exist_ok=True)
-    zip_path = os.path.join(data_dir, 'vgg.zip')
-    try:
-        if not os.path.exists(zip_path):
-            download(url, zip_path)
-    except UserError as e:
-        raise UserError(f'{e}\n  {vgg_instructions(data_dir, url)}') from None
-    extract_zip(zip_path, data_dir)
     if not vgg_is_complete(vgg_dir):
-        raise UserError(f'{zip_path} does not hold vgg/{" vgg/".join(VGG_FILES)}')
+        zip_path = fetch_and_extract(url, data_dir, vgg_instructions(data_dir, url))
+        if not vgg_is_complete(vgg_dir):
+            raise UserError(f'{zip_path} does not hold vgg/{" vgg/".join(VGG_FILES)}')
     return vgg_dir
 
 
 def maybe_download_kitti(data_dir, url=KITTI_URL):
     """Make sure data_dir/data_road holds KITTI Road, downloading and extracting data_road.zip if not."""
     road_dir = os.path.join(data_dir, 'data_road')
-    if os.path.isdir(os.path.join(road_dir, 'training', 'image_2')):
-        return road_dir
-    os.makedirs(data_dir, exist_ok=True)
-    zip_path = os.path.join(data_dir, 'data_road.zip')
-    try:
-        if not os.path.exists(zip_path):
-            download(url, zip_path)
-    except UserError as e:
-        raise UserError(f'{e}\n  {kitti_instructions(data_dir)}') from None
-    extract_zip(zip_path, data_dir)
+    if not os.path.isdir(os.path.join(road_dir, 'training', 'image_2')):
+        fetch_and_extract(url, data_dir, kitti_instructions(data_dir))
     return road_dir
 
 
 # ------------------------------------------------------------------------------------------ images, labels
 
+def read_png(path):
+    """The pixels of an image file; an unreadable or truncated file is a UserError naming it."""
+    try:
+        return iio.imread(path)
+    except Exception as e:  # imageio raises many types for a bad file; each means the same to the user
+        raise UserError(f'{path} cannot be read as an image ({e.__class__.__name__}: {e}); replace or remove '
+                        'it') from None
+
+
 def read_rgb(path):
-    """An image file as uint8 [H, W, 3] RGB."""
-    image = iio.imread(path)
+    """An image file as uint8 [H, W, 3] RGB (grayscale repeated, an alpha channel dropped)."""
+    image = read_png(path)
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
@@ -217,7 +223,7 @@ def training_pairs(data_folder, names=None):
 
 def load_pair(image_path, label_path):
     """(uint8 [H, W, 3] image, int8 [H, W] classes) of one training example, checked."""
-    image, gt = read_rgb(image_path), iio.imread(label_path)
+    image, gt = read_rgb(image_path), read_png(label_path)
     if gt.shape[:2] != image.shape[:2]:
         raise UserError(f'{label_path} is {gt.shape[1]}x{gt.shape[0]} but its image is '
                         f'{image.shape[1]}x{image.shape[0]}')

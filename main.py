@@ -49,8 +49,8 @@ POLY_POWER = 0.9
 # The recommended settings per data source; a flag the user sets wins. The README explains the choices.
 RECIPES = {
     'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
-    'synthetic': dict(image_shape=(96, 320), epochs=6, batch_size=4, learning_rate=3e-4, keep_prob=1.0,
-                      num_train=240, num_test=30),
+    'synthetic': dict(image_shape=(96, 320), epochs=4, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
+                      num_train=270, num_test=30),
 }
 SYNTHETIC_DIR = 'synthetic_road'
 
@@ -240,12 +240,13 @@ def parse_args(argv=None):
                         help=f'passes over the training split [default: {k["epochs"]} on KITTI, '
                              f'{s["epochs"]} on the synthetic fallback]')
     parser.add_argument('--batch-size', type=int,
-                        help=f'images per step [default: {k["batch_size"]}]')
+                        help=f'images per step [default: {k["batch_size"]}; {s["batch_size"]} synthetic]')
     parser.add_argument('--learning-rate', type=float,
                         help=f'peak Adam learning rate: a {WARMUP_STEPS}-step linear warm-up, then poly decay '
                              f'[default: {k["learning_rate"]:g}; {s["learning_rate"]:g} synthetic]')
     parser.add_argument('--keep-prob', type=float,
-                        help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}]')
+                        help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}; '
+                             f'{s["keep_prob"]} synthetic]')
     parser.add_argument('--image-shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='network input size, multiples of 32; images are resized to it and predictions '
                              'back to each image\'s own size [default: 160 576; 96 320 synthetic]')

@@ -273,6 +273,14 @@ def test_an_image_without_ground_truth_is_a_clear_error(small_dataset, tmp_path)
         helper.gen_batch_function(str(folder), (64, 224))
 
 
+def test_a_truncated_png_is_a_clear_error(small_dataset, tmp_path):
+    path = tmp_path / 'um_000000.png'
+    with open(os.path.join(small_dataset, 'testing', 'image_2', 'um_000000.png'), 'rb') as f:
+        path.write_bytes(f.read()[:200])
+    with pytest.raises(helper.UserError, match='um_000000.png cannot be read as an image'):
+        helper.read_rgb(str(path))
+
+
 def test_shuffling_is_seeded_and_changes_per_epoch(small_dataset):
     training = os.path.join(small_dataset, 'training')
     first = helper.gen_batch_function(training, (32, 96), seed=5)
