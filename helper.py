@@ -1,4 +1,4 @@
-"""Data for the FCN-8s road segmenter: downloads, KITTI-layout batches, synthetic road scenes, outputs."""
+"""Data for the FCN-8s road segmenter: downloads, KITTI-layout batches, outputs (the scenes: synthetic.py)."""
 import os
 import re
 import shutil
@@ -14,6 +14,8 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 from tqdm import tqdm
 
+from metrics import IGNORE, NON_ROAD, ROAD
+
 VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
 KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 VGG_FILES = ('saved_model.pb', 'variables/variables.index', 'variables/variables.data-00000-of-00001')
@@ -21,8 +23,6 @@ DOWNLOAD_TIMEOUT_S = 15
 
 CATEGORIES = ('um', 'umm', 'uu')
 ROAD_COLOR, NON_ROAD_COLOR, INVALID_COLOR = (255, 0, 255), (255, 0, 0), (0, 0, 0)
-# Class ids of a decoded label; IGNORE marks KITTI's black area, outside the evaluated region.
-IGNORE, NON_ROAD, ROAD = -1, 0, 1
 OVERLAY_COLOR = (0, 255, 0)
 OVERLAY_ALPHA = 127 / 255
 IMAGE_NAME = re.compile(r'^(um|umm|uu)_(\d{6})\.png$')
@@ -45,6 +45,8 @@ def download(url, path):
                 for chunk in iter(lambda: response.read(1 << 20), b''):
                     out.write(chunk)
                     bar.update(len(chunk))
+            if total is not None and out.tell() != total:  # urllib does not raise on a cut-off body
+                raise OSError(f'the connection closed after {out.tell()} of {total} bytes')
     except (urllib.error.URLError, OSError, ValueError) as e:
         if os.path.exists(part):
             os.remove(part)
@@ -74,6 +76,10 @@ def extract_zip(zip_path, target_dir):
                 return moved
     except zipfile.BadZipFile as e:
         raise UserError(f'{zip_path} is not a valid zip file ({e}); delete it and try again') from None
+
+
+def kitti_is_present(road_dir):
+    return os.path.isdir(os.path.join(road_dir, 'training', 'image_2'))
 
 
 def vgg_is_complete(vgg_dir):
@@ -117,7 +123,7 @@ def maybe_download_pretrained_vgg(data_dir, url=VGG_URL):
 def maybe_download_kitti(data_dir, url=KITTI_URL):
     """Make sure data_dir/data_road holds KITTI Road, downloading and extracting data_road.zip if not."""
     road_dir = os.path.join(data_dir, 'data_road')
-    if not os.path.isdir(os.path.join(road_dir, 'training', 'image_2')):
+    if not kitti_is_present(road_dir):
         fetch_and_extract(url, data_dir, kitti_instructions(data_dir))
     return road_dir
 
@@ -249,14 +255,14 @@ def split_train_val(names, val_fraction, seed):
 
 
 def load_resized(pairs, image_shape, desc='loading'):
-    """Images float32 [N, H, W, 3] (0-255) and labels float32 [N, H, W, 2] at image_shape."""
-    images = np.empty((len(pairs), *image_shape, 3), np.float32)
-    labels = np.empty((len(pairs), *image_shape, 2), np.float32)
+    """Images uint8 [N, H, W, 3] and class ids int8 [N, H, W] at image_shape (compact: kept for all epochs)."""
+    images = np.empty((len(pairs), *image_shape, 3), np.uint8)
+    classes = np.empty((len(pairs), *image_shape), np.int8)
     for i, (image_path, label_path) in enumerate(tqdm(pairs, desc=desc, leave=False)):
-        image, classes = load_pair(image_path, label_path)
+        image, label = load_pair(image_path, label_path)
         images[i] = resize_image(image, image_shape)
-        labels[i] = one_hot(resize_nearest(classes, image_shape))
-    return images, labels
+        classes[i] = resize_nearest(label, image_shape)
+    return images, classes
 
 
 def gen_batch_function(data_folder, image_shape, names=None, seed=0):
@@ -271,12 +277,12 @@ def gen_batch_function(data_folder, image_shape, names=None, seed=0):
 
     def get_batches_fn(batch_size):
         if not cache:
-            cache['images'], cache['labels'] = load_resized(pairs, image_shape)
+            cache['images'], cache['classes'] = load_resized(pairs, image_shape)
         order = np.random.RandomState([seed, epochs[0]]).permutation(len(pairs))
         epochs[0] += 1
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            yield cache['images'][batch], cache['labels'][batch]
+            yield cache['images'][batch].astype(np.float32), one_hot(cache['classes'][batch])
 
     get_batches_fn.num_images = len(pairs)
     return get_batches_fn
@@ -313,7 +319,11 @@ def gen_test_output(sess, logits, keep_prob, image_pl, data_folder, image_shape)
     road_prob = road_probability(logits)
     image_dir = os.path.join(data_folder, 'image_2')
     for name in list_images(image_dir):
-        image = read_rgb(os.path.join(image_dir, name))
+        try:
+            image = read_rgb(os.path.join(image_dir, name))
+        except UserError as e:  # one bad test image must not cost the trained model's other outputs
+            tqdm.write(f'warning: skipped: {e}')
+            continue
         yield name, overlay(image, predict_road(sess, road_prob, keep_prob, image_pl, image, image_shape))
 
 

@@ -22,7 +22,7 @@ import vgg
 
 tf.disable_eager_execution()
 
-NUM_CLASSES = 2
+NUM_CLASSES = metrics.NUM_CLASSES
 VGG_TENSOR_NAMES = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
 # FCN-8s "at once" (Long, Shelhamer, Darrell): the skips are scaled so that pool3/pool4 activations, much larger
 # than fc7's, do not swamp the fused scores at the start of training.
@@ -150,7 +150,7 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
     logits = tf.reshape(nn_last_layer, [-1, num_classes], name='logits')
     labels = tf.reshape(correct_label, [-1, num_classes])
     valid = tf.reduce_sum(labels, axis=1)  # 1 for a labelled pixel, 0 for KITTI's black invalid area
-    pixel_loss = tf.nn.softmax_cross_entropy_with_logits(labels=tf.stop_gradient(labels), logits=logits)
+    pixel_loss = tf.nn.softmax_cross_entropy_with_logits_v2(labels=labels, logits=logits)
     cross_entropy_loss = tf.divide(tf.reduce_sum(pixel_loss * valid), tf.maximum(tf.reduce_sum(valid), 1.0),
                                    name='cross_entropy_loss')
     regularization = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)
@@ -268,6 +268,8 @@ def parse_args(argv=None):
         parser.error('--keep-prob must be in (0, 1]')
     if not 0 < args.val_fraction < 1:
         parser.error('--val-fraction must be in (0, 1)')
+    if not 0 <= args.seed < 2 ** 32:
+        parser.error('--seed must be in [0, 2**32)')
     return args
 
 
@@ -283,7 +285,7 @@ def resolve_dataset(args):
             raise helper.UserError(f'--dataset {args.dataset}: no such folder')
         return args.dataset, 'user'
     try:
-        if args.no_download and not os.path.isdir(os.path.join(args.data_dir, 'data_road', 'training')):
+        if args.no_download and not helper.kitti_is_present(os.path.join(args.data_dir, 'data_road')):
             raise helper.UserError(f'it is not in {os.path.join(args.data_dir, "data_road")} (--no-download)\n  '
                                    + helper.kitti_instructions(args.data_dir))
         return helper.maybe_download_kitti(args.data_dir), 'kitti'
@@ -325,10 +327,22 @@ def settings(args, data_source):
     return chosen
 
 
+def finite_or_none(value):
+    """JSON has no NaN: a non-finite figure (no road in the split, a diverged loss) is written as null."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def write_json(path, data):
+    """Write data as JSON through a temporary file, so that a crash never leaves half a file."""
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
+        json.dump(finite_or_none(data), f, indent=2, allow_nan=False)
     os.replace(tmp, path)
 
 
@@ -346,6 +360,9 @@ def run(argv=None):
     if not os.path.isdir(os.path.join(test_dir, 'image_2')):
         raise helper.UserError(f'{os.path.join(test_dir, "image_2")} does not exist: the test images go there')
     train_names, val_names = helper.split_train_val(names, args.val_fraction, args.seed)
+    if not train_names or not val_names:
+        raise helper.UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
+                               f'{len(val_names)} validation images of {len(names)}: both need at least one')
     run_dir = helper.new_run_dir(args.runs_dir)
     config = {
         'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
@@ -364,7 +381,11 @@ def run(argv=None):
         correct_label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
         learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
         if vgg_dir:
-            input_image, keep_prob, layer3, layer4, layer7 = load_vgg(sess, vgg_dir)
+            try:
+                input_image, keep_prob, layer3, layer4, layer7 = load_vgg(sess, vgg_dir)
+            except (RuntimeError, KeyError, ValueError, tf.errors.OpError) as e:
+                raise helper.UserError(f'{vgg_dir} is not a VGG16 SavedModel tagged "{vgg.TAG}" with the Udacity '
+                                       f'tensors {", ".join(VGG_TENSOR_NAMES)}: {e}') from None
             restored = {v.name for v in tf.global_variables()}  # the loaded weights: not to re-initialise
         else:
             input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=args.seed)
@@ -392,7 +413,7 @@ def run(argv=None):
 def main(argv=None):
     try:
         run(argv)
-    except helper.UserError as e:
+    except (helper.UserError, OSError) as e:  # OSError: an unwritable runs folder, a full disk, ...
         print(f'error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

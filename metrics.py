@@ -5,8 +5,7 @@ Labels use 0 = non-road, 1 = road and IGNORE (-1) for KITTI's black "invalid" ar
 import numpy as np
 
 NUM_CLASSES = 2
-IGNORE = -1
-ROAD = 1
+IGNORE, NON_ROAD, ROAD = -1, 0, 1
 
 
 def fast_hist(label, pred, num_classes=NUM_CLASSES):
@@ -26,7 +25,7 @@ def road_iou(hist):
 
 def road_recall_and_false_positive_rate(hist):
     """(fraction of road pixels labelled road, fraction of non-road pixels labelled road): Udacity's pass bar."""
-    road, non_road = hist[ROAD, :].sum(), hist[1 - ROAD, :].sum()
+    road, non_road = hist[ROAD, :].sum(), hist[NON_ROAD, :].sum()
     recall = hist[ROAD, ROAD] / road if road else float('nan')
-    fpr = hist[1 - ROAD, ROAD] / non_road if non_road else float('nan')
+    fpr = hist[NON_ROAD, ROAD] / non_road if non_road else float('nan')
     return float(recall), float(fpr)

@@ -265,6 +265,25 @@ def test_batches_pair_images_and_labels_by_name(small_dataset, tmp_path):
     assert set(np.unique(labels.sum(-1))) <= {0.0, 1.0}
 
 
+def test_shuffled_batches_keep_each_image_with_its_own_label(tmp_path):
+    """Each image shows its own ground truth in colour, so any mix-up between images and labels shows."""
+    rng = np.random.default_rng(0)
+    colours = np.array([helper.NON_ROAD_COLOR, helper.ROAD_COLOR, helper.INVALID_COLOR], np.uint8)
+    for folder in ('training/image_2', 'training/gt_image_2'):
+        (tmp_path / folder).mkdir(parents=True)
+    for i in range(7):
+        gt = np.kron(colours[rng.integers(0, 3, (2, 7))], np.ones((32, 32, 1), np.uint8))  # [64, 224, 3]
+        iio.imwrite(tmp_path / f'training/image_2/um_{i:06d}.png', gt)
+        iio.imwrite(tmp_path / f'training/gt_image_2/um_road_{i:06d}.png', gt)
+    get_batches_fn = helper.gen_batch_function(str(tmp_path / 'training'), (64, 224), seed=3)
+    for _ in range(2):
+        for images, labels in get_batches_fn(3):
+            road = np.all(images == helper.ROAD_COLOR, axis=-1)
+            non_road = np.all(images == helper.NON_ROAD_COLOR, axis=-1)
+            np.testing.assert_array_equal(labels[..., 1], road)
+            np.testing.assert_array_equal(labels[..., 0], non_road)
+
+
 def test_an_image_without_ground_truth_is_a_clear_error(small_dataset, tmp_path):
     folder = tmp_path / 'training'
     (folder / 'gt_image_2').mkdir(parents=True)
@@ -448,6 +467,14 @@ def test_an_image_shape_not_divisible_by_32_is_refused(tmp_path):
     assert result.returncode == 2 and 'multiples of 32' in result.stderr and 'Traceback' not in result.stderr
 
 
+@pytest.mark.parametrize('flags', [['--seed', '-1'], ['--val-fraction', '1'], ['--epochs', '0'],
+                                   ['--keep-prob', '0']])
+def test_out_of_range_flags_are_refused(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_args(flags)
+    assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
 def test_help_explains_every_flag():
     result = run_main('--help')
     assert result.returncode == 0
@@ -496,20 +523,24 @@ def test_end_to_end_run_writes_its_run_folder(thin_vgg, small_dataset, tmp_path)
 
 
 class Summary:
-    """Counts outcomes for the closing `N passed, M failed` line."""
+    """Counts outcomes per test for the closing `N passed, M failed` line: a test fails if any phase fails."""
 
     def __init__(self):
-        self.counts = {'passed': 0, 'failed': 0, 'skipped': 0}
+        self.outcomes = {}
 
     def pytest_runtest_logreport(self, report):
-        if report.when == 'call' or report.outcome != 'passed':
-            key = 'failed' if report.outcome == 'failed' else report.outcome
-            self.counts[key] += 1
+        previous = self.outcomes.get(report.nodeid)
+        if previous != 'failed' and (report.when == 'call' or report.outcome != 'passed'):
+            self.outcomes[report.nodeid] = report.outcome
+
+    def line(self):
+        count = lambda outcome: sum(o == outcome for o in self.outcomes.values())
+        skipped = count('skipped')
+        return f'{count("passed")} passed, {count("failed")} failed' + (f', {skipped} skipped' if skipped else '')
 
 
 if __name__ == '__main__':
     summary = Summary()
     code = pytest.main([__file__, '-q', '-p', 'no:cacheprovider', *sys.argv[1:]], plugins=[summary])
-    c = summary.counts
-    print(f'{c["passed"]} passed, {c["failed"]} failed' + (f', {c["skipped"]} skipped' if c['skipped'] else ''))
+    print(summary.line())
     sys.exit(code if code != 5 else 1)

@@ -5,7 +5,6 @@ The Udacity `vgg.zip` SavedModel exposes `image_input`, `keep_prob`, `layer3_out
 This module builds the same graph so that the project can run without that download: with He-initialised
 weights (the offline fallback), or saved as a SavedModel that `main.load_vgg` loads like the real one (tests).
 """
-import numpy as np
 import tensorflow.compat.v1 as tf
 
 TAG = 'vgg16'
@@ -72,7 +71,3 @@ def save_vgg16(export_dir, channels=CHANNELS, seed=0):
             builder.save()
     return export_dir
 
-
-def count_parameters(variables):
-    """Number of scalars in a list of variables."""
-    return int(sum(np.prod(v.shape.as_list()) for v in variables))
