@@ -130,7 +130,7 @@ def maybe_download_kitti(data_dir, url=KITTI_URL):
 
 # ------------------------------------------------------------------------------------------ images, labels
 
-def read_png(path):
+def read_image(path):
     """The pixels of an image file; an unreadable or truncated file is a UserError naming it."""
     try:
         return iio.imread(path)
@@ -141,7 +141,7 @@ def read_png(path):
 
 def read_rgb(path):
     """An image file as uint8 [H, W, 3] RGB (grayscale repeated, an alpha channel dropped)."""
-    image = read_png(path)
+    image = read_image(path)
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
@@ -229,7 +229,7 @@ def training_pairs(data_folder, names=None):
 
 def load_pair(image_path, label_path):
     """(uint8 [H, W, 3] image, int8 [H, W] classes) of one training example, checked."""
-    image, gt = read_rgb(image_path), read_png(label_path)
+    image, gt = read_rgb(image_path), read_image(label_path)
     if gt.shape[:2] != image.shape[:2]:
         raise UserError(f'{label_path} is {gt.shape[1]}x{gt.shape[0]} but its image is '
                         f'{image.shape[1]}x{image.shape[0]}')

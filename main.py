@@ -34,14 +34,14 @@ UPSCORE_POOL4 = (4, 2)
 UPSCORE8 = (16, 8)
 # Score layers start near zero, as in FCN (zero-initialised scoring layers), with a little noise to break
 # symmetry: stddev 0.01 / sqrt(fan_in), so that initial logits stay small whatever the encoder's activation
-# scale. (A He-initialised VGG16's fc7 has an RMS near 50 on road images, so a fixed stddev of 0.01 starts the
-# logits near +-30: the first losses explode and Adam's second-moment estimates stay inflated long after.)
+# scale. (A He-initialised VGG16's fc7 has an RMS near 50 on road images: a fixed stddev of 0.01 started the
+# logits near +-30 and the first loss above 10.)
 SCORE_INIT_GAIN = 0.01
 # Weight decay on the new layers, as the classic tf.contrib l2_regularizer(scale): scale * sum(w^2) / 2.
 L2_SCALE = 1e-3
 
 # Adam's first steps are sign steps of size learning_rate on every weight: on fc6 (fan-in 25088) that moves
-# pre-activations by several times their own scale, and the loss explodes from ~0.7 to ~100 on the second step.
+# pre-activations by several times their own scale, and the loss went from 0.85 to ~100 on the second step.
 # A linear warm-up of the learning rate over the first steps avoids it. After it, DeepLab's "poly" decay.
 WARMUP_STEPS = 50
 POLY_POWER = 0.9
