@@ -1,10 +1,14 @@
 """Data for the FCN-8s road segmenter: downloads, KITTI-layout batches, outputs (the scenes: synthetic.py)."""
+import collections
+import hashlib
+import http.client
 import os
 import re
-import shutil
+import stat
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 
@@ -15,17 +19,25 @@ from PIL import Image
 from tqdm import tqdm
 
 from metrics import IGNORE, NON_ROAD, ROAD
+from vgg import KERAS_H5
 
 VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
 KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 VGG_FILES = ('saved_model.pb', 'variables/variables.index', 'variables/variables.data-00000-of-00001')
+IMAGENET_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/vgg16/' + KERAS_H5
+# The checksum Keras publishes for that file (keras.applications.vgg16, `file_hash`); Keras gives an MD5, and no
+# checksum is published for vgg.zip or data_road.zip, which are checked as zips (integrity, expected files).
+IMAGENET_MD5 = '64373286793e3c8b2b4e3219cbf3544b'
 DOWNLOAD_TIMEOUT_S = 15
+DOWNLOAD_ATTEMPTS = 5
 
 CATEGORIES = ('um', 'umm', 'uu')
 ROAD_COLOR, NON_ROAD_COLOR, INVALID_COLOR = (255, 0, 255), (255, 0, 0), (0, 0, 0)
 OVERLAY_COLOR = (0, 255, 0)
 OVERLAY_ALPHA = 127 / 255
+KITTI_FOLDERS = ('training/image_2', 'training/gt_image_2', 'testing/image_2')
 IMAGE_NAME = re.compile(r'^(um|umm|uu)_(\d{6})\.png$')
+ROAD_LABEL_NAME = re.compile(r'^(um|umm|uu)_road_(\d{6})\.png$')
 
 
 class UserError(Exception):
@@ -34,52 +46,142 @@ class UserError(Exception):
 
 # ---------------------------------------------------------------------------------------------- downloads
 
-def download(url, path):
-    """Fetch url into path with a progress bar, through a `.part` file renamed only when complete."""
+class DownloadCutOff(OSError):
+    """The server closed the connection before the whole body arrived."""
+
+
+def _http_reason(error):
+    if isinstance(error, urllib.error.HTTPError):
+        return f'HTTP {error.code} {error.reason}'
+    return str(getattr(error, 'reason', None) or error)
+
+
+def _fetch_once(url, part):
+    """One HTTP request appending to `part` from where it ends (HTTP Range), or rewriting it when the server
+    ignores the range. Returns the file's size; raises DownloadCutOff when the body ends early."""
+    offset = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={'Range': f'bytes={offset}-'} if offset else {})
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        resumed = offset and response.status == 206 and \
+            (response.headers.get('Content-Range') or '').startswith(f'bytes {offset}-')
+        offset = offset if resumed else 0
+        length = response.headers.get('Content-Length')
+        total = offset + int(length) if length else None
+        with open(part, 'ab' if resumed else 'wb') as out, \
+                tqdm(total=total, initial=offset, unit='B', unit_scale=True, unit_divisor=1024,
+                     desc=os.path.basename(part)[:-len('.part')]) as bar:
+            for chunk in iter(lambda: response.read(1 << 20), b''):
+                out.write(chunk)
+                bar.update(len(chunk))
+            size = out.tell()
+    if total is not None and size < total:  # http.client does not raise on a body cut short
+        raise DownloadCutOff(f'the connection closed after {size} of {total} bytes')
+    return size
+
+
+def file_digest(path, algorithm):
+    digest = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url, path, checksum=None):
+    """Fetch url into path with a progress bar (size, speed), resuming a `.part` file left by an earlier
+    attempt, and rename it to path only when complete (and matching checksum=(algorithm, hex) if given).
+
+    A connection that drops is resumed up to DOWNLOAD_ATTEMPTS times while each attempt makes progress. Any
+    failure is a UserError naming the URL and the error; the `.part` file of a cut-off download is kept for the
+    next run to resume, a corrupt one is removed.
+    """
     part = path + '.part'
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, 'wb') as out:
-            total = int(response.headers.get('Content-Length') or 0) or None
-            with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024,
-                      desc=os.path.basename(path)) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b''):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            if total is not None and out.tell() != total:  # urllib does not raise on a cut-off body
-                raise OSError(f'the connection closed after {out.tell()} of {total} bytes')
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        if os.path.exists(part):
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        before = os.path.getsize(part) if os.path.exists(part) else 0
+        try:
+            _fetch_once(url, part)
+            break
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and os.path.exists(part):  # our .part is longer than the file: start again
+                os.remove(part)
+                continue
+            raise UserError(f'could not download {url}: {_http_reason(e)}') from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            after = os.path.getsize(part) if os.path.exists(part) else 0
+            if after <= before or attempt == DOWNLOAD_ATTEMPTS:
+                kept = f'; {after} bytes kept in {part}, the next run resumes from there' if after else ''
+                raise UserError(f'could not download {url}: {_http_reason(e)}{kept}') from None
+            tqdm.write(f'download interrupted ({_http_reason(e)}); resuming at byte {after} '
+                       f'(attempt {attempt + 1} of {DOWNLOAD_ATTEMPTS})')
+    else:
+        raise UserError(f'could not download {url}: the server refused to resume ({DOWNLOAD_ATTEMPTS} attempts)')
+    if checksum is not None:
+        algorithm, expected = checksum
+        actual = file_digest(part, algorithm)
+        if actual != expected:
             os.remove(part)
-        reason = f'HTTP {e.code} {e.reason}' if isinstance(e, urllib.error.HTTPError) else getattr(e, 'reason', e)
-        raise UserError(f'could not download {url}: {reason}') from None
+            raise UserError(f'{url} arrived with {algorithm} {actual}, expected {expected}: the download was '
+                            'corrupt and has been removed; run again to retry')
     os.replace(part, path)
     return path
 
 
-def extract_zip(zip_path, target_dir):
-    """Extract zip_path into target_dir through a temporary folder inside it; return the temporary folder's
-    top-level entries moved into target_dir. Existing entries are never overwritten."""
-    os.makedirs(target_dir, exist_ok=True)
+def _unsafe_member(info):
+    """Why the zip member would land outside the extraction folder (or be a link), or None."""
+    name = info.filename
+    if name.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', name):
+        return 'an absolute path'
+    if '..' in re.split(r'[/\\]', name):
+        return 'a path with ".."'
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return 'a symbolic link'
+    return None
+
+
+def check_zip(zip_path, required=()):
+    """Check that zip_path is an intact zip holding every name in `required` (a trailing / means a folder with
+    files in it) and no member that would land outside the target folder; UserError naming the problem."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
+            members = archive.infolist()
+            for info in members:
+                reason = _unsafe_member(info)
+                if reason is not None:
+                    raise UserError(f'{zip_path} holds {info.filename!r}, {reason}: refusing to extract it')
+            names = {info.filename for info in members}
+            holds = lambda r: any(n.startswith(r) and n != r for n in names) if r.endswith('/') else r in names
+            missing = [r for r in required if not holds(r)]
+            if missing:
+                raise UserError(f'{zip_path} does not hold {", ".join(missing)}: it is not the expected archive')
             bad = archive.testzip()
             if bad is not None:
-                raise UserError(f'{zip_path} is corrupt (member {bad}); delete it and try again')
-            with tempfile.TemporaryDirectory(dir=target_dir, prefix='.extract-') as tmp:
-                archive.extractall(tmp)
-                moved = []
-                for entry in sorted(os.listdir(tmp)):
-                    dest = os.path.join(target_dir, entry)
-                    if not os.path.exists(dest):
-                        shutil.move(os.path.join(tmp, entry), dest)
-                        moved.append(entry)
-                return moved
-    except zipfile.BadZipFile as e:
-        raise UserError(f'{zip_path} is not a valid zip file ({e}); delete it and try again') from None
+                raise UserError(f'{zip_path} is corrupt (CRC error in {bad})')
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+        raise UserError(f'{zip_path} is not a valid zip file ({e})') from None
+
+
+def extract_zip(zip_path, target_dir, required=()):
+    """Check zip_path (check_zip), extract it into a temporary folder inside target_dir and move its top-level
+    entries into target_dir only when all are extracted; return the entries moved. An entry that already
+    exists in target_dir is never overwritten (and not moved)."""
+    check_zip(zip_path, required)
+    os.makedirs(target_dir, exist_ok=True)
+    with zipfile.ZipFile(zip_path) as archive, \
+            tempfile.TemporaryDirectory(dir=target_dir, prefix='.extract-') as tmp:
+        members = archive.infolist()
+        for info in tqdm(members, desc=f'extracting {os.path.basename(zip_path)}', unit='file', leave=False):
+            archive.extract(info, tmp)
+        moved = []
+        for entry in sorted(os.listdir(tmp)):
+            dest = os.path.join(target_dir, entry)
+            if not os.path.lexists(dest):
+                os.rename(os.path.join(tmp, entry), dest)
+                moved.append(entry)
+        return moved
 
 
 def kitti_is_present(road_dir):
-    return os.path.isdir(os.path.join(road_dir, 'training', 'image_2'))
+    return all(os.path.isdir(os.path.join(road_dir, f)) for f in KITTI_FOLDERS)
 
 
 def vgg_is_complete(vgg_dir):
@@ -91,22 +193,30 @@ def vgg_instructions(data_dir, url=VGG_URL):
             f'{os.path.join(data_dir, "vgg", "saved_model.pb")} exists.')
 
 
-def kitti_instructions(data_dir):
+def kitti_instructions(data_dir, url=KITTI_URL):
     return ('To train on KITTI Road, register at https://www.cvlibs.net/datasets/kitti/eval_road.php, download '
-            f'data_road.zip (base kit, ~450 MB) and unzip it in {data_dir}/ so that '
+            f'data_road.zip (base kit, ~450 MB; also served at {url}) and unzip it in {data_dir}/ so that '
             f'{os.path.join(data_dir, "data_road", "training", "image_2")} exists.')
 
 
-def fetch_and_extract(url, data_dir, instructions):
-    """Download url into data_dir (unless its zip is already there) and extract it into data_dir."""
+def fetch_and_extract(url, data_dir, instructions, required):
+    """Download url into data_dir (unless its zip is already there), check it and extract it into data_dir.
+
+    A zip downloaded by this call that fails its checks is removed; one that was already there is left alone.
+    """
     os.makedirs(data_dir, exist_ok=True)
-    zip_path = os.path.join(data_dir, os.path.basename(url))
-    if not os.path.exists(zip_path):
-        try:
+    zip_path = os.path.join(data_dir, os.path.basename(urllib.parse.urlsplit(url).path) or 'download.zip')
+    downloaded = not os.path.exists(zip_path)
+    try:
+        if downloaded:
             download(url, zip_path)
-        except UserError as e:
-            raise UserError(f'{e}\n  {instructions}') from None
-    extract_zip(zip_path, data_dir)
+        extract_zip(zip_path, data_dir, required)
+    except UserError as e:
+        if downloaded and os.path.exists(zip_path):
+            os.remove(zip_path)
+            raise UserError(f'{e}; the downloaded file was removed\n  {instructions}') from None
+        advice = '' if downloaded else f'; delete {zip_path} to download it again'
+        raise UserError(f'{e}{advice}\n  {instructions}') from None
     return zip_path
 
 
@@ -114,9 +224,8 @@ def maybe_download_pretrained_vgg(data_dir, url=VGG_URL):
     """Make sure data_dir/vgg holds Udacity's VGG16 SavedModel, downloading and extracting vgg.zip if not."""
     vgg_dir = os.path.join(data_dir, 'vgg')
     if not vgg_is_complete(vgg_dir):
-        zip_path = fetch_and_extract(url, data_dir, vgg_instructions(data_dir, url))
-        if not vgg_is_complete(vgg_dir):
-            raise UserError(f'{zip_path} does not hold vgg/{" vgg/".join(VGG_FILES)}')
+        refuse_incomplete(vgg_dir, 'a VGG16 SavedModel', VGG_FILES)
+        fetch_and_extract(url, data_dir, vgg_instructions(data_dir, url), [f'vgg/{f}' for f in VGG_FILES])
     return vgg_dir
 
 
@@ -124,27 +233,76 @@ def maybe_download_kitti(data_dir, url=KITTI_URL):
     """Make sure data_dir/data_road holds KITTI Road, downloading and extracting data_road.zip if not."""
     road_dir = os.path.join(data_dir, 'data_road')
     if not kitti_is_present(road_dir):
-        fetch_and_extract(url, data_dir, kitti_instructions(data_dir))
+        refuse_incomplete(road_dir, 'KITTI Road', KITTI_FOLDERS)
+        fetch_and_extract(url, data_dir, kitti_instructions(data_dir, url),
+                          [f'data_road/{f}/' for f in KITTI_FOLDERS])
     return road_dir
+
+
+def refuse_incomplete(folder, what, contents):
+    """A folder that exists but lacks what a download would put there is the user's: never write into it."""
+    if os.path.lexists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        raise UserError(f'{folder} exists but does not hold {what} (expected {", ".join(contents)}); it was left '
+                        'untouched: complete it, or move it away so that it can be downloaded again')
+
+
+def keras_models_dir():
+    """Keras' download cache (`$KERAS_HOME/models`, by default ~/.keras/models)."""
+    return os.path.join(os.environ.get('KERAS_HOME') or os.path.join(os.path.expanduser('~'), '.keras'), 'models')
+
+
+def imagenet_instructions(data_dir):
+    return (f'To use the ImageNet VGG16 weights, download {IMAGENET_URL} by hand into {data_dir}/ or '
+            f'{keras_models_dir()}/, or pass --imagenet-weights PATH.')
+
+
+def maybe_download_imagenet_weights(data_dir, path=None, download_allowed=True):
+    """The path of Keras' ImageNet VGG16 weights: `path` if given, else the copy in data_dir or in Keras' cache,
+    else downloaded into data_dir from Keras' URL (checked against Keras' MD5)."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise UserError(f'--imagenet-weights {path}: no such file')
+        return path
+    for folder in (data_dir, keras_models_dir()):
+        if os.path.isfile(os.path.join(folder, KERAS_H5)):
+            return os.path.join(folder, KERAS_H5)
+    if not download_allowed:
+        raise UserError(f'{KERAS_H5} is in neither {data_dir} nor {keras_models_dir()} (--no-download)\n  '
+                        + imagenet_instructions(data_dir))
+    os.makedirs(data_dir, exist_ok=True)
+    try:
+        return download(IMAGENET_URL, os.path.join(data_dir, KERAS_H5), ('md5', IMAGENET_MD5))
+    except UserError as e:
+        raise UserError(f'{e}\n  {imagenet_instructions(data_dir)}') from None
 
 
 # ------------------------------------------------------------------------------------------ images, labels
 
-def read_image(path):
-    """The pixels of an image file; an unreadable or truncated file is a UserError naming it."""
+def read_image(path, mode=None):
+    """The pixels of an image file, converted to PIL `mode` if given; an unreadable or truncated file is a
+    UserError naming it."""
     try:
-        return iio.imread(path)
-    except Exception as e:  # imageio raises many types for a bad file; each means the same to the user
+        with Image.open(path) as image:
+            return np.asarray(image if mode is None or image.mode == mode else image.convert(mode))
+    except Exception as e:  # PIL raises many types for a bad file (OSError, SyntaxError, ...): same to the user
         raise UserError(f'{path} cannot be read as an image ({e.__class__.__name__}: {e}); replace or remove '
                         'it') from None
 
 
 def read_rgb(path):
-    """An image file as uint8 [H, W, 3] RGB (grayscale repeated, an alpha channel dropped)."""
-    image = read_image(path)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+    """An image file as uint8 [H, W, 3] RGB: grayscale and palette images expanded, an alpha channel dropped
+    (the dataset summary reports each conversion)."""
+    return read_image(path, 'RGB')
+
+
+def read_header(path):
+    """(mode, (W, H)) of an image file from its header alone; UserError for a file that is not an image."""
+    try:
+        with Image.open(path) as image:
+            return image.mode, image.size
+    except Exception as e:  # as in read_image
+        raise UserError(f'{path} cannot be read as an image ({e.__class__.__name__}: {e}); replace or remove '
+                        'it') from None
 
 
 def decode_label(gt):
@@ -220,25 +378,96 @@ def training_pairs(data_folder, names=None):
     if not names:
         raise UserError(f'{image_dir} holds no images named like um_000000.png: nothing to train on')
     pairs = [(os.path.join(image_dir, n), os.path.join(label_dir, label_name(n))) for n in names]
-    missing = [image for image, label in pairs if not os.path.isfile(label)]
+    missing = [(image, label) for image, label in pairs if not os.path.isfile(label)]
     if missing:
-        raise UserError(f'{len(missing)} image(s) without a road label, e.g. {missing[0]} needs '
-                        f'{os.path.join(label_dir, label_name(os.path.basename(missing[0])))}')
+        image, label = missing[0]
+        lane = label.replace('_road_', '_lane_')
+        hint = (f' ({os.path.basename(lane)} is there, but lane labels mark the ego-lane, not the road)'
+                if os.path.isfile(lane) else '')
+        raise UserError(f'{len(missing)} training image(s) without a road label, e.g. {image} needs {label}{hint}; '
+                        'add the labels or remove those images')
     return pairs
 
 
 def load_pair(image_path, label_path):
     """(uint8 [H, W, 3] image, int8 [H, W] classes) of one training example, checked."""
     image, gt = read_rgb(image_path), read_image(label_path)
+    if gt.ndim != 3 or gt.shape[2] != 3:
+        raise UserError(f'{label_path} has {1 if gt.ndim == 2 else gt.shape[2]} channel(s): labels must be RGB '
+                        'images in the three KITTI colours (labels are never converted: a guessed colour would '
+                        'be a wrong label)')
     if gt.shape[:2] != image.shape[:2]:
         raise UserError(f'{label_path} is {gt.shape[1]}x{gt.shape[0]} but its image is '
-                        f'{image.shape[1]}x{image.shape[0]}')
-    if gt.ndim != 3:
-        raise UserError(f'{label_path} is not an RGB image: KITTI labels are RGB')
+                        f'{image.shape[1]}x{image.shape[0]}: a label must match its image pixel for pixel')
     try:
         return image, decode_label(gt)
     except ValueError as e:
         raise UserError(f'{label_path} has {e}') from None
+
+
+def scan_dataset(dataset):
+    """Check dataset's KITTI layout and pairing and read every image header: a dict for dataset_summary.
+
+    UserError for a missing folder, an empty training set or an image without its road label.
+    """
+    for folder in KITTI_FOLDERS:
+        path = os.path.join(dataset, folder)
+        if not os.path.isdir(path):
+            nested = os.path.join(dataset, 'data_road')
+            hint = f' (did you mean {nested}?)' if kitti_is_present(nested) else ''
+            raise UserError(f'{path} does not exist: a KITTI-layout dataset has {", ".join(KITTI_FOLDERS)}{hint}')
+    train_dir, test_dir = (os.path.join(dataset, f) for f in ('training', 'testing'))
+    pairs = training_pairs(train_dir)
+    test_images = list_images(os.path.join(test_dir, 'image_2'))
+    scan = {'counts': collections.OrderedDict(), 'sizes': collections.Counter(),
+            'converted': collections.Counter(), 'unreadable_tests': [], 'ignored': []}
+    scan['counts']['training images'] = collections.Counter(category(os.path.basename(i)) for i, _ in pairs)
+    road_labels = [f for f in os.listdir(os.path.join(train_dir, 'gt_image_2')) if ROAD_LABEL_NAME.match(f)]
+    scan['counts']['road labels'] = collections.Counter(ROAD_LABEL_NAME.match(f).group(1) for f in road_labels)
+    scan['counts']['test images'] = collections.Counter(category(n) for n in test_images)
+    for image_path, label_path in pairs:
+        mode, size = read_header(image_path)
+        label_mode, label_size = read_header(label_path)
+        if label_size != size:
+            raise UserError(f'{label_path} is {label_size[0]}x{label_size[1]} but its image is {size[0]}x{size[1]}: '
+                            'a label must match its image pixel for pixel')
+        scan['sizes'][size] += 1
+        scan['converted'][mode] += mode != 'RGB'
+    for name in test_images:
+        try:
+            mode, size = read_header(os.path.join(test_dir, 'image_2', name))
+        except UserError as e:
+            scan['unreadable_tests'].append(str(e))
+            continue
+        scan['sizes'][size] += 1
+        scan['converted'][mode] += mode != 'RGB'
+    listed = {os.path.join(train_dir, 'image_2'): {os.path.basename(i) for i, _ in pairs},
+              os.path.join(train_dir, 'gt_image_2'): {os.path.basename(label) for _, label in pairs},
+              os.path.join(test_dir, 'image_2'): set(test_images)}
+    for folder, used in listed.items():
+        scan['ignored'] += [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f not in used]
+    return scan
+
+
+def dataset_summary(dataset, source, scan):
+    """One screen about the dataset: counts per category, image sizes, conversions, ignored files."""
+    lines = [f'dataset {dataset} ({source})', f'{"":18}' + ''.join(f'{c:>7}' for c in CATEGORIES) + '  total']
+    for what, counts in scan['counts'].items():
+        lines.append(f'{what:18}' + ''.join(f'{counts[c]:7d}' for c in CATEGORIES) + f'{sum(counts.values()):7d}')
+    sizes = ', '.join(f'{w}x{h} ({n})' for (w, h), n in scan['sizes'].most_common())
+    lines.append(f'image sizes (WxH)  {sizes}')
+    for mode, n in sorted(scan['converted'].items()):
+        if n:
+            lines.append(f'note: {n} image(s) in PIL mode {mode} are converted to RGB'
+                         + (' (alpha dropped)' if 'A' in mode else ''))
+    lanes = [f for f in scan['ignored'] if '_lane_' in os.path.basename(f)]
+    others = [f for f in scan['ignored'] if f not in lanes]
+    if lanes:
+        lines.append(f'ignored: {len(lanes)} lane label(s) (*_lane_*: the ego-lane, not the road)')
+    if others:
+        lines.append(f'ignored: {len(others)} file(s) not named like KITTI\'s, e.g. {others[0]}')
+    lines += [f'warning: {e}; this test image will be skipped' for e in scan['unreadable_tests']]
+    return '\n'.join(lines)
 
 
 def split_train_val(names, val_fraction, seed):
@@ -268,21 +497,20 @@ def load_resized(pairs, image_shape, desc='loading'):
 def gen_batch_function(data_folder, image_shape, names=None, seed=0):
     """Generator factory over data_folder (KITTI `training` layout) at image_shape (H, W).
 
-    get_batches_fn(batch_size) yields (images [B, H, W, 3] raw RGB 0-255, labels [B, H, W, 2]) in a new seeded
-    order on every call. `names` restricts it to those image names (the training split).
+    Every image and label is read, checked and resized here, once, so that a bad file stops the job before any
+    training. get_batches_fn(batch_size) yields (images [B, H, W, 3] raw RGB 0-255, labels [B, H, W, 2]) in a
+    new seeded order on every call. `names` restricts it to those image names (the training split).
     """
     pairs = training_pairs(data_folder, names)
-    cache = {}
+    images, classes = load_resized(pairs, image_shape)
     epochs = [0]
 
     def get_batches_fn(batch_size):
-        if not cache:
-            cache['images'], cache['classes'] = load_resized(pairs, image_shape)
         order = np.random.RandomState([seed, epochs[0]]).permutation(len(pairs))
         epochs[0] += 1
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            yield cache['images'][batch].astype(np.float32), one_hot(cache['classes'][batch])
+            yield images[batch].astype(np.float32), one_hot(classes[batch])
 
     get_batches_fn.num_images = len(pairs)
     return get_batches_fn

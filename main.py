@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+import zipfile
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -53,6 +54,8 @@ RECIPES = {
                       num_train=270, num_test=30),
 }
 SYNTHETIC_DIR = 'synthetic_road'
+VGG_INITS = ('auto', 'udacity', 'imagenet', 'random')
+WEIGHT_NAMES = {'udacity': "Udacity's pretrained VGG16", 'imagenet': "Keras' ImageNet VGG16"}
 
 
 # ------------------------------------------------------------------------------------------------- network
@@ -175,7 +178,8 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
 
     The learning rate fed follows learning_rate_at (warm-up, then poly decay when the number of steps is known).
     validate_fn() -> dict of validation figures (e.g. road_iou), printed and recorded after each epoch;
-    on_epoch_end(history) is called after each epoch (to save metrics as training goes).
+    on_epoch_end(history) is called after each epoch (to save metrics as training goes). A NaN or infinite
+    loss stops training with a UserError naming the step.
     """
     history, step = [], 0
     num_images = getattr(get_batches_fn, 'num_images', None)
@@ -190,6 +194,10 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
             if learning_rate is not None:
                 feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
             _, loss = sess.run([train_op, cross_entropy_loss], feed)
+            if not np.isfinite(loss):
+                bar.close()
+                raise helper.UserError(f'the training loss became {loss} at step {step} (epoch {epoch}): '
+                                       'training stopped. Try a lower --learning-rate.')
             losses.append(float(loss))
             bar.set_postfix(loss=f'{np.mean(losses):.4f}')
         record = {'epoch': epoch, 'loss': float(np.mean(losses)) if losses else float('nan')}
@@ -204,10 +212,9 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     return history
 
 
-def make_validate_fn(sess, logits, keep_prob, input_image, val_pairs, image_shape):
-    """validate_fn for train_nn: road IoU on the validation images at their original resolution."""
+def make_validate_fn(sess, logits, keep_prob, input_image, examples, image_shape):
+    """validate_fn for train_nn: road IoU on examples [(uint8 image, int8 classes)] at their own resolution."""
     road_prob = helper.road_probability(logits)
-    examples = [helper.load_pair(image, label) for image, label in val_pairs]
 
     def validate_fn():
         hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
@@ -233,7 +240,21 @@ def parse_args(argv=None):
                         help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')
     parser.add_argument('--dataset', help='a KITTI-layout folder (training/image_2, training/gt_image_2, '
                                           'testing/image_2) [default: DATA_DIR/data_road]')
-    parser.add_argument('--vgg-dir', help='folder of the VGG16 SavedModel [default: DATA_DIR/vgg]')
+    parser.add_argument('--vgg-dir', help='folder of the VGG16 SavedModel: Udacity\'s, or the one converted '
+                                          'from ImageNet weights [default: DATA_DIR/vgg]')
+    parser.add_argument('--vgg-init', choices=VGG_INITS, default='auto',
+                        help='encoder weights: "udacity" = Udacity\'s SavedModel in VGG_DIR (vgg.zip downloaded '
+                             'if missing); "imagenet" = Keras\' ImageNet VGG16 weights converted into VGG_DIR; '
+                             '"random" = He initialisation (no pretraining: much weaker); "auto" = whatever '
+                             'VGG_DIR holds, else udacity, then imagenet, then random, saying which [default: auto]')
+    parser.add_argument('--imagenet-weights', metavar='PATH',
+                        help=f'Keras\' {vgg.KERAS_H5} (with the fully connected layers) for '
+                             '--vgg-init imagenet; implies it under auto [default: DATA_DIR, then Keras\' cache '
+                             '~/.keras/models, then download]')
+    parser.add_argument('--vgg-url', default=helper.VGG_URL,
+                        help='where to download Udacity\'s vgg.zip from [default: %(default)s]')
+    parser.add_argument('--kitti-url', default=helper.KITTI_URL,
+                        help='where to download KITTI Road\'s data_road.zip from [default: %(default)s]')
     parser.add_argument('--runs-dir', default='runs',
                         help='each run writes a new RUNS_DIR/<timestamp>/ folder [default: runs]')
     parser.add_argument('--epochs', type=int,
@@ -256,7 +277,8 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0,
                         help='seeds the split, shuffling and initialisation [default: 0]')
     parser.add_argument('--no-download', action='store_true',
-                        help='never use the network: a missing default VGG16 or KITTI falls back at once')
+                        help='never use the network: missing weights or KITTI fall back at once to what is on '
+                             'disk')
     args = parser.parse_args(argv)
     if args.image_shape and any(d <= 0 or d % 32 for d in args.image_shape):
         parser.error(f'--image-shape {args.image_shape[0]} {args.image_shape[1]}: both must be positive '
@@ -270,6 +292,8 @@ def parse_args(argv=None):
         parser.error('--val-fraction must be in (0, 1)')
     if not 0 <= args.seed < 2 ** 32:
         parser.error('--seed must be in [0, 2**32)')
+    if args.imagenet_weights and args.vgg_init in ('udacity', 'random'):
+        parser.error(f'--imagenet-weights is for --vgg-init imagenet (or auto), not {args.vgg_init}')
     return args
 
 
@@ -281,14 +305,17 @@ def warn(message):
 def resolve_dataset(args):
     """(dataset folder, source) where source is 'kitti', 'user' or 'synthetic'."""
     if args.dataset:
+        if os.path.isfile(args.dataset):
+            raise helper.UserError(f'--dataset {args.dataset} is a file: it must be a KITTI-layout folder'
+                                   + (' (unzip it first)' if zipfile.is_zipfile(args.dataset) else ''))
         if not os.path.isdir(args.dataset):
             raise helper.UserError(f'--dataset {args.dataset}: no such folder')
         return args.dataset, 'user'
     try:
         if args.no_download and not helper.kitti_is_present(os.path.join(args.data_dir, 'data_road')):
             raise helper.UserError(f'it is not in {os.path.join(args.data_dir, "data_road")} (--no-download)\n  '
-                                   + helper.kitti_instructions(args.data_dir))
-        return helper.maybe_download_kitti(args.data_dir), 'kitti'
+                                   + helper.kitti_instructions(args.data_dir, args.kitti_url))
+        return helper.maybe_download_kitti(args.data_dir, args.kitti_url), 'kitti'
     except helper.UserError as e:
         recipe = RECIPES['synthetic']
         folder = os.path.join(args.data_dir, SYNTHETIC_DIR)
@@ -300,22 +327,54 @@ def resolve_dataset(args):
 
 
 def resolve_weights(args):
-    """(vgg folder or None for a random encoder, source) where source is 'udacity' or 'random'."""
-    if args.vgg_dir:
-        if not helper.vgg_is_complete(args.vgg_dir):
-            raise helper.UserError(f'--vgg-dir {args.vgg_dir}: no VGG16 SavedModel there '
-                                   f'(needs {", ".join(helper.VGG_FILES)})')
-        return args.vgg_dir, 'udacity'
+    """(VGG16 SavedModel folder, or None for a random encoder; weights info with 'source' in udacity, imagenet,
+    random): see --vgg-init."""
+    vgg_dir = args.vgg_dir or os.path.join(args.data_dir, 'vgg')
+    init = 'imagenet' if args.vgg_init == 'auto' and args.imagenet_weights else args.vgg_init  # a named file wins
+    if init == 'random':
+        return None, {'source': 'random'}
+    if helper.vgg_is_complete(vgg_dir):
+        info = vgg.read_source(vgg_dir) or {'source': 'udacity'}
+        if init not in ('auto', info['source']):
+            raise helper.UserError(f'{vgg_dir} holds the {info["source"]} VGG16, not the {init} one: use '
+                                   f'--vgg-init {info["source"]}, or another --vgg-dir')
+        return vgg_dir, info
+    if os.path.lexists(vgg_dir) and not os.path.isdir(vgg_dir):
+        raise helper.UserError(f'--vgg-dir {vgg_dir} is a file: it must be a folder')
+    if args.vgg_dir and init != 'imagenet':  # a folder the user named never falls back
+        raise helper.UserError(f'--vgg-dir {vgg_dir}: no VGG16 SavedModel there (needs {", ".join(helper.VGG_FILES)})'
+                               '; leave --vgg-dir out to download Udacity\'s into DATA_DIR/vgg')
+    failures = []
+    for source in ('udacity', 'imagenet') if init == 'auto' else (init,):
+        try:
+            if source == 'udacity':
+                if args.no_download:
+                    raise helper.UserError(f'it is not in {vgg_dir} (--no-download)\n  '
+                                           + helper.vgg_instructions(args.data_dir, args.vgg_url))
+                return helper.maybe_download_pretrained_vgg(args.data_dir, args.vgg_url), {'source': 'udacity'}
+            info = convert_imagenet_weights(args, vgg_dir)
+            if failures:
+                warn('\n'.join(failures) + f'\nUsing the ImageNet VGG16 weights of {info["converted_from"]}.')
+            return vgg_dir, info
+        except helper.UserError as e:
+            if init != 'auto':
+                raise
+            failures.append(f'{WEIGHT_NAMES[source]} is not available: {e}')
+    warn('\n'.join(failures) + '\nUsing a randomly initialised (He) VGG16 encoder: expect much weaker results '
+         'than with pretrained weights. See README.md, "Weights".')
+    return None, {'source': 'random'}
+
+
+def convert_imagenet_weights(args, vgg_dir):
+    """Find (or download) Keras' ImageNet VGG16 weights and convert them into a SavedModel in vgg_dir."""
+    h5_path = helper.maybe_download_imagenet_weights(args.data_dir, args.imagenet_weights, not args.no_download)
+    info = {'source': 'imagenet', 'converted_from': os.path.abspath(h5_path)}
+    print(f'converting {h5_path} into the SavedModel {vgg_dir} (once; later runs load it)', flush=True)
     try:
-        default_dir = os.path.join(args.data_dir, 'vgg')
-        if args.no_download and not helper.vgg_is_complete(default_dir):
-            raise helper.UserError(f'it is not in {default_dir} (--no-download)\n  '
-                                   + helper.vgg_instructions(args.data_dir))
-        return helper.maybe_download_pretrained_vgg(args.data_dir), 'udacity'
-    except helper.UserError as e:
-        warn(f'The pretrained VGG16 is not available: {e}\nUsing a randomly initialised (He) VGG16 encoder: '
-             'expect much weaker results than with pretrained weights. See README.md, "Data".')
-        return None, 'random'
+        vgg.convert_keras_h5(h5_path, vgg_dir, info)
+    except vgg.ConversionError as e:
+        raise helper.UserError(str(e)) from None
+    return info
 
 
 def settings(args, data_source):
@@ -350,31 +409,35 @@ def run(argv=None):
     """The whole job: data, weights, graph, training, validation, test-set overlays, config and metrics."""
     args = parse_args(argv)
     dataset, data_source = resolve_dataset(args)
-    vgg_dir, weight_source = resolve_weights(args)
+    scan = helper.scan_dataset(dataset)
+    print(helper.dataset_summary(dataset, data_source, scan), flush=True)
     conf = settings(args, data_source)
     image_shape = conf['image_shape']
 
     training_dir, test_dir = os.path.join(dataset, 'training'), os.path.join(dataset, 'testing')
-    # Fail before any training on a missing folder or label.
     names = [os.path.basename(image) for image, _ in helper.training_pairs(training_dir)]
-    if not os.path.isdir(os.path.join(test_dir, 'image_2')):
-        raise helper.UserError(f'{os.path.join(test_dir, "image_2")} does not exist: the test images go there')
     train_names, val_names = helper.split_train_val(names, args.val_fraction, args.seed)
     if not train_names or not val_names:
         raise helper.UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
                                f'{len(val_names)} validation images of {len(names)}: both need at least one')
+    # Every training and validation file is read and checked before the weights, the run folder and the graph.
+    get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed)
+    val_pairs = helper.training_pairs(training_dir, val_names)
+    val_examples = [helper.load_pair(image, label) for image, label in val_pairs]
+    vgg_dir, weights = resolve_weights(args)
+
     run_dir = helper.new_run_dir(args.runs_dir)
     config = {
         'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
         'settings': {**vars(args), **conf},
         'data': {'source': data_source, 'dataset': os.path.abspath(dataset), 'train_images': len(train_names),
                  'val_images': len(val_names), 'val_names': val_names},
-        'weights': {'source': weight_source, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
+        'weights': {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
         'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__, 'numpy': np.__version__},
     }
     write_json(os.path.join(run_dir, 'config.json'), config)
     print(f'run folder {run_dir}: data {data_source} ({len(train_names)} train, {len(val_names)} val), '
-          f'weights {weight_source}, {conf}', flush=True)
+          f'weights {weights["source"]}, {conf}', flush=True)
 
     with tf.Graph().as_default(), tf.Session() as sess:
         tf.set_random_seed(args.seed)
@@ -394,9 +457,7 @@ def run(argv=None):
         logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, NUM_CLASSES)
         sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
 
-        get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed)
-        val_pairs = helper.training_pairs(training_dir, val_names)
-        validate_fn = make_validate_fn(sess, logits, keep_prob, input_image, val_pairs, image_shape)
+        validate_fn = make_validate_fn(sess, logits, keep_prob, input_image, val_examples, image_shape)
         metrics_path = os.path.join(run_dir, 'metrics.json')
         sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
         train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op, cross_entropy_loss,

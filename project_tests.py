@@ -2,16 +2,21 @@
 `N passed, M failed`. No network, GPU, KITTI or real VGG16: tests generate thin SavedModels with the VGG tensor
 names and small KITTI-layout folders of synthetic scenes. Each test runs in a graph of its own.
 """
+import hashlib
 import http.server
 import io
 import json
 import os
+import re
+import shutil
+import stat
 import subprocess
 import sys
 import threading
 import zipfile
 from unittest import mock
 
+import h5py
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -34,6 +39,12 @@ SMALL_SIZES = ((70, 230), (64, 224), (72, 240))  # mixed sizes, like KITTI's, bu
 def graph():
     with tf.Graph().as_default() as g:
         yield g
+
+
+@pytest.fixture(autouse=True)
+def empty_keras_cache(tmp_path_factory, monkeypatch):
+    """Keras' cache may hold the real 550 MB ImageNet weights: tests must never find (and convert) them."""
+    monkeypatch.setenv('KERAS_HOME', str(tmp_path_factory.mktemp('keras_home')))
 
 
 @pytest.fixture(scope='session')
@@ -389,63 +400,348 @@ def test_new_run_dir_never_reuses_a_folder(tmp_path):
 
 # ------------------------------------------------------------------------------------------ downloads
 
-class ZipServer:
-    """A loopback HTTP server for download tests: serves `files` {path: bytes}, 404 for anything else."""
+class FileServer:
+    """A loopback HTTP server for download tests: serves `files` {path: bytes} with HTTP Range support, 404 for
+    anything else. `cut` {path: n}: the first response for path stops after n bytes of its body (the headers
+    promise all of it), as a dropped connection does. `ranges=False`: a server that ignores Range headers."""
 
-    def __init__(self, files):
-        files = dict(files)
+    def __init__(self, files, cut=None, ranges=True):
+        files, cut, requests = dict(files), dict(cut or {}), []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                requests.append((self.path, self.headers.get('Range')))
                 body = files.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header('Content-Length', str(len(body or b'')))
+                if body is None:
+                    self.send_response(404)
+                    self.send_header('Content-Length', '0')
+                    self.end_headers()
+                    return
+                start = int(self.headers['Range'][len('bytes='):-1]) if ranges and self.headers['Range'] else 0
+                if start >= len(body) > 0:
+                    self.send_response(416)
+                    self.send_header('Content-Range', f'bytes */{len(body)}')
+                    self.send_header('Content-Length', '0')
+                    self.end_headers()
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header('Content-Range', f'bytes {start}-{len(body) - 1}/{len(body)}')
+                self.send_header('Content-Length', str(len(body) - start))
                 self.end_headers()
-                self.wfile.write(body or b'')
+                self.wfile.write(body[start:start + cut.pop(self.path, len(body))])
+                self.close_connection = True
 
             def log_message(self, *args):
                 pass
 
+        self.requests = requests
         self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.url = f'http://127.0.0.1:{self.server.server_address[1]}'
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
 
 
-def vgg_zip(saved_model_dir):
+def make_zip(members):
+    """Zip bytes of members {name: bytes}; a name ending in '@link' becomes a symbolic link to its bytes."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, 'w') as archive:
-        for root, _, files in os.walk(saved_model_dir):
-            for name in files:
-                path = os.path.join(root, name)
-                archive.write(path, os.path.join('vgg', os.path.relpath(path, saved_model_dir)))
+        for name, data in members.items():
+            if name.endswith('@link'):
+                info = zipfile.ZipInfo(name[:-len('@link')])
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                archive.writestr(info, data)
+            else:
+                archive.writestr(name, data)
     return buffer.getvalue()
 
 
+def vgg_zip(saved_model_dir):
+    members = {}
+    for root, _, files in os.walk(saved_model_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                members[os.path.join('vgg', os.path.relpath(path, saved_model_dir))] = f.read()
+    return make_zip(members)
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder: to show that nothing of the user's changed."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                files[os.path.relpath(path, folder)] = f.read()
+    return files
+
+
 def test_vgg_download_from_a_loopback_server(thin_vgg, tmp_path):
-    server = ZipServer({'/vgg.zip': vgg_zip(thin_vgg)})
-    try:
-        data_dir = str(tmp_path / 'data')
+    data_dir = str(tmp_path / 'data')
+    with FileServer({'/vgg.zip': vgg_zip(thin_vgg)}) as server:
         vgg_dir = helper.maybe_download_pretrained_vgg(data_dir, url=server.url + '/vgg.zip')
         assert helper.vgg_is_complete(vgg_dir)
         with tf.Session() as sess:
             main.load_vgg(sess, vgg_dir)
-        assert helper.maybe_download_pretrained_vgg(data_dir, url=server.url + '/gone.zip') == vgg_dir
-    finally:
-        server.close()
+        before = snapshot(data_dir)
+        assert helper.maybe_download_pretrained_vgg(data_dir, url=server.url + '/vgg.zip') == vgg_dir
+        assert len(server.requests) == 1 and snapshot(data_dir) == before  # the second run does nothing
+    assert sorted(os.listdir(data_dir)) == ['vgg', 'vgg.zip']  # no .part, no temporary folder left
+
+
+def test_a_download_cut_off_midway_resumes_where_it_stopped(thin_vgg, tmp_path):
+    body = vgg_zip(thin_vgg)
+    with FileServer({'/vgg.zip': body}, cut={'/vgg.zip': len(body) // 2}) as server:
+        vgg_dir = helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
+    assert server.requests == [('/vgg.zip', None), ('/vgg.zip', f'bytes={len(body) // 2}-')]
+    assert (tmp_path / 'vgg.zip').read_bytes() == body and helper.vgg_is_complete(vgg_dir)
+
+
+def test_a_server_ignoring_range_restarts_the_download_cleanly(tmp_path):
+    body = bytes(range(256)) * 400
+    (tmp_path / 'file.bin.part').write_bytes(b'stale bytes of an older attempt')
+    with FileServer({'/file.bin': body}, ranges=False) as server:
+        helper.download(server.url + '/file.bin', str(tmp_path / 'file.bin'))
+    assert (tmp_path / 'file.bin').read_bytes() == body and os.listdir(tmp_path) == ['file.bin']
+
+
+def test_a_download_that_keeps_failing_keeps_its_part_file_for_the_next_run(tmp_path):
+    body = bytes(1000)
+    with FileServer({'/file.bin': body}, cut={'/file.bin': 300}) as server:
+        server.server.RequestHandlerClass.do_GET, serve = (lambda self: self.connection.close()), \
+            server.server.RequestHandlerClass.do_GET
+        with pytest.raises(helper.UserError, match='could not download'):
+            helper.download(server.url + '/file.bin', str(tmp_path / 'file.bin'))
+        assert os.listdir(tmp_path) == []  # no byte arrived: nothing to keep
+        server.server.RequestHandlerClass.do_GET = serve
+        path = helper.download(server.url + '/file.bin', str(tmp_path / 'file.bin'))
+    assert open(path, 'rb').read() == body
+
+
+def test_a_checksum_mismatch_is_refused_and_removed(tmp_path):
+    with FileServer({'/weights.h5': b'not the weights'}) as server:
+        with pytest.raises(helper.UserError, match='expected 0123'):
+            helper.download(server.url + '/weights.h5', str(tmp_path / 'weights.h5'), ('md5', '0123'))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_corrupt_download_is_removed_and_nothing_is_extracted(thin_vgg, tmp_path):
+    body = bytearray(vgg_zip(thin_vgg))
+    middle = body.index(b'saved_model.pb') + 200  # inside saved_model.pb's compressed data: a CRC error
+    body[middle:middle + 16] = bytes(16)
+    with FileServer({'/vgg.zip': bytes(body)}) as server:
+        with pytest.raises(helper.UserError, match=r'(?s)corrupt.*removed.*unzip it in'):
+            helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_corrupt_zip_of_the_user_is_reported_not_deleted(tmp_path):
+    (tmp_path / 'vgg.zip').write_bytes(b'PK\x03\x04 this is not a zip')
+    with pytest.raises(helper.UserError, match=r'not a valid zip.*delete .*vgg.zip to download it again'):
+        helper.maybe_download_pretrained_vgg(str(tmp_path), url='http://127.0.0.1:9/vgg.zip')
+    assert os.listdir(tmp_path) == ['vgg.zip']
+
+
+@pytest.mark.parametrize('member, reason', [('vgg/../../escaped.txt', r'path with "\.\."'),
+                                            ('/tmp/escaped.txt', 'absolute path'),
+                                            ('vgg/escaped@link', 'symbolic link')])
+def test_archive_members_outside_the_target_are_refused(thin_vgg, tmp_path, member, reason):
+    data_dir = tmp_path / 'a' / 'data'
+    members = {name: data for name, data in zipfile_members(vgg_zip(thin_vgg)).items()}
+    members[member] = b'/etc/passwd' if member.endswith('@link') else b'outside'
+    with FileServer({'/vgg.zip': make_zip(members)}) as server:
+        with pytest.raises(helper.UserError, match=f'refusing to extract.*|{reason}'):
+            helper.maybe_download_pretrained_vgg(str(data_dir), url=server.url + '/vgg.zip')
+    assert [os.path.relpath(os.path.join(r, f), tmp_path) for r, _, fs in os.walk(tmp_path) for f in fs] == []
+
+
+def zipfile_members(body):
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_an_archive_without_the_expected_files_is_refused(tmp_path):
+    with FileServer({'/data_road.zip': make_zip({'data_road/training/image_2/um_000000.png': b'x'})}) as server:
+        with pytest.raises(helper.UserError, match='does not hold data_road/training/gt_image_2/'):
+            helper.maybe_download_kitti(str(tmp_path), url=server.url + '/data_road.zip')
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_kitti_download_lands_in_data_road(small_dataset, tmp_path):
+    members = {}
+    for path, data in snapshot(small_dataset).items():
+        members['data_road/' + path] = data
+    with FileServer({'/data_road.zip': make_zip(members)}) as server:
+        road_dir = helper.maybe_download_kitti(str(tmp_path), url=server.url + '/data_road.zip')
+    assert snapshot(road_dir) == snapshot(small_dataset)
+
+
+def test_an_incomplete_folder_of_the_user_is_never_written_into(thin_vgg, tmp_path):
+    (tmp_path / 'vgg').mkdir()
+    (tmp_path / 'vgg' / 'notes.txt').write_text('mine')
+    with FileServer({'/vgg.zip': vgg_zip(thin_vgg)}) as server:
+        with pytest.raises(helper.UserError, match='exists but does not hold a VGG16 SavedModel.*untouched'):
+            helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
+        assert server.requests == []
+    assert snapshot(tmp_path) == {'vgg/notes.txt': b'mine'}
 
 
 def test_a_failed_download_says_what_to_do_and_leaves_no_file(tmp_path):
-    server = ZipServer({})
-    try:
-        with pytest.raises(helper.UserError, match=r'(?s)404.*unzip it in'):
+    with FileServer({}) as server:
+        with pytest.raises(helper.UserError, match=r'(?s)/vgg.zip: HTTP 404.*unzip it in'):
             helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
-    finally:
-        server.close()
     assert os.listdir(tmp_path) == []
+
+
+# -------------------------------------------------------------------------- Keras ImageNet weights (h5)
+
+def keras_layers(notop=False):
+    """Keras VGG16's layer names in order, weight-less layers included."""
+    names = ['input_1']
+    for block, depth in vgg.BLOCKS:
+        names += [f'block{block}_conv{i}' for i in range(1, depth + 1)] + [f'block{block}_pool']
+    return names if notop else names + ['flatten', 'fc1', 'fc2', 'predictions']
+
+
+def write_keras_h5(path, channels, seed, notop=False):
+    """Write random weights in the layout of Keras' `vgg16_weights_tf_dim_ordering_tf_kernels.h5` (or of its
+    `_notop` variant) with the Keras-1 weight names; return {keras layer: (kernel, bias)} in Keras' shapes."""
+    rng = np.random.default_rng(seed)
+    in_channels, weights = 3, {}
+    for (block, depth), out_channels in zip(vgg.BLOCKS, channels):
+        for i in range(1, depth + 1):
+            weights[f'block{block}_conv{i}'] = ((3, 3, in_channels, out_channels), 9 * in_channels)
+            in_channels = out_channels
+    if not notop:
+        weights['fc1'] = ((7 * 7 * channels[4], channels[5]), 7 * 7 * channels[4])
+        weights['fc2'] = ((channels[5], channels[5]), channels[5])
+        weights['predictions'] = ((channels[5], 1000), channels[5])
+    for layer, (shape, fan_in) in weights.items():  # He-scaled so that activations keep their size
+        kernel = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2 / fan_in))
+        weights[layer] = kernel, rng.uniform(-0.5, 0.5, shape[-1:]).astype(np.float32)
+    with h5py.File(path, 'w') as f:
+        f.attrs['layer_names'] = [name.encode() for name in keras_layers(notop)]
+        for layer in keras_layers(notop):
+            group = f.create_group(layer)
+            names = [f'{layer}_W_1:0', f'{layer}_b_1:0'] if layer in weights else []
+            group.attrs['weight_names'] = np.array([name.encode() for name in names], dtype='S')
+            for name, value in zip(names, weights.get(layer, ())):
+                group.create_dataset(name, data=value)
+    return weights
+
+
+def conv_relu(x, kernel, bias):
+    """SAME convolution, stride 1, then ReLU: [N, H, W, C] * [k, k, C, D] -> [N, H, W, D] (k odd)."""
+    k, (height, width) = kernel.shape[0], x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    out = sum(np.tensordot(padded[:, i:i + height, j:j + width], kernel[i, j], axes=1)
+              for i in range(k) for j in range(k))
+    return np.maximum(out + bias, 0)
+
+
+def max_pool(x):
+    """2x2 max pooling, stride 2: [N, H, W, C] -> [N, H/2, W/2, C] (H, W even)."""
+    n, height, width, c = x.shape
+    return x.reshape(n, height // 2, 2, width // 2, 2, c).max(axis=(2, 4))
+
+
+def numpy_vgg16(images, weights):
+    """Keras' VGG16 weights run as the Udacity encoder in float64: raw RGB [N, H, W, 3] -> (layer3, layer4,
+    layer7)."""
+    x = images[..., ::-1] - np.array(vgg.MEAN_BGR)
+    pools = []
+    for block, depth in vgg.BLOCKS:
+        for i in range(1, depth + 1):
+            x = conv_relu(x, *weights[f'block{block}_conv{i}'])
+        x = max_pool(x)
+        pools.append(x)
+    fc1, fc2 = weights['fc1'][0], weights['fc2'][0]
+    x = conv_relu(x, fc1.reshape(7, 7, -1, fc1.shape[1]), weights['fc1'][1])
+    x = conv_relu(x, fc2.reshape(1, 1, *fc2.shape), weights['fc2'][1])
+    return pools[2], pools[3], x
+
+
+def test_keras_weights_convert_to_the_udacity_model(tmp_path):
+    weights = write_keras_h5(tmp_path / 'vgg16.h5', THIN, seed=3)
+    export_dir = vgg.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'vgg'))
+    images = np.random.default_rng(4).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        image_input, keep_prob, layer3, layer4, layer7 = main.load_vgg(sess, export_dir)
+        outputs = sess.run([layer3, layer4, layer7], {image_input: images, keep_prob: 1.0})
+    for output, expected in zip(outputs, numpy_vgg16(images.astype(np.float64), weights)):
+        assert output.shape == expected.shape and expected.max() > 0
+        np.testing.assert_allclose(output, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    assert vgg.read_source(export_dir) == {'source': 'imagenet', 'converted_from': str(tmp_path / 'vgg16.h5')}
+    # The weights are variables, not constants: saved_model.pb stays small.
+    assert os.path.getsize(os.path.join(export_dir, 'saved_model.pb')) < 100_000
+    assert not [name for name in os.listdir(tmp_path) if name.startswith('.vgg-convert-')]
+
+
+def drop_layer(path):
+    with h5py.File(path, 'a') as f:
+        del f['block3_conv2']
+
+
+def widen_fc1(path):
+    with h5py.File(path, 'a') as f:
+        kernel = f['fc1/fc1_W_1:0'][()]
+        del f['fc1/fc1_W_1:0']
+        f['fc1'].create_dataset('fc1_W_1:0', data=np.concatenate([kernel, kernel[:1]]))
+
+
+@pytest.mark.parametrize('notop, spoil, message', [
+    (True, None, 'this is the notop file without the fully connected layers; you need '
+                 'vgg16_weights_tf_dim_ordering_tf_kernels.h5'),
+    (False, drop_layer, 'block3_conv2 missing'),
+    (False, widen_fc1, 'layer fc1 has kernel (1569, 64)'),
+    (False, lambda path: path.write_text('<html>Not found</html>'), 'cannot read it as an HDF5 file'),
+])
+def test_unusable_keras_weights_are_reported(tmp_path, notop, spoil, message):
+    h5_path = tmp_path / 'vgg16.h5'
+    write_keras_h5(h5_path, THIN, seed=3, notop=notop)
+    if spoil:
+        spoil(h5_path)
+    with pytest.raises(vgg.ConversionError) as error:
+        vgg.convert_keras_h5(str(h5_path), str(tmp_path / 'vgg'))
+    assert str(h5_path) in str(error.value) and message in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == ['vgg16.h5']
+
+
+def test_conversion_never_overwrites_and_never_leaves_half_a_model(tmp_path, monkeypatch):
+    write_keras_h5(tmp_path / 'vgg16.h5', THIN, seed=3)
+    (tmp_path / 'vgg').mkdir()
+    (tmp_path / 'vgg' / 'mine.txt').write_text('keep me')
+    with pytest.raises(vgg.ConversionError, match='already exists'):
+        vgg.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'vgg'))
+    assert os.listdir(tmp_path / 'vgg') == ['mine.txt'] and (tmp_path / 'vgg' / 'mine.txt').read_text() == 'keep me'
+
+    def crash(sess, export_dir, info):
+        os.makedirs(os.path.join(export_dir, 'variables'))
+        raise OSError('disk full')
+    monkeypatch.setattr(vgg, '_save', crash)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(vgg.ConversionError, match='disk full'):
+        vgg.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'empty'))
+    assert sorted(os.listdir(tmp_path)) == ['empty', 'vgg', 'vgg16.h5'] and not os.listdir(tmp_path / 'empty')
+
+
+def test_read_source_returns_the_saved_info(tmp_path):
+    info = {'source': 'imagenet', 'converted_from': '/somewhere/vgg16.h5'}
+    write_keras_h5(tmp_path / 'vgg16.h5', THIN, seed=3)
+    assert vgg.read_source(vgg.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'a'), info)) == info
+    assert vgg.read_source(vgg.save_vgg16(str(tmp_path / 'b'), THIN, info={'source': 'random'})) == {
+        'source': 'random'}
+    assert vgg.read_source(vgg.save_vgg16(str(tmp_path / 'c'), THIN)) is None
+    (tmp_path / 'c' / 'assets.extra').mkdir()
+    (tmp_path / 'c' / 'assets.extra' / 'source.json').write_text('{"source": ')
+    assert vgg.read_source(str(tmp_path / 'c')) is None
 
 
 # ------------------------------------------------------------------------------------ the command line
@@ -490,10 +786,11 @@ def test_offline_default_falls_back_to_synthetic_scenes_and_a_random_encoder(tmp
     folder, source = main.resolve_dataset(args)
     assert source == 'synthetic' and folder == str(tmp_path / 'data' / main.SYNTHETIC_DIR)
     assert len(os.listdir(os.path.join(folder, 'training', 'gt_image_2'))) == 6
-    assert main.resolve_weights(args) == (None, 'random')
+    assert main.resolve_weights(args) == (None, {'source': 'random'})
     err = capsys.readouterr().err
     assert 'KITTI Road is not available' in err and 'data_road.zip' in err
-    assert 'pretrained VGG16 is not available' in err and 'vgg.zip' in err
+    assert "Udacity's pretrained VGG16 is not available" in err and 'vgg.zip' in err
+    assert "Keras' ImageNet VGG16 is not available" in err and '--imagenet-weights PATH' in err
     assert main.resolve_dataset(args) == (folder, 'synthetic')  # made once, then reused
 
 
@@ -520,6 +817,158 @@ def test_end_to_end_run_writes_its_run_folder(thin_vgg, small_dataset, tmp_path)
     history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
     assert [h['epoch'] for h in history] == [1, 2]
     assert all(0 <= h['val_road_iou'] <= 1 and np.isfinite(h['loss']) for h in history)
+
+
+# -------------------------------------------------------------------------------- weights: --vgg-init
+
+def test_vgg_init_auto_converts_local_imagenet_weights_once(tmp_path, capsys):
+    data_dir = tmp_path / 'data'
+    data_dir.mkdir()
+    write_keras_h5(data_dir / vgg.KERAS_H5, THIN, seed=3)
+    args = main.parse_args(['--data-dir', str(data_dir), '--no-download'])
+    vgg_dir, info = main.resolve_weights(args)
+    assert vgg_dir == str(data_dir / 'vgg')
+    assert info == {'source': 'imagenet', 'converted_from': str(data_dir / vgg.KERAS_H5)}
+    err = capsys.readouterr().err
+    assert "Udacity's pretrained VGG16 is not available" in err and 'Using the ImageNet VGG16 weights of' in err
+    with tf.Session() as sess:
+        main.load_vgg(sess, vgg_dir)
+    assert main.resolve_weights(args) == (vgg_dir, info)  # converted once, then loaded
+    with pytest.raises(helper.UserError, match='holds the imagenet VGG16, not the udacity one'):
+        main.resolve_weights(main.parse_args(['--data-dir', str(data_dir), '--vgg-init', 'udacity']))
+    random_args = main.parse_args(['--data-dir', str(data_dir), '--vgg-init', 'random'])
+    assert main.resolve_weights(random_args) == (None, {'source': 'random'})
+
+
+def test_vgg_init_imagenet_finds_keras_cache_or_downloads_with_its_checksum(tmp_path, monkeypatch):
+    weights = tmp_path / 'served.h5'
+    write_keras_h5(weights, THIN, seed=3)
+    body = weights.read_bytes()
+    monkeypatch.setattr(helper, 'IMAGENET_MD5', hashlib.md5(body).hexdigest())
+    with FileServer({'/vgg16.h5': body}) as server:
+        monkeypatch.setattr(helper, 'IMAGENET_URL', server.url + '/vgg16.h5')
+        args = main.parse_args(['--data-dir', str(tmp_path / 'data'), '--vgg-init', 'imagenet'])
+        vgg_dir, info = main.resolve_weights(args)
+    assert info['converted_from'] == str(tmp_path / 'data' / vgg.KERAS_H5) and helper.vgg_is_complete(vgg_dir)
+    assert (tmp_path / 'data' / vgg.KERAS_H5).read_bytes() == body
+
+    keras_models = tmp_path / 'keras' / 'models'
+    keras_models.mkdir(parents=True)
+    os.replace(weights, keras_models / vgg.KERAS_H5)
+    monkeypatch.setenv('KERAS_HOME', str(tmp_path / 'keras'))
+    args = main.parse_args(['--data-dir', str(tmp_path / 'other'), '--vgg-init', 'imagenet', '--no-download'])
+    assert main.resolve_weights(args)[1]['converted_from'] == str(keras_models / vgg.KERAS_H5)
+
+
+def test_named_weights_are_used_or_refused_never_replaced(thin_vgg, tmp_path, capsys):
+    assert main.resolve_weights(main.parse_args(['--vgg-dir', thin_vgg])) == (thin_vgg, {'source': 'udacity'})
+    with pytest.raises(helper.UserError, match='no such file'):
+        main.resolve_weights(main.parse_args(['--imagenet-weights', str(tmp_path / 'missing.h5')]))
+    with pytest.raises(SystemExit):
+        main.parse_args(['--imagenet-weights', 'x.h5', '--vgg-init', 'udacity'])
+    assert '--imagenet-weights is for --vgg-init imagenet' in capsys.readouterr().err
+    (tmp_path / 'not.h5').write_text('<html>404</html>')
+    with pytest.raises(helper.UserError, match='not.h5: cannot read it as an HDF5 file'):
+        main.resolve_weights(main.parse_args(['--imagenet-weights', str(tmp_path / 'not.h5'),
+                                              '--data-dir', str(tmp_path)]))
+    assert sorted(os.listdir(tmp_path)) == ['not.h5']
+
+
+# ---------------------------------------------------------------------------------- dataset checks
+
+def test_dataset_summary_counts_converts_and_ignores(small_dataset, tmp_path):
+    dataset = tmp_path / 'road'
+    shutil.copytree(small_dataset, dataset)
+    image = iio.imread(dataset / 'training/image_2/um_000000.png')
+    iio.imwrite(dataset / 'training/image_2/um_000000.png', np.dstack([image, np.full(image.shape[:2], 200,
+                                                                                      np.uint8)]))
+    iio.imwrite(dataset / 'testing/image_2/um_000000.png', image[..., 0])  # grayscale
+    shutil.copy(dataset / 'training/gt_image_2/um_road_000000.png', dataset / 'training/gt_image_2/um_lane_000000.png')
+    (dataset / 'training/image_2/.DS_Store').write_bytes(b'\0')
+    summary = helper.dataset_summary(str(dataset), 'user', helper.scan_dataset(str(dataset)))
+    lines = summary.splitlines()
+    assert lines[0] == f'dataset {dataset} (user)'
+    assert lines[2].split() == ['training', 'images', '4', '4', '4', '12']
+    assert lines[3].split() == ['road', 'labels', '4', '4', '4', '12']
+    assert lines[4].split() == ['test', 'images', '2', '1', '1', '4']
+    assert 'note: 1 image(s) in PIL mode L are converted to RGB' in lines
+    assert 'note: 1 image(s) in PIL mode RGBA are converted to RGB (alpha dropped)' in lines
+    assert 'ignored: 1 lane label(s) (*_lane_*: the ego-lane, not the road)' in lines
+    assert f'ignored: 1 file(s) not named like KITTI\'s, e.g. {dataset}/training/image_2/.DS_Store' in lines
+    rgb, _ = helper.load_pair(str(dataset / 'training/image_2/um_000000.png'),
+                              str(dataset / 'training/gt_image_2/um_road_000000.png'))
+    np.testing.assert_array_equal(rgb, image)
+
+
+def write_label(path, edit):
+    gt = iio.imread(path)
+    iio.imwrite(path, edit(gt))
+
+
+def paint(gt, colour, rows=3):
+    gt = gt.copy()
+    gt[:rows, :5] = colour
+    return gt
+
+
+BROKEN_DATASETS = {
+    # name: (how to break a copy of the small dataset, the file the message names, what it says)
+    'missing test folder': (lambda d: shutil.rmtree(d / 'testing/image_2'), 'testing/image_2', 'does not exist'),
+    'empty training set': (lambda d: [p.unlink() for p in (d / 'training/image_2').iterdir()],
+                           'training/image_2', 'holds no images'),
+    'only a lane label': (lambda d: os.replace(d / 'training/gt_image_2/um_road_000001.png',
+                                               d / 'training/gt_image_2/um_lane_000001.png'),
+                          'training/image_2/um_000001.png', 'lane labels mark the ego-lane, not the road'),
+    'label of the wrong size': (lambda d: write_label(d / 'training/gt_image_2/uu_road_000002.png',
+                                                      lambda gt: gt[:, :-10]),
+                                'training/gt_image_2/uu_road_000002.png', 'but its image is'),
+    'foreign label colours': (lambda d: write_label(d / 'training/gt_image_2/umm_road_000003.png',
+                                                    lambda gt: paint(gt, (0, 255, 0))),
+                              'training/gt_image_2/umm_road_000003.png', '(0, 255, 0): 15 px'),
+    'RGBA label': (lambda d: write_label(d / 'training/gt_image_2/um_road_000002.png',
+                                         lambda gt: np.dstack([gt, np.full(gt.shape[:2], 255, np.uint8)])),
+                   'training/gt_image_2/um_road_000002.png', 'labels must be RGB'),
+    'truncated image': (lambda d: (d / 'training/image_2/um_000003.png').write_bytes(
+                            (d / 'training/image_2/um_000003.png').read_bytes()[:3000]),
+                        'training/image_2/um_000003.png', 'cannot be read as an image'),
+    'not an image': (lambda d: (d / 'training/image_2/uu_000001.png').write_text('<html>'),
+                     'training/image_2/uu_000001.png', 'cannot be read as an image'),
+}
+
+
+@pytest.mark.parametrize('case', BROKEN_DATASETS)
+def test_a_broken_dataset_is_a_clear_error_and_stays_untouched(small_dataset, tmp_path, capsys, case):
+    breakage, named, says = BROKEN_DATASETS[case]
+    dataset = tmp_path / 'road'
+    shutil.copytree(small_dataset, dataset)
+    breakage(dataset)
+    before = snapshot(dataset)
+    code = main.main(['--dataset', str(dataset), '--vgg-init', 'random', '--runs-dir', str(tmp_path / 'runs'),
+                      '--image-shape', '64', '224', '--val-fraction', '0.25'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'Traceback' not in err
+    assert re.search(f'error: .*{re.escape(str(dataset / named))}.*{re.escape(says)}', err), err
+    assert snapshot(dataset) == before and not (tmp_path / 'runs').exists()
+
+
+def test_a_dataset_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / 'data_road.zip').write_bytes(make_zip({'data_road/x': b''}))
+    result = run_main('--dataset', str(tmp_path / 'data_road.zip'), '--runs-dir', str(tmp_path / 'runs'))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'data_road.zip is a file: it must be a KITTI-layout folder (unzip it first)' in result.stderr
+    assert os.listdir(tmp_path) == ['data_road.zip']
+
+
+def test_a_nan_loss_stops_training_naming_the_step():
+    def get_batches_fn(batch_size):
+        for value in (1.0, 2.0, np.nan, 3.0):
+            yield np.full((batch_size, 1, 1, 3), value), np.ones((batch_size, 1, 1, 2))
+
+    input_image = tf.placeholder(tf.float32)
+    loss = tf.reduce_mean(input_image)
+    with tf.Session() as sess, pytest.raises(helper.UserError, match='loss became nan at step 3 .epoch 1.'):
+        main.train_nn(sess, 1, 2, get_batches_fn, tf.no_op(), loss, input_image, tf.placeholder(tf.float32),
+                      tf.placeholder(tf.float32), None)
 
 
 class Summary:

@@ -3,8 +3,16 @@
 The Udacity `vgg.zip` SavedModel exposes `image_input`, `keep_prob`, `layer3_out` (pool3), `layer4_out`
 (pool4) and `layer7_out` (fc7 after dropout), takes raw 0-255 RGB pixels and keeps fc6/fc7 as convolutions.
 This module builds the same graph so that the project can run without that download: with He-initialised
-weights (the offline fallback), or saved as a SavedModel that `main.load_vgg` loads like the real one (tests).
+weights (the offline fallback), saved as a SavedModel that `main.load_vgg` loads like the real one (tests), or
+filled with Keras' ImageNet VGG16 weights (`convert_keras_h5`), a second source of the pretrained encoder.
 """
+import json
+import os
+import shutil
+import tempfile
+
+import h5py
+import numpy as np
 import tensorflow.compat.v1 as tf
 
 TAG = 'vgg16'
@@ -16,6 +24,20 @@ MEAN_BGR = (103.939, 116.779, 123.68)
 BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
 CHANNELS = (64, 128, 256, 512, 512, 4096)  # conv1..conv5, then fc6/fc7
 FC6_KERNEL = 7  # fc6 is the 7x7x512x4096 fully connected layer of ImageNet VGG16, run as a convolution
+# Provenance of a SavedModel's weights, beside the model: assets.extra holds files the graph does not load.
+SOURCE_FILE = os.path.join('assets.extra', 'source.json')
+
+# Keras' ImageNet VGG16 weights (keras.applications), the legacy HDF5 file with the fully connected layers:
+# one top-level group per Keras layer, mapped here to this module's variable scopes in network order. Keras'
+# last layer, `predictions` (the 1000 ImageNet classes), has no counterpart in the Udacity model.
+KERAS_H5 = 'vgg16_weights_tf_dim_ordering_tf_kernels.h5'
+KERAS_SCOPES = {**{f'block{block}_conv{i}': f'conv{block}_{i}' for block, depth in BLOCKS
+                   for i in range(1, depth + 1)},
+                'fc1': 'fc6', 'fc2': 'fc7'}
+
+
+class ConversionError(ValueError):
+    """The Keras weights file cannot be converted, or the SavedModel cannot be written; the message says why."""
 
 
 def _conv_relu(x, out_channels, kernel, name, seed):
@@ -58,16 +80,152 @@ def build_vgg16(channels=CHANNELS, seed=0):
     return image_input, keep_prob, layer3, layer4, layer7
 
 
-def save_vgg16(export_dir, channels=CHANNELS, seed=0):
-    """Write a He-initialised encoder as a `vgg16`-tagged SavedModel in export_dir (must not exist)."""
+def _save(sess, export_dir, info):
+    """Write sess's graph and variables as a `vgg16`-tagged SavedModel in export_dir (must not exist or be
+    empty), and `info`, a JSON-serialisable dict saying where the weights come from, unless it is None."""
+    builder = tf.saved_model.Builder(export_dir)
+    builder.add_meta_graph_and_variables(sess, [TAG])
+    builder.save()
+    if info is not None:
+        path = os.path.join(export_dir, SOURCE_FILE)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            json.dump(info, f, indent=2)
+
+
+def read_source(export_dir):
+    """The `info` dict saved with the SavedModel in export_dir, or None when there is none or it is unreadable."""
+    try:
+        with open(os.path.join(export_dir, SOURCE_FILE)) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def save_vgg16(export_dir, channels=CHANNELS, seed=0, info=None):
+    """Write a He-initialised encoder as a `vgg16`-tagged SavedModel in export_dir (must not exist), with
+    `info` as its source.json when given."""
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(seed)
         build_vgg16(channels, seed)
         with tf.Session(graph=graph) as sess:
             sess.run(tf.global_variables_initializer())
-            builder = tf.saved_model.Builder(export_dir)
-            builder.add_meta_graph_and_variables(sess, [TAG])
-            builder.save()
+            _save(sess, export_dir, info)
+    return export_dir
+
+
+def _read_layer(f, h5_path, layer):
+    """(kernel, bias) of one Keras layer group as float32 arrays in Keras' shapes; checks ndim only."""
+    group = f[layer]
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get('weight_names', [])]
+    if len(names) != 2:
+        raise ConversionError(f'{h5_path}: layer {layer} holds {len(names)} weights, expected a kernel and a '
+                              f'bias; is it a Keras VGG16 weights file ({KERAS_H5})?')
+    # Keras lists kernel then bias; the names themselves changed between Keras versions.
+    arrays = []
+    for name in names:
+        dataset = group.get(name)
+        if not isinstance(dataset, h5py.Dataset):
+            raise ConversionError(f'{h5_path}: weight {name} of layer {layer} is missing; the file is damaged, '
+                                  f'download {KERAS_H5} again')
+        try:
+            arrays.append(np.asarray(dataset[()], np.float32))
+        except (TypeError, ValueError) as e:
+            raise ConversionError(f'{h5_path}: weight {name} of layer {layer} is not numeric ({e}); '
+                                  f'is it {KERAS_H5}?') from e
+    kernel, bias = arrays
+    kernel_ndim = 2 if layer.startswith('fc') else 4
+    if kernel.ndim != kernel_ndim or bias.ndim != 1:
+        raise ConversionError(f'{h5_path}: layer {layer} has kernel {kernel.shape} and bias {bias.shape}, '
+                              f'expected a {kernel_ndim}-D kernel and a 1-D bias; is it {KERAS_H5}?')
+    return kernel, bias
+
+
+def read_keras_h5(h5_path):
+    """Read Keras' ImageNet VGG16 weights (`vgg16_weights_tf_dim_ordering_tf_kernels.h5`) with h5py.
+
+    Returns ({scope: (kernel, bias)}, channels): float32 kernels in this module's shapes, conv{b}_{i}
+    [3, 3, in, out], fc6 [7, 7, c5, c_fc], fc7 [1, 1, c_fc, c_fc], biases [out]; channels as in CHANNELS,
+    read from the file so that thin files convert too. Raises ConversionError on any problem.
+    """
+    try:
+        with h5py.File(h5_path, 'r') as f:
+            missing = [layer for layer in KERAS_SCOPES if layer not in f]
+            if missing == ['fc1', 'fc2']:
+                raise ConversionError(f'{h5_path}: this is the notop file without the fully connected layers; '
+                                      f'you need {KERAS_H5}')
+            if missing:
+                raise ConversionError(f'{h5_path}: layer(s) {", ".join(missing)} missing; it is not the Keras '
+                                      f'VGG16 weights file {KERAS_H5}')
+            weights = {layer: _read_layer(f, h5_path, layer) for layer in KERAS_SCOPES}
+    except OSError as e:  # not HDF5, truncated, unreadable or absent
+        raise ConversionError(f'{h5_path}: cannot read it as an HDF5 file ({e}); download {KERAS_H5} '
+                              'again') from e
+    # Every block's convolutions share the width of its first one, like build_vgg16's.
+    channels = tuple(weights[f'block{block}_conv1'][0].shape[3] for block, _ in BLOCKS)
+    channels += (weights['fc1'][0].shape[1],)
+    in_channels = 3
+    expected = {}
+    for (block, depth), out_channels in zip(BLOCKS, channels):
+        for i in range(1, depth + 1):
+            expected[f'block{block}_conv{i}'] = (3, 3, in_channels, out_channels)
+            in_channels = out_channels
+    expected['fc1'] = (FC6_KERNEL * FC6_KERNEL * channels[4], channels[5])  # pool5 flattened, 7x7 at 224x224
+    expected['fc2'] = (channels[5], channels[5])
+    for layer, shape in expected.items():
+        kernel, bias = weights[layer]
+        if kernel.shape != shape or bias.shape != shape[-1:]:
+            raise ConversionError(f'{h5_path}: layer {layer} has kernel {kernel.shape} and bias {bias.shape}, '
+                                  f'expected {shape} and {shape[-1:]} to chain with the layers around it; '
+                                  f'is it {KERAS_H5}?')
+    # fc1 reads pool5 flattened channels-last, row (h * 7 + w) * c5 + c: row-major it is the 7x7 kernel.
+    conv_shapes = {'fc1': (FC6_KERNEL, FC6_KERNEL, channels[4], channels[5]), 'fc2': (1, 1, channels[5], channels[5])}
+    converted = {}
+    for layer, scope in KERAS_SCOPES.items():
+        kernel, bias = weights[layer]
+        converted[scope] = (kernel.reshape(conv_shapes.get(layer, kernel.shape)), bias)
+    return converted, channels
+
+
+def convert_keras_h5(h5_path, export_dir, info=None):
+    """Convert Keras' ImageNet VGG16 weights file into a `vgg16`-tagged SavedModel with the Udacity tensors.
+
+    export_dir must not exist or be an empty folder: the model is written beside it and renamed into place
+    only when complete. `info` (default: source 'imagenet' and the file's path) goes into source.json, see
+    read_source. Returns export_dir; raises ConversionError on any problem and then leaves nothing behind.
+    """
+    if os.path.lexists(export_dir) and not (os.path.isdir(export_dir) and not os.listdir(export_dir)):
+        raise ConversionError(f'{export_dir} already exists and is not an empty folder; it was left untouched: '
+                              'choose another folder or move it away')
+    if info is None:
+        info = {'source': 'imagenet', 'converted_from': os.path.abspath(h5_path)}
+    weights, channels = read_keras_h5(h5_path)
+    graph = tf.Graph()
+    with graph.as_default():
+        build_vgg16(channels)
+        variables = {v.op.name: v for v in tf.global_variables()}
+        parent = os.path.dirname(os.path.abspath(export_dir))
+        staging = None
+        try:
+            os.makedirs(parent, exist_ok=True)
+            staging = tempfile.mkdtemp(dir=parent, prefix='.vgg-convert-')
+            model_dir = os.path.join(staging, 'vgg')  # made by the Builder, with the usual permissions
+            with tf.Session(graph=graph) as sess:
+                for scope, (kernel, bias) in weights.items():
+                    # Feeding the initial value loads the weights without storing them as graph constants.
+                    for name, value in (('weights', kernel), ('biases', bias)):
+                        variable = variables[f'{scope}/{name}']
+                        sess.run(variable.initializer, {variable.initial_value: value})
+                _save(sess, model_dir, info)
+            if os.path.isdir(export_dir):
+                os.rmdir(export_dir)  # empty (checked above); renaming onto it is not portable
+            os.rename(model_dir, export_dir)
+        except (OSError, tf.errors.OpError) as e:
+            raise ConversionError(f'cannot write the SavedModel to {export_dir}: {e}') from e
+        finally:
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
     return export_dir
 
