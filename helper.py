@@ -64,6 +64,9 @@ def _fetch_once(url, part):
     with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
         resumed = offset and response.status == 206 and \
             (response.headers.get('Content-Range') or '').startswith(f'bytes {offset}-')
+        if response.status == 206 and not resumed:  # some other range: only a fresh start is safe
+            os.remove(part)
+            return _fetch_once(url, part)
         offset = offset if resumed else 0
         length = response.headers.get('Content-Length')
         total = offset + int(length) if length else None
