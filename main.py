@@ -320,7 +320,8 @@ def resolve_dataset(args):
         recipe = RECIPES['synthetic']
         folder = os.path.join(args.data_dir, SYNTHETIC_DIR)
         warn(f'KITTI Road is not available: {e}\nTraining on generated road scenes instead: {folder} '
-             f'({recipe["num_train"]} training, {recipe["num_test"]} test images). See README.md, "Data".')
+             f'({recipe["num_train"]} training, {recipe["num_test"]} test images). See README.md, '
+             '"Data and weights".')
         if not os.path.isdir(folder):
             synthetic.make_synthetic_kitti(folder, recipe['num_train'], recipe['num_test'], seed=0)
         return folder, 'synthetic'
@@ -349,7 +350,7 @@ def resolve_weights(args):
         try:
             if source == 'udacity':
                 if args.no_download:
-                    raise helper.UserError(f'it is not in {vgg_dir} (--no-download)\n  '
+                    raise helper.UserError(f'no SavedModel in {vgg_dir} (--no-download)\n  '
                                            + helper.vgg_instructions(args.data_dir, args.vgg_url))
                 return helper.maybe_download_pretrained_vgg(args.data_dir, args.vgg_url), {'source': 'udacity'}
             info = convert_imagenet_weights(args, vgg_dir)
@@ -361,7 +362,7 @@ def resolve_weights(args):
                 raise
             failures.append(f'{WEIGHT_NAMES[source]} is not available: {e}')
     warn('\n'.join(failures) + '\nUsing a randomly initialised (He) VGG16 encoder: expect much weaker results '
-         'than with pretrained weights. See README.md, "Weights".')
+         'than with pretrained weights. See README.md, "Data and weights".')
     return None, {'source': 'random'}
 
 

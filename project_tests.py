@@ -462,16 +462,6 @@ def make_zip(members):
     return buffer.getvalue()
 
 
-def vgg_zip(saved_model_dir):
-    members = {}
-    for root, _, files in os.walk(saved_model_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, 'rb') as f:
-                members[os.path.join('vgg', os.path.relpath(path, saved_model_dir))] = f.read()
-    return make_zip(members)
-
-
 def snapshot(folder):
     """{relative path: bytes} of every file under folder: to show that nothing of the user's changed."""
     files = {}
@@ -481,6 +471,16 @@ def snapshot(folder):
             with open(path, 'rb') as f:
                 files[os.path.relpath(path, folder)] = f.read()
     return files
+
+
+def vgg_zip(saved_model_dir):
+    """vgg.zip as Udacity's: the SavedModel's files under vgg/."""
+    return make_zip({os.path.join('vgg', path): data for path, data in snapshot(saved_model_dir).items()})
+
+
+def zipfile_members(body):
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
 
 
 def test_vgg_download_from_a_loopback_server(thin_vgg, tmp_path):
@@ -554,17 +554,12 @@ def test_a_corrupt_zip_of_the_user_is_reported_not_deleted(tmp_path):
                                             ('vgg/escaped@link', 'symbolic link')])
 def test_archive_members_outside_the_target_are_refused(thin_vgg, tmp_path, member, reason):
     data_dir = tmp_path / 'a' / 'data'
-    members = {name: data for name, data in zipfile_members(vgg_zip(thin_vgg)).items()}
+    members = zipfile_members(vgg_zip(thin_vgg))
     members[member] = b'/etc/passwd' if member.endswith('@link') else b'outside'
     with FileServer({'/vgg.zip': make_zip(members)}) as server:
         with pytest.raises(helper.UserError, match=f'refusing to extract.*|{reason}'):
             helper.maybe_download_pretrained_vgg(str(data_dir), url=server.url + '/vgg.zip')
     assert [os.path.relpath(os.path.join(r, f), tmp_path) for r, _, fs in os.walk(tmp_path) for f in fs] == []
-
-
-def zipfile_members(body):
-    with zipfile.ZipFile(io.BytesIO(body)) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
 
 
 def test_an_archive_without_the_expected_files_is_refused(tmp_path):
@@ -575,9 +570,7 @@ def test_an_archive_without_the_expected_files_is_refused(tmp_path):
 
 
 def test_a_kitti_download_lands_in_data_road(small_dataset, tmp_path):
-    members = {}
-    for path, data in snapshot(small_dataset).items():
-        members['data_road/' + path] = data
+    members = {os.path.join('data_road', path): data for path, data in snapshot(small_dataset).items()}
     with FileServer({'/data_road.zip': make_zip(members)}) as server:
         road_dir = helper.maybe_download_kitti(str(tmp_path), url=server.url + '/data_road.zip')
     assert snapshot(road_dir) == snapshot(small_dataset)
