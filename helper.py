@@ -4,6 +4,7 @@ import hashlib
 import http.client
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 
 import imageio.v3 as iio
 import numpy as np
@@ -30,12 +32,14 @@ IMAGENET_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/vgg
 IMAGENET_MD5 = '64373286793e3c8b2b4e3219cbf3544b'
 DOWNLOAD_TIMEOUT_S = 15
 DOWNLOAD_ATTEMPTS = 5
+EXTRACT_PREFIX = '.extract-'
 
 CATEGORIES = ('um', 'umm', 'uu')
 ROAD_COLOR, NON_ROAD_COLOR, INVALID_COLOR = (255, 0, 255), (255, 0, 0), (0, 0, 0)
 OVERLAY_COLOR = (0, 255, 0)
 OVERLAY_ALPHA = 127 / 255
 KITTI_FOLDERS = ('training/image_2', 'training/gt_image_2', 'testing/image_2')
+CONVERTIBLE_MODES = ('RGB', 'RGBA', 'L', 'LA', 'P', 'PA', 'CMYK')  # 8-bit modes that convert to RGB exactly
 IMAGE_NAME = re.compile(r'^(um|umm|uu)_(\d{6})\.png$')
 ROAD_LABEL_NAME = re.compile(r'^(um|umm|uu)_road_(\d{6})\.png$')
 
@@ -105,8 +109,10 @@ def download(url, path, checksum=None):
             _fetch_once(url, part)
             break
         except urllib.error.HTTPError as e:
-            if e.code == 416 and os.path.exists(part):  # our .part is longer than the file: start again
-                os.remove(part)
+            if e.code == 416 and os.path.exists(part):  # nothing after our .part's end
+                if (e.headers.get('Content-Range') or '') == f'bytes */{os.path.getsize(part)}':
+                    break  # complete: an earlier run stopped between the last byte and the rename
+                os.remove(part)  # longer than the file: start again
                 continue
             raise UserError(f'could not download {url}: {_http_reason(e)}') from None
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
@@ -156,27 +162,37 @@ def check_zip(zip_path, required=()):
             missing = [r for r in required if not holds(r)]
             if missing:
                 raise UserError(f'{zip_path} does not hold {", ".join(missing)}: it is not the expected archive')
-            bad = archive.testzip()
+            try:
+                bad = archive.testzip()
+            except (zlib.error, RuntimeError, NotImplementedError) as e:  # broken, encrypted, exotic member
+                raise UserError(f'{zip_path} is corrupt or unreadable ({e.__class__.__name__}: {e})') from None
             if bad is not None:
                 raise UserError(f'{zip_path} is corrupt (CRC error in {bad})')
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
         raise UserError(f'{zip_path} is not a valid zip file ({e})') from None
 
 
-def extract_zip(zip_path, target_dir, required=()):
-    """Check zip_path (check_zip), extract it into a temporary folder inside target_dir and move its top-level
-    entries into target_dir only when all are extracted; return the entries moved. An entry that already
-    exists in target_dir is never overwritten (and not moved)."""
+def extract_zip(zip_path, target_dir, required):
+    """Check zip_path (check_zip), extract the top-level folders of `required` into a temporary folder inside
+    target_dir and move them into target_dir only when all are extracted; return the folders moved. A folder
+    that already exists in target_dir is never overwritten (an empty one is replaced); nothing else of the
+    archive is extracted."""
     check_zip(zip_path, required)
+    wanted = sorted({name.split('/')[0] for name in required})
     os.makedirs(target_dir, exist_ok=True)
+    for stale in os.listdir(target_dir):  # ours, left by a run that was killed while extracting
+        if stale.startswith(EXTRACT_PREFIX):
+            shutil.rmtree(os.path.join(target_dir, stale), ignore_errors=True)
     with zipfile.ZipFile(zip_path) as archive, \
-            tempfile.TemporaryDirectory(dir=target_dir, prefix='.extract-') as tmp:
-        members = archive.infolist()
+            tempfile.TemporaryDirectory(dir=target_dir, prefix=EXTRACT_PREFIX) as tmp:
+        members = [info for info in archive.infolist() if info.filename.split('/')[0] in wanted]
         for info in tqdm(members, desc=f'extracting {os.path.basename(zip_path)}', unit='file', leave=False):
             archive.extract(info, tmp)
         moved = []
-        for entry in sorted(os.listdir(tmp)):
+        for entry in wanted:
             dest = os.path.join(target_dir, entry)
+            if os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest):
+                os.rmdir(dest)
             if not os.path.lexists(dest):
                 os.rename(os.path.join(tmp, entry), dest)
                 moved.append(entry)
@@ -228,7 +244,10 @@ def maybe_download_pretrained_vgg(data_dir, url=VGG_URL):
     vgg_dir = os.path.join(data_dir, 'vgg')
     if not vgg_is_complete(vgg_dir):
         refuse_incomplete(vgg_dir, 'a VGG16 SavedModel', VGG_FILES)
-        fetch_and_extract(url, data_dir, vgg_instructions(data_dir, url), [f'vgg/{f}' for f in VGG_FILES])
+        zip_path = fetch_and_extract(url, data_dir, vgg_instructions(data_dir, url),
+                                     [f'vgg/{f}' for f in VGG_FILES])
+        if not vgg_is_complete(vgg_dir):
+            raise UserError(f'extracting {zip_path} did not give {vgg_dir} all of {", ".join(VGG_FILES)}')
     return vgg_dir
 
 
@@ -237,8 +256,10 @@ def maybe_download_kitti(data_dir, url=KITTI_URL):
     road_dir = os.path.join(data_dir, 'data_road')
     if not kitti_is_present(road_dir):
         refuse_incomplete(road_dir, 'KITTI Road', KITTI_FOLDERS)
-        fetch_and_extract(url, data_dir, kitti_instructions(data_dir, url),
-                          [f'data_road/{f}/' for f in KITTI_FOLDERS])
+        zip_path = fetch_and_extract(url, data_dir, kitti_instructions(data_dir, url),
+                                     [f'data_road/{f}/' for f in KITTI_FOLDERS])
+        if not kitti_is_present(road_dir):
+            raise UserError(f'extracting {zip_path} did not give {road_dir} all of {", ".join(KITTI_FOLDERS)}')
     return road_dir
 
 
@@ -264,7 +285,7 @@ def maybe_download_imagenet_weights(data_dir, path=None, download_allowed=True):
     else downloaded into data_dir from Keras' URL (checked against Keras' MD5)."""
     if path is not None:
         if not os.path.isfile(path):
-            raise UserError(f'--imagenet-weights {path}: no such file')
+            raise UserError(f'--imagenet-weights {path}: ' + ('not a file' if os.path.exists(path) else 'no such file'))
         return path
     for folder in (data_dir, keras_models_dir()):
         if os.path.isfile(os.path.join(folder, KERAS_H5)):
@@ -282,11 +303,16 @@ def maybe_download_imagenet_weights(data_dir, path=None, download_allowed=True):
 # ------------------------------------------------------------------------------------------ images, labels
 
 def read_image(path, mode=None):
-    """The pixels of an image file, converted to PIL `mode` if given; an unreadable or truncated file is a
-    UserError naming it."""
+    """The pixels of an image file, converted to PIL `mode` if given (from an 8-bit mode only); an unreadable
+    or truncated file is a UserError naming it."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image if mode is None or image.mode == mode else image.convert(mode))
+            if mode is None or image.mode == mode:
+                return np.asarray(image)
+            check_convertible(path, image.mode)
+            return np.asarray(image.convert(mode))
+    except UserError:
+        raise
     except Exception as e:  # PIL raises many types for a bad file (OSError, SyntaxError, ...): same to the user
         raise UserError(f'{path} cannot be read as an image ({e.__class__.__name__}: {e}); replace or remove '
                         'it') from None
@@ -296,6 +322,12 @@ def read_rgb(path):
     """An image file as uint8 [H, W, 3] RGB: grayscale and palette images expanded, an alpha channel dropped
     (the dataset summary reports each conversion)."""
     return read_image(path, 'RGB')
+
+
+def check_convertible(path, mode):
+    """PIL converts 16-bit and float images to RGB by clipping (a white picture): refuse them by name."""
+    if mode not in CONVERTIBLE_MODES:
+        raise UserError(f'{path} is a PIL mode {mode} image (not 8-bit): save it as an 8-bit RGB PNG')
 
 
 def read_header(path):
@@ -394,11 +426,11 @@ def training_pairs(data_folder, names=None):
 
 def load_pair(image_path, label_path):
     """(uint8 [H, W, 3] image, int8 [H, W] classes) of one training example, checked."""
-    image, gt = read_rgb(image_path), read_image(label_path)
-    if gt.ndim != 3 or gt.shape[2] != 3:
-        raise UserError(f'{label_path} has {1 if gt.ndim == 2 else gt.shape[2]} channel(s): labels must be RGB '
-                        'images in the three KITTI colours (labels are never converted: a guessed colour would '
-                        'be a wrong label)')
+    image, (label_mode, _) = read_rgb(image_path), read_header(label_path)
+    if label_mode != 'RGB':
+        raise UserError(f'{label_path} is a PIL mode {label_mode} image: labels must be RGB images in the three '
+                        'KITTI colours (labels are never converted: a guessed colour would be a wrong label)')
+    gt = read_image(label_path)
     if gt.shape[:2] != image.shape[:2]:
         raise UserError(f'{label_path} is {gt.shape[1]}x{gt.shape[0]} but its image is '
                         f'{image.shape[1]}x{image.shape[0]}: a label must match its image pixel for pixel')
@@ -434,11 +466,13 @@ def scan_dataset(dataset):
         if label_size != size:
             raise UserError(f'{label_path} is {label_size[0]}x{label_size[1]} but its image is {size[0]}x{size[1]}: '
                             'a label must match its image pixel for pixel')
+        check_convertible(image_path, mode)
         scan['sizes'][size] += 1
         scan['converted'][mode] += mode != 'RGB'
     for name in test_images:
         try:
             mode, size = read_header(os.path.join(test_dir, 'image_2', name))
+            check_convertible(os.path.join(test_dir, 'image_2', name), mode)
         except UserError as e:
             scan['unreadable_tests'].append(str(e))
             continue
@@ -464,9 +498,12 @@ def dataset_summary(dataset, source, scan):
             lines.append(f'note: {n} image(s) in PIL mode {mode} are converted to RGB'
                          + (' (alpha dropped)' if 'A' in mode else ''))
     lanes = [f for f in scan['ignored'] if '_lane_' in os.path.basename(f)]
-    others = [f for f in scan['ignored'] if f not in lanes]
+    orphans = [f for f in scan['ignored'] if ROAD_LABEL_NAME.match(os.path.basename(f))]
+    others = [f for f in scan['ignored'] if f not in lanes and f not in orphans]
     if lanes:
         lines.append(f'ignored: {len(lanes)} lane label(s) (*_lane_*: the ego-lane, not the road)')
+    if orphans:
+        lines.append(f'ignored: {len(orphans)} road label(s) without their image, e.g. {orphans[0]}')
     if others:
         lines.append(f'ignored: {len(others)} file(s) not named like KITTI\'s, e.g. {others[0]}')
     lines += [f'warning: {e}; this test image will be skipped' for e in scan['unreadable_tests']]

@@ -311,9 +311,12 @@ def resolve_dataset(args):
         if not os.path.isdir(args.dataset):
             raise helper.UserError(f'--dataset {args.dataset}: no such folder')
         return args.dataset, 'user'
+    road_dir = os.path.join(args.data_dir, 'data_road')
+    if not helper.kitti_is_present(road_dir):  # an incomplete KITTI folder is to be fixed, not replaced
+        helper.refuse_incomplete(road_dir, 'KITTI Road', helper.KITTI_FOLDERS)
     try:
-        if args.no_download and not helper.kitti_is_present(os.path.join(args.data_dir, 'data_road')):
-            raise helper.UserError(f'it is not in {os.path.join(args.data_dir, "data_road")} (--no-download)\n  '
+        if args.no_download and not helper.kitti_is_present(road_dir):
+            raise helper.UserError(f'it is not in {road_dir} (--no-download)\n  '
                                    + helper.kitti_instructions(args.data_dir, args.kitti_url))
         return helper.maybe_download_kitti(args.data_dir, args.kitti_url), 'kitti'
     except helper.UserError as e:
@@ -334,14 +337,21 @@ def resolve_weights(args):
     init = 'imagenet' if args.vgg_init == 'auto' and args.imagenet_weights else args.vgg_init  # a named file wins
     if init == 'random':
         return None, {'source': 'random'}
+    if args.imagenet_weights:  # a file the user named: checked before anything else
+        helper.maybe_download_imagenet_weights(args.data_dir, args.imagenet_weights)
     if helper.vgg_is_complete(vgg_dir):
         info = vgg.read_source(vgg_dir) or {'source': 'udacity'}
         if init not in ('auto', info['source']):
-            raise helper.UserError(f'{vgg_dir} holds the {info["source"]} VGG16, not the {init} one: use '
-                                   f'--vgg-init {info["source"]}, or another --vgg-dir')
+            other = '' if args.imagenet_weights else f'use --vgg-init {info["source"]}, or '
+            raise helper.UserError(f'{vgg_dir} holds the {info["source"]} VGG16, not the {init} one: {other}choose '
+                                   'another --vgg-dir')
+        if args.imagenet_weights and info.get('converted_from') != os.path.abspath(args.imagenet_weights):
+            raise helper.UserError(f'{vgg_dir} already holds the VGG16 converted from {info.get("converted_from")}:'
+                                   f' to convert {args.imagenet_weights}, choose another --vgg-dir or move '
+                                   f'{vgg_dir} away')
         return vgg_dir, info
-    if os.path.lexists(vgg_dir) and not os.path.isdir(vgg_dir):
-        raise helper.UserError(f'--vgg-dir {vgg_dir} is a file: it must be a folder')
+    # Fail before any download on a folder that the converter or vgg.zip could not fill.
+    helper.refuse_incomplete(vgg_dir, 'a VGG16 SavedModel', helper.VGG_FILES)
     if args.vgg_dir and init != 'imagenet':  # a folder the user named never falls back
         raise helper.UserError(f'--vgg-dir {vgg_dir}: no VGG16 SavedModel there (needs {", ".join(helper.VGG_FILES)})'
                                '; leave --vgg-dir out to download Udacity\'s into DATA_DIR/vgg')

@@ -21,6 +21,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
+from PIL import Image
 
 import helper
 import main
@@ -512,17 +513,24 @@ def test_a_server_ignoring_range_restarts_the_download_cleanly(tmp_path):
     assert (tmp_path / 'file.bin').read_bytes() == body and os.listdir(tmp_path) == ['file.bin']
 
 
-def test_a_download_that_keeps_failing_keeps_its_part_file_for_the_next_run(tmp_path):
-    body = bytes(1000)
+def test_a_run_that_fails_midway_leaves_its_part_file_for_the_next_run_to_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(helper, 'DOWNLOAD_ATTEMPTS', 1)
+    body = bytes(range(250)) * 4
     with FileServer({'/file.bin': body}, cut={'/file.bin': 300}) as server:
-        server.server.RequestHandlerClass.do_GET, serve = (lambda self: self.connection.close()), \
-            server.server.RequestHandlerClass.do_GET
-        with pytest.raises(helper.UserError, match='could not download'):
+        with pytest.raises(helper.UserError, match='300 bytes kept in .*file.bin.part, the next run resumes'):
             helper.download(server.url + '/file.bin', str(tmp_path / 'file.bin'))
-        assert os.listdir(tmp_path) == []  # no byte arrived: nothing to keep
-        server.server.RequestHandlerClass.do_GET = serve
+        assert (tmp_path / 'file.bin.part').read_bytes() == body[:300]
         path = helper.download(server.url + '/file.bin', str(tmp_path / 'file.bin'))
-    assert open(path, 'rb').read() == body
+    assert server.requests[-1] == ('/file.bin', 'bytes=300-')
+    assert open(path, 'rb').read() == body and os.listdir(tmp_path) == ['file.bin']
+
+
+def test_a_complete_part_file_is_not_fetched_again(tmp_path):
+    body = bytes(range(200))
+    (tmp_path / 'file.bin.part').write_bytes(body)  # a run stopped between the last byte and the rename
+    with FileServer({'/file.bin': body}) as server:
+        helper.download(server.url + '/file.bin', str(tmp_path / 'file.bin'))
+    assert (tmp_path / 'file.bin').read_bytes() == body and os.listdir(tmp_path) == ['file.bin']
 
 
 def test_a_checksum_mismatch_is_refused_and_removed(tmp_path):
@@ -542,6 +550,27 @@ def test_a_corrupt_download_is_removed_and_nothing_is_extracted(thin_vgg, tmp_pa
     assert os.listdir(tmp_path) == []
 
 
+def test_a_corrupt_compressed_download_is_an_error_not_a_crash(thin_vgg, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for path, data in snapshot(thin_vgg).items():
+            archive.writestr(os.path.join('vgg', path), data)
+    body = bytearray(buffer.getvalue())
+    start = body.index(b'vgg/variables/variables.data') + 100  # inside that member's deflate stream
+    body[start:start + 30] = bytes(range(30))
+    with FileServer({'/vgg.zip': bytes(body)}) as server:
+        with pytest.raises(helper.UserError, match=r'(?s)vgg.zip is corrupt.*removed'):
+            helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_target_folder_is_filled(thin_vgg, tmp_path):
+    (tmp_path / 'vgg').mkdir()
+    with FileServer({'/vgg.zip': vgg_zip(thin_vgg)}) as server:
+        vgg_dir = helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
+    assert helper.vgg_is_complete(vgg_dir)
+
+
 def test_a_corrupt_zip_of_the_user_is_reported_not_deleted(tmp_path):
     (tmp_path / 'vgg.zip').write_bytes(b'PK\x03\x04 this is not a zip')
     with pytest.raises(helper.UserError, match=r'not a valid zip.*delete .*vgg.zip to download it again'):
@@ -549,16 +578,19 @@ def test_a_corrupt_zip_of_the_user_is_reported_not_deleted(tmp_path):
     assert os.listdir(tmp_path) == ['vgg.zip']
 
 
-@pytest.mark.parametrize('member, reason', [('vgg/../../escaped.txt', r'path with "\.\."'),
-                                            ('/tmp/escaped.txt', 'absolute path'),
-                                            ('vgg/escaped@link', 'symbolic link')])
+@pytest.mark.parametrize('member, reason', [('vgg/../../escaped.txt', 'a path with ".."'),
+                                            ('vgg\\..\\..\\escaped.txt', 'a path with ".."'),
+                                            ('/tmp/escaped.txt', 'an absolute path'),
+                                            ('C:escaped.txt', 'an absolute path'),
+                                            ('vgg/escaped@link', 'a symbolic link')])
 def test_archive_members_outside_the_target_are_refused(thin_vgg, tmp_path, member, reason):
     data_dir = tmp_path / 'a' / 'data'
     members = zipfile_members(vgg_zip(thin_vgg))
     members[member] = b'/etc/passwd' if member.endswith('@link') else b'outside'
     with FileServer({'/vgg.zip': make_zip(members)}) as server:
-        with pytest.raises(helper.UserError, match=f'refusing to extract.*|{reason}'):
+        with pytest.raises(helper.UserError) as error:
             helper.maybe_download_pretrained_vgg(str(data_dir), url=server.url + '/vgg.zip')
+    assert f"{member.replace('@link', '')!r}, {reason}: refusing to extract it" in str(error.value)
     assert [os.path.relpath(os.path.join(r, f), tmp_path) for r, _, fs in os.walk(tmp_path) for f in fs] == []
 
 
@@ -735,6 +767,8 @@ def test_read_source_returns_the_saved_info(tmp_path):
     (tmp_path / 'c' / 'assets.extra').mkdir()
     (tmp_path / 'c' / 'assets.extra' / 'source.json').write_text('{"source": ')
     assert vgg.read_source(str(tmp_path / 'c')) is None
+    (tmp_path / 'c' / 'assets.extra' / 'source.json').write_text('{"converted_from": "x.h5"}')
+    assert vgg.read_source(str(tmp_path / 'c')) is None
 
 
 # ------------------------------------------------------------------------------------ the command line
@@ -767,8 +801,9 @@ def test_out_of_range_flags_are_refused(flags, capsys):
 def test_help_explains_every_flag():
     result = run_main('--help')
     assert result.returncode == 0
-    for flag in ('--data-dir', '--dataset', '--vgg-dir', '--runs-dir', '--epochs', '--batch-size',
-                 '--learning-rate', '--keep-prob', '--image-shape', '--val-fraction', '--seed', '--no-download'):
+    for flag in ('--data-dir', '--dataset', '--vgg-dir', '--vgg-init', '--imagenet-weights', '--vgg-url',
+                 '--kitti-url', '--runs-dir', '--epochs', '--batch-size', '--learning-rate', '--keep-prob',
+                 '--image-shape', '--val-fraction', '--seed', '--no-download'):
         assert flag in result.stdout
 
 
@@ -793,6 +828,19 @@ def test_named_folders_never_fall_back(tmp_path, small_dataset):
     with pytest.raises(helper.UserError, match='no VGG16 SavedModel there'):
         main.resolve_weights(main.parse_args(['--vgg-dir', str(tmp_path / 'missing'), '--no-download']))
     assert main.resolve_dataset(main.parse_args(['--dataset', small_dataset])) == (small_dataset, 'user')
+
+
+def test_incomplete_default_folders_are_errors_not_fallbacks(tmp_path):
+    (tmp_path / 'data_road' / 'training' / 'image_2').mkdir(parents=True)
+    (tmp_path / 'vgg').mkdir()
+    (tmp_path / 'vgg' / 'saved_model.pb').write_bytes(b'')
+    before = snapshot(tmp_path)
+    args = main.parse_args(['--data-dir', str(tmp_path), '--no-download'])
+    with pytest.raises(helper.UserError, match='data_road exists but does not hold KITTI Road.*untouched'):
+        main.resolve_dataset(args)
+    with pytest.raises(helper.UserError, match='vgg exists but does not hold a VGG16 SavedModel.*untouched'):
+        main.resolve_weights(args)
+    assert snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == ['data_road', 'vgg']
 
 
 def test_end_to_end_run_writes_its_run_folder(thin_vgg, small_dataset, tmp_path):
@@ -829,6 +877,10 @@ def test_vgg_init_auto_converts_local_imagenet_weights_once(tmp_path, capsys):
     assert main.resolve_weights(args) == (vgg_dir, info)  # converted once, then loaded
     with pytest.raises(helper.UserError, match='holds the imagenet VGG16, not the udacity one'):
         main.resolve_weights(main.parse_args(['--data-dir', str(data_dir), '--vgg-init', 'udacity']))
+    write_keras_h5(tmp_path / 'other.h5', THIN, seed=4)
+    with pytest.raises(helper.UserError, match='already holds the VGG16 converted from .*vgg16.*other.h5'):
+        main.resolve_weights(main.parse_args(['--data-dir', str(data_dir), '--imagenet-weights',
+                                              str(tmp_path / 'other.h5')]))
     random_args = main.parse_args(['--data-dir', str(data_dir), '--vgg-init', 'random'])
     assert main.resolve_weights(random_args) == (None, {'source': 'random'})
 
@@ -860,6 +912,8 @@ def test_named_weights_are_used_or_refused_never_replaced(thin_vgg, tmp_path, ca
     with pytest.raises(SystemExit):
         main.parse_args(['--imagenet-weights', 'x.h5', '--vgg-init', 'udacity'])
     assert '--imagenet-weights is for --vgg-init imagenet' in capsys.readouterr().err
+    with pytest.raises(helper.UserError, match='not a file'):
+        main.resolve_weights(main.parse_args(['--imagenet-weights', str(tmp_path)]))
     (tmp_path / 'not.h5').write_text('<html>404</html>')
     with pytest.raises(helper.UserError, match='not.h5: cannot read it as an HDF5 file'):
         main.resolve_weights(main.parse_args(['--imagenet-weights', str(tmp_path / 'not.h5'),
@@ -878,16 +932,19 @@ def test_dataset_summary_counts_converts_and_ignores(small_dataset, tmp_path):
     iio.imwrite(dataset / 'testing/image_2/um_000000.png', image[..., 0])  # grayscale
     shutil.copy(dataset / 'training/gt_image_2/um_road_000000.png', dataset / 'training/gt_image_2/um_lane_000000.png')
     (dataset / 'training/image_2/.DS_Store').write_bytes(b'\0')
+    shutil.copy(dataset / 'training/gt_image_2/um_road_000000.png', dataset / 'training/gt_image_2/um_road_000099.png')
     summary = helper.dataset_summary(str(dataset), 'user', helper.scan_dataset(str(dataset)))
     lines = summary.splitlines()
     assert lines[0] == f'dataset {dataset} (user)'
     assert lines[2].split() == ['training', 'images', '4', '4', '4', '12']
-    assert lines[3].split() == ['road', 'labels', '4', '4', '4', '12']
+    assert lines[3].split() == ['road', 'labels', '5', '4', '4', '13']
     assert lines[4].split() == ['test', 'images', '2', '1', '1', '4']
     assert 'note: 1 image(s) in PIL mode L are converted to RGB' in lines
     assert 'note: 1 image(s) in PIL mode RGBA are converted to RGB (alpha dropped)' in lines
     assert 'ignored: 1 lane label(s) (*_lane_*: the ego-lane, not the road)' in lines
     assert f'ignored: 1 file(s) not named like KITTI\'s, e.g. {dataset}/training/image_2/.DS_Store' in lines
+    assert f'ignored: 1 road label(s) without their image, e.g. {dataset}/training/gt_image_2/um_road_000099.png' \
+        in lines
     rgb, _ = helper.load_pair(str(dataset / 'training/image_2/um_000000.png'),
                               str(dataset / 'training/gt_image_2/um_road_000000.png'))
     np.testing.assert_array_equal(rgb, image)
@@ -924,6 +981,8 @@ BROKEN_DATASETS = {
     'truncated image': (lambda d: (d / 'training/image_2/um_000003.png').write_bytes(
                             (d / 'training/image_2/um_000003.png').read_bytes()[:3000]),
                         'training/image_2/um_000003.png', 'cannot be read as an image'),
+    '16-bit image': (lambda d: Image.fromarray(np.full((64, 224), 40000, np.uint16)).save(
+                         d / 'training/image_2/umm_000002.png'), 'training/image_2/umm_000002.png', 'not 8-bit'),
     'not an image': (lambda d: (d / 'training/image_2/uu_000001.png').write_text('<html>'),
                      'training/image_2/uu_000001.png', 'cannot be read as an image'),
 }

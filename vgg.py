@@ -100,7 +100,7 @@ def read_source(export_dir):
             info = json.load(f)
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) else None
+    return info if isinstance(info, dict) and isinstance(info.get('source'), str) else None
 
 
 def save_vgg16(export_dir, channels=CHANNELS, seed=0, info=None):
