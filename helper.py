@@ -20,7 +20,7 @@ import tensorflow.compat.v1 as tf
 from PIL import Image
 from tqdm import tqdm
 
-from metrics import IGNORE, NON_ROAD, ROAD
+from metrics import IGNORE, NON_ROAD, ROAD, confidence
 from vgg import KERAS_H5
 
 VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
@@ -582,8 +582,8 @@ def overlay(image, prob):
     return np.round(out).astype(np.uint8)
 
 
-def gen_test_output(sess, logits, keep_prob, image_pl, data_folder, image_shape):
-    """Yield (name, overlay uint8 [h, w, 3]) for every image of data_folder/image_2 at its own resolution."""
+def test_predictions(sess, logits, keep_prob, image_pl, data_folder, image_shape):
+    """Yield (name, uint8 image [h, w, 3], road probability [h, w]) for every image of data_folder/image_2."""
     road_prob = road_probability(logits)
     image_dir = os.path.join(data_folder, 'image_2')
     for name in list_images(image_dir):
@@ -592,7 +592,13 @@ def gen_test_output(sess, logits, keep_prob, image_pl, data_folder, image_shape)
         except UserError as e:  # one bad test image must not cost the trained model's other outputs
             tqdm.write(f'warning: skipped: {e}')
             continue
-        yield name, overlay(image, predict_road(sess, road_prob, keep_prob, image_pl, image, image_shape))
+        yield name, image, predict_road(sess, road_prob, keep_prob, image_pl, image, image_shape)
+
+
+def gen_test_output(sess, logits, keep_prob, image_pl, data_folder, image_shape):
+    """Yield (name, overlay uint8 [h, w, 3]) for every image of data_folder/image_2 at its own resolution."""
+    for name, image, prob in test_predictions(sess, logits, keep_prob, image_pl, data_folder, image_shape):
+        yield name, overlay(image, prob)
 
 
 def new_run_dir(runs_dir):
@@ -610,15 +616,20 @@ def new_run_dir(runs_dir):
 
 
 def save_inference_samples(runs_dir, data_dir, sess, image_shape, logits, keep_prob, input_image,
-                           test_folder=None, output_dir=None):
-    """Write an overlay PNG per test image into output_dir (default: a new folder under runs_dir).
+                           test_folder=None, output_dir=None, kitti_dir=None):
+    """Write an overlay PNG per test image into output_dir (default: a new folder under runs_dir) and, with
+    kitti_dir, its KITTI confidence map kitti_dir/<cat>_road_<id>.png (uint8 road probability x 255).
 
-    The test images are test_folder/image_2 (default data_dir/data_road/testing/image_2). Returns the folder.
+    The test images are test_folder/image_2 (default data_dir/data_road/testing/image_2). Returns output_dir.
     """
     test_folder = test_folder or os.path.join(data_dir, 'data_road', 'testing')
     output_dir = output_dir or new_run_dir(runs_dir)
+    if kitti_dir:
+        os.makedirs(kitti_dir, exist_ok=True)
     total = len(list_images(os.path.join(test_folder, 'image_2')))
-    outputs = gen_test_output(sess, logits, keep_prob, input_image, test_folder, image_shape)
-    for name, image in tqdm(outputs, total=total, desc='test overlays'):
-        iio.imwrite(os.path.join(output_dir, name), image)
+    predictions = test_predictions(sess, logits, keep_prob, input_image, test_folder, image_shape)
+    for name, image, prob in tqdm(predictions, total=total, desc='test overlays'):
+        iio.imwrite(os.path.join(output_dir, name), overlay(image, prob))
+        if kitti_dir:
+            iio.imwrite(os.path.join(kitti_dir, label_name(name)), confidence(prob))
     return output_dir

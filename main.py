@@ -177,7 +177,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     """Train for `epochs` passes over get_batches_fn(batch_size); return one dict per epoch.
 
     The learning rate fed follows learning_rate_at (warm-up, then poly decay when the number of steps is known).
-    validate_fn() -> dict of validation figures (e.g. road_iou), printed and recorded after each epoch;
+    validate_fn() -> dict of validation figures (e.g. val_max_f), printed and recorded after each epoch;
     on_epoch_end(history) is called after each epoch (to save metrics as training goes). A NaN or infinite
     loss stops training with a UserError naming the step.
     """
@@ -205,26 +205,60 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
             record.update(validate_fn())
         record['seconds'] = round(time.time() - start, 1)
         history.append(record)
-        print(' '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in record.items()),
+        print(' '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in record.items()
+                       if not isinstance(v, dict)),
               flush=True)
         if on_epoch_end is not None:
             on_epoch_end(history)
     return history
 
 
-def make_validate_fn(sess, logits, keep_prob, input_image, examples, image_shape):
-    """validate_fn for train_nn: road IoU on examples [(uint8 image, int8 classes)] at their own resolution."""
+def make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, correct_label, examples,
+                     image_shape):
+    """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])].
+
+    The loss is taken at the network's input size (mean over images); the KITTI scores at each image's own size,
+    the road probability resized back to it, counts pooled per category (kitti_table).
+    """
     road_prob = helper.road_probability(logits)
+    # Resized once: validation runs every epoch on the same images.
+    inputs = [(helper.resize_image(image, image_shape)[None].astype(np.float32),
+               helper.one_hot(helper.resize_nearest(classes, image_shape))[None]) for _, image, classes in examples]
 
     def validate_fn():
-        hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-        for image, classes in examples:
-            prob = helper.predict_road(sess, road_prob, keep_prob, input_image, image, image_shape)
-            hist += metrics.fast_hist(classes, prob > 0.5)
-        recall, fpr = metrics.road_recall_and_false_positive_rate(hist)
-        return {'val_road_iou': metrics.road_iou(hist), 'val_road_recall': recall, 'val_non_road_as_road': fpr}
+        hists, losses = {}, []
+        for (name, image, classes), (net_image, net_label) in zip(examples, inputs):
+            prob, loss = sess.run([road_prob, cross_entropy_loss],
+                                  {input_image: net_image, correct_label: net_label, keep_prob: 1.0})
+            prob = helper.resize_probability(prob.reshape(image_shape), image.shape[:2])
+            hist = metrics.fast_hist(classes, metrics.confidence(prob), NUM_CLASSES, metrics.LEVELS)
+            hists[helper.category(name)] = hists.get(helper.category(name), 0) + hist
+            losses.append(float(loss))
+        table = kitti_table(hists)
+        return {'val_loss': float(np.mean(losses)), 'val_iou_at_0.5': table['all']['iou_at_0.5'],
+                'val_max_f': table['all']['max_f'], 'val_road_recall': table['all']['recall_at_0.5'],
+                'val_non_road_as_road': table['all']['fpr_at_0.5'], 'val_kitti': table}
 
     return validate_fn
+
+
+def format_kitti_table(table):
+    """KITTI scores per category as a text table, in percent like the benchmark's."""
+    columns = ('max_f', 'ap', 'precision', 'recall', 'fpr', 'fnr', 'iou', 'iou_at_0.5')
+    lines = [f'{"":8}' + ''.join(f'{c:>11}' for c in ('MaxF', 'AP', 'PRE', 'REC', 'FPR', 'FNR', 'IoU', 'IoU@0.5'))
+             + '  threshold  Udacity bar']
+    for cat, scores in table.items():
+        lines.append(f'{cat:8}' + ''.join(f'{100 * scores[c]:11.2f}' for c in columns)
+                     + f'{scores["threshold"]:11.3f}  ' + ('pass' if scores['udacity_pass'] else 'fail'))
+    return '\n'.join(lines)
+
+
+def kitti_table(hists):
+    """{category: KITTI scores, ..., 'all': scores of the counts pooled over every category} from
+    {category: [2, LEVELS] counts}."""
+    table = {cat: metrics.kitti_road_scores(hist) for cat, hist in sorted(hists.items())}
+    table['all'] = metrics.kitti_road_scores(sum(hists.values()))
+    return table
 
 
 # ---------------------------------------------------------------------------------------- command line
@@ -434,7 +468,7 @@ def run(argv=None):
     # Every training and validation file is read and checked before the weights, the run folder and the graph.
     get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed)
     val_pairs = helper.training_pairs(training_dir, val_names)
-    val_examples = [helper.load_pair(image, label) for image, label in val_pairs]
+    val_examples = [(os.path.basename(image), *helper.load_pair(image, label)) for image, label in val_pairs]
     vgg_dir, weights = resolve_weights(args)
 
     run_dir = helper.new_run_dir(args.runs_dir)
@@ -468,17 +502,21 @@ def run(argv=None):
         logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, NUM_CLASSES)
         sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
 
-        validate_fn = make_validate_fn(sess, logits, keep_prob, input_image, val_examples, image_shape)
+        validate_fn = make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, correct_label,
+                                       val_examples, image_shape)
         metrics_path = os.path.join(run_dir, 'metrics.json')
         sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
-        train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op, cross_entropy_loss,
-                 input_image, correct_label, keep_prob, learning_rate, keep_prob_value=conf['keep_prob'],
-                 learning_rate_value=conf['learning_rate'], validate_fn=validate_fn,
-                 on_epoch_end=lambda history: write_json(metrics_path, {'epochs': history}))
+        history = train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op,
+                           cross_entropy_loss, input_image, correct_label, keep_prob, learning_rate,
+                           keep_prob_value=conf['keep_prob'], learning_rate_value=conf['learning_rate'],
+                           validate_fn=validate_fn,
+                           on_epoch_end=lambda history: write_json(metrics_path, {'epochs': history}))
+        print(f'validation, KITTI road scores (perspective view, %) after epoch {history[-1]["epoch"]}:\n'
+              + format_kitti_table(history[-1]['val_kitti']), flush=True)
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, image_shape, logits, keep_prob,
-                                      input_image, test_folder=test_dir,
-                                      output_dir=run_dir)
-    print(f'overlays, config.json and metrics.json written to {run_dir}')
+                                      input_image, test_folder=test_dir, output_dir=run_dir,
+                                      kitti_dir=os.path.join(run_dir, 'kitti'))
+    print(f'overlays, kitti/ confidence maps, config.json and metrics.json written to {run_dir}')
     return run_dir
 
 

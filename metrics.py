@@ -1,19 +1,39 @@
 """Road segmentation metrics in pure numpy, in the style of FCN's `fast_hist`.
 
 Labels use 0 = non-road, 1 = road and IGNORE (-1) for KITTI's black "invalid" area, which no metric counts.
+The KITTI road benchmark (devkit, perspective view) scores a uint8 confidence map: for each of the 256 thresholds
+t_i = i / 255, road where confidence >= t_i, with counts pooled over all images of a category. All of that
+follows from one histogram per image, `fast_hist(classes, confidence, NUM_CLASSES, LEVELS)`: [2, 256] counts of
+(true class, confidence level), which add up across images.
 """
 import numpy as np
 
 NUM_CLASSES = 2
 IGNORE, NON_ROAD, ROAD = -1, 0, 1
+LEVELS = 256  # uint8 confidence levels, the KITTI benchmark's input
+# "road probability > 0.5" as the benchmark sees it: round(255 p) >= 128 (p = 0.5 itself rounds to 128).
+LEVEL_AT_HALF = 128
+AP_RECALLS = np.linspace(0, 1, 11)  # Pascal VOC's 11-point interpolated average precision, as in the devkit
 
 
-def fast_hist(label, pred, num_classes=NUM_CLASSES):
-    """Confusion counts [num_classes, num_classes] (rows: truth, columns: prediction), ignored pixels left out."""
+def fast_hist(label, pred, num_classes=NUM_CLASSES, num_preds=None):
+    """Counts [num_classes, num_preds] of (truth, prediction) pairs, ignored pixels left out. With the default
+    num_preds = num_classes it is the confusion matrix (rows: truth, columns: prediction)."""
+    num_preds = num_preds or num_classes
     label, pred = np.asarray(label).ravel(), np.asarray(pred).ravel()
     keep = (label >= 0) & (label < num_classes)
-    return np.bincount(num_classes * label[keep].astype(int) + pred[keep].astype(int),
-                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(num_preds * label[keep].astype(int) + pred[keep].astype(int),
+                       minlength=num_classes * num_preds).reshape(num_classes, num_preds)
+
+
+def confidence(prob):
+    """Road probability float [H, W] -> the uint8 confidence map KITTI's benchmark reads (x 255, rounded)."""
+    return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
+
+
+def binarize(level_hist, level=LEVEL_AT_HALF):
+    """[2, LEVELS] counts -> [2, 2] confusion matrix for "road where confidence >= level"."""
+    return np.stack([level_hist[:, :level].sum(axis=1), level_hist[:, level:].sum(axis=1)], axis=1)
 
 
 def road_iou(hist):
@@ -29,3 +49,40 @@ def road_recall_and_false_positive_rate(hist):
     recall = hist[ROAD, ROAD] / road if road else float('nan')
     fpr = hist[NON_ROAD, ROAD] / non_road if non_road else float('nan')
     return float(recall), float(fpr)
+
+
+def kitti_road_scores(level_hist):
+    """KITTI's road scores from pooled counts [2, LEVELS] of (true class, confidence level).
+
+    MaxF is the best F1 over the 256 thresholds; its threshold is the working point of PRE (precision), REC
+    (recall), FPR = FP / non-road and FNR = FN / road, and of road IoU (= F / (2 - F) there). AP is the 11-point
+    interpolated average precision. The *_at_0.5 figures and Udacity's pass bar (recall >= 0.8, non-road
+    labelled road <= 0.2) use the threshold 0.5 instead. Figures without road or non-road pixels are nan.
+    """
+    non_road, road = np.asarray(level_hist, np.int64)
+    positives, negatives = road.sum(), non_road.sum()
+    # At level i, road is predicted for confidence >= i: everything minus what lies below i.
+    tp = positives - np.concatenate([[0], np.cumsum(road)[:-1]])
+    fp = negatives - np.concatenate([[0], np.cumsum(non_road)[:-1]])
+    fn = positives - tp
+    with np.errstate(divide='ignore', invalid='ignore'):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = tp / positives
+        f = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    if not positives or not negatives:
+        nan = float('nan')
+        return {k: nan for k in ('max_f', 'threshold', 'precision', 'recall', 'fpr', 'fnr', 'ap', 'iou',
+                                 'iou_at_0.5', 'recall_at_0.5', 'fpr_at_0.5')} | {'udacity_pass': False}
+    best = int(np.argmax(f))
+    at_half = binarize(np.asarray(level_hist), LEVEL_AT_HALF)
+    recall_half, fpr_half = road_recall_and_false_positive_rate(at_half)
+    return {
+        'max_f': float(f[best]), 'threshold': best / (LEVELS - 1),
+        'precision': float(precision[best]), 'recall': float(recall[best]),
+        'fpr': float(fp[best] / negatives), 'fnr': float(fn[best] / positives),
+        'ap': float(np.mean([precision[recall >= r].max(initial=0.0) for r in AP_RECALLS])),
+        'iou': float(tp[best] / (tp[best] + fp[best] + fn[best])),
+        'iou_at_0.5': road_iou(at_half), 'recall_at_0.5': recall_half, 'fpr_at_0.5': fpr_half,
+        'udacity_pass': bool(recall_half >= 0.8 and fpr_half <= 0.2),
+    }
+
