@@ -534,16 +534,17 @@ def load_resized(pairs, image_shape, desc='loading'):
     return images, classes
 
 
-def gen_batch_function(data_folder, image_shape, names=None, seed=0):
+def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch=0):
     """Generator factory over data_folder (KITTI `training` layout) at image_shape (H, W).
 
     Every image and label is read, checked and resized here, once, so that a bad file stops the job before any
     training. get_batches_fn(batch_size) yields (images [B, H, W, 3] raw RGB 0-255, labels [B, H, W, 2]) in a
-    new seeded order on every call. `names` restricts it to those image names (the training split).
+    new order on every call, seeded by (seed, epoch), epochs counted from first_epoch (a resumed run's).
+    `names` restricts it to those image names (the training split).
     """
     pairs = training_pairs(data_folder, names)
     images, classes = load_resized(pairs, image_shape)
-    epochs = [0]
+    epochs = [first_epoch]
 
     def get_batches_fn(batch_size):
         order = np.random.RandomState([seed, epochs[0]]).permutation(len(pairs))

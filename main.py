@@ -5,6 +5,7 @@ images to runs/<timestamp>/. Without KITTI or the weights (offline), it says so,
 with a randomly initialised VGG16 instead, and records that in the run's config.json.
 """
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -54,6 +55,7 @@ RECIPES = {
                       num_train=270, num_test=30),
 }
 SYNTHETIC_DIR = 'synthetic_road'
+LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'  # inside the run folder
 VGG_INITS = ('auto', 'udacity', 'imagenet', 'random')
 WEIGHT_NAMES = {'udacity': "Udacity's pretrained VGG16", 'imagenet': "Keras' ImageNet VGG16"}
 
@@ -158,7 +160,8 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
                                    name='cross_entropy_loss')
     regularization = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)
     total_loss = cross_entropy_loss + tf.add_n(regularization) if regularization else cross_entropy_loss
-    train_op = tf.train.AdamOptimizer(learning_rate).minimize(total_loss, name='train_op')
+    train_op = tf.train.AdamOptimizer(learning_rate).minimize(
+        total_loss, global_step=tf.train.get_or_create_global_step(), name='train_op')
     return logits, train_op, cross_entropy_loss
 
 
@@ -173,21 +176,28 @@ def learning_rate_at(step, total_steps, base, warmup_steps=WARMUP_STEPS):
 
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
-             validate_fn=None, on_epoch_end=None):
+             validate_fn=None, on_epoch_end=None, start_step=0, history=None):
     """Train for `epochs` passes over get_batches_fn(batch_size); return one dict per epoch.
+
+    To resume, start_step is the number of steps already taken and history the records of the finished epochs:
+    training goes on in the middle of the epoch where it stopped, skipping the batches that epoch already had
+    (get_batches_fn must then yield that epoch's batches in the same order, as gen_batch_function's first_epoch).
 
     The learning rate fed follows learning_rate_at (warm-up, then poly decay when the number of steps is known).
     validate_fn() -> dict of validation figures (e.g. val_max_f), printed and recorded after each epoch;
     on_epoch_end(history) is called after each epoch (to save metrics as training goes). A NaN or infinite
     loss stops training with a UserError naming the step.
     """
-    history, step = [], 0
+    history, step = list(history or []), start_step
     num_images = getattr(get_batches_fn, 'num_images', None)
     num_batches = -(-num_images // batch_size) if num_images else None
     total_steps = num_batches * epochs if num_batches else None
-    for epoch in range(1, epochs + 1):
+    first_epoch, skip = divmod(start_step, num_batches) if start_step else (0, 0)
+    for epoch in range(first_epoch + 1, epochs + 1):
         start, losses = time.time(), []
-        bar = tqdm(get_batches_fn(batch_size), total=num_batches, desc=f'epoch {epoch}/{epochs}', leave=False)
+        batches = itertools.islice(get_batches_fn(batch_size), skip if epoch == first_epoch + 1 else 0, None)
+        bar = tqdm(batches, total=num_batches, initial=skip if epoch == first_epoch + 1 else 0,
+                   desc=f'epoch {epoch}/{epochs}', leave=False)
         for images, labels in bar:
             feed = {input_image: images, correct_label: labels, keep_prob: keep_prob_value}
             step += 1
@@ -313,7 +323,15 @@ def parse_args(argv=None):
     parser.add_argument('--no-download', action='store_true',
                         help='never use the network: missing weights or KITTI fall back at once to what is on '
                              'disk')
+    parser.add_argument('--resume', metavar='RUN_DIR',
+                        help='continue the stopped run in RUN_DIR from its last checkpoint, with its data, split '
+                             'and settings (no other flag may be given)')
     args = parser.parse_args(argv)
+    if args.resume:
+        given = [f'--{k.replace("_", "-")}' for k, v in vars(args).items()
+                 if k != 'resume' and v != parser.get_default(k)]
+        if given:
+            parser.error(f'--resume continues a run with its own settings: drop {" ".join(given)}')
     if args.image_shape and any(d <= 0 or d % 32 for d in args.image_shape):
         parser.error(f'--image-shape {args.image_shape[0]} {args.image_shape[1]}: both must be positive '
                      'multiples of 32 (the encoder halves the size five times)')
@@ -450,10 +468,39 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
+def load_run(run_dir):
+    """(config, last checkpoint path, its step, history) of a run folder to resume; UserError if it cannot be."""
+    try:
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise helper.UserError(f'--resume {run_dir}: not a run folder of this project ({e})') from None
+    checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, LAST_CHECKPOINT))
+    if checkpoint is None:
+        raise helper.UserError(f'--resume {run_dir}: no checkpoint in {os.path.join(run_dir, LAST_CHECKPOINT)} '
+                               '(a run saves one after each epoch and when interrupted)')
+    try:
+        with open(os.path.join(run_dir, 'metrics.json')) as f:
+            history = json.load(f)['epochs']
+    except (OSError, ValueError, KeyError):
+        history = []
+    step = int(tf.train.load_variable(checkpoint, tf.GraphKeys.GLOBAL_STEP))
+    return config, checkpoint, step, history
+
+
 def run(argv=None):
-    """The whole job: data, weights, graph, training, validation, test-set overlays, config and metrics."""
+    """The whole job: data, weights, graph, training, validation, test-set outputs, checkpoints, config and
+    metrics; or, with --resume, the rest of a stopped run."""
     args = parse_args(argv)
-    dataset, data_source = resolve_dataset(args)
+    resumed = load_run(args.resume) if args.resume else None
+    if resumed:
+        config = resumed[0]
+        vars(args).update({k: v for k, v in config['settings'].items() if k in vars(args) and k != 'resume'})
+        dataset, data_source = config['data']['dataset'], config['data']['source']
+        if not os.path.isdir(dataset):
+            raise helper.UserError(f'--resume {args.resume}: its dataset {dataset} is gone')
+    else:
+        dataset, data_source = resolve_dataset(args)
     scan = helper.scan_dataset(dataset)
     print(helper.dataset_summary(dataset, data_source, scan), flush=True)
     conf = settings(args, data_source)
@@ -465,24 +512,39 @@ def run(argv=None):
     if not train_names or not val_names:
         raise helper.UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
                                f'{len(val_names)} validation images of {len(names)}: both need at least one')
+    if resumed and val_names != config['data']['val_names']:
+        raise helper.UserError(f'--resume {args.resume}: {dataset} has changed since the run started (its '
+                               'validation split is no longer the same)')
+    start_step, history = resumed[2:] if resumed else (0, [])
+    num_batches = -(-len(train_names) // conf['batch_size'])
     # Every training and validation file is read and checked before the weights, the run folder and the graph.
-    get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed)
+    get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed,
+                                               first_epoch=start_step // num_batches)
     val_pairs = helper.training_pairs(training_dir, val_names)
     val_examples = [(os.path.basename(image), *helper.load_pair(image, label)) for image, label in val_pairs]
-    vgg_dir, weights = resolve_weights(args)
-
-    run_dir = helper.new_run_dir(args.runs_dir)
-    config = {
-        'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
-        'settings': {**vars(args), **conf},
-        'data': {'source': data_source, 'dataset': os.path.abspath(dataset), 'train_images': len(train_names),
-                 'val_images': len(val_names), 'val_names': val_names},
-        'weights': {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
-        'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__, 'numpy': np.__version__},
-    }
+    if resumed:
+        vgg_dir = config['weights']['vgg_dir']
+        weights = {k: v for k, v in config['weights'].items() if k != 'vgg_dir'}
+        if vgg_dir and not helper.vgg_is_complete(vgg_dir):
+            raise helper.UserError(f'--resume {args.resume}: its VGG16 {vgg_dir} is gone')
+        run_dir = args.resume
+        config.setdefault('resumed', []).append({'at_step': start_step, 'time': time.strftime('%Y-%m-%d %H:%M:%S')})
+    else:
+        vgg_dir, weights = resolve_weights(args)
+        run_dir = helper.new_run_dir(args.runs_dir)
+        config = {
+            'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
+            'settings': {**vars(args), **conf},
+            'data': {'source': data_source, 'dataset': os.path.abspath(dataset),
+                     'train_images': len(train_names), 'val_images': len(val_names), 'val_names': val_names},
+            'weights': {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
+            'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
+                         'numpy': np.__version__},
+        }
     write_json(os.path.join(run_dir, 'config.json'), config)
     print(f'run folder {run_dir}: data {data_source} ({len(train_names)} train, {len(val_names)} val), '
-          f'weights {weights["source"]}, {conf}', flush=True)
+          f'weights {weights["source"]}, {conf}' + (f', resuming at step {start_step}' if resumed else ''),
+          flush=True)
 
     with tf.Graph().as_default(), tf.Session() as sess:
         tf.set_random_seed(args.seed)
@@ -501,22 +563,51 @@ def run(argv=None):
         nn_last_layer = layers(layer3, layer4, layer7, NUM_CLASSES)
         logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, NUM_CLASSES)
         sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
+        # last: everything needed to continue (weights, Adam's moments, the step); best: the model only.
+        last_saver = tf.train.Saver(max_to_keep=1)
+        best_saver = tf.train.Saver(tf.trainable_variables(), max_to_keep=1)
+        global_step = tf.train.get_global_step()
+        if resumed:
+            last_saver.restore(sess, resumed[1])
 
         validate_fn = make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, correct_label,
                                        val_examples, image_shape)
         metrics_path = os.path.join(run_dir, 'metrics.json')
+        last_path, best_path = (os.path.join(run_dir, d, 'model') for d in (LAST_CHECKPOINT, BEST_CHECKPOINT))
+        for path in (last_path, best_path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        best_f = max([h['val_max_f'] for h in history if h.get('val_max_f') is not None], default=-1.0)
         sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
-        history = train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op,
-                           cross_entropy_loss, input_image, correct_label, keep_prob, learning_rate,
-                           keep_prob_value=conf['keep_prob'], learning_rate_value=conf['learning_rate'],
-                           validate_fn=validate_fn,
-                           on_epoch_end=lambda history: write_json(metrics_path, {'epochs': history}))
+
+        def on_epoch_end(epochs):
+            nonlocal best_f
+            write_json(metrics_path, {'epochs': epochs})
+            last_saver.save(sess, last_path, global_step=global_step)
+            if np.isfinite(epochs[-1]['val_max_f']) and epochs[-1]['val_max_f'] > best_f:
+                best_f = epochs[-1]['val_max_f']
+                best_saver.save(sess, best_path, global_step=global_step)
+
+        try:
+            history = train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op,
+                               cross_entropy_loss, input_image, correct_label, keep_prob, learning_rate,
+                               keep_prob_value=conf['keep_prob'], learning_rate_value=conf['learning_rate'],
+                               validate_fn=validate_fn, on_epoch_end=on_epoch_end, start_step=start_step,
+                               history=history)
+        except KeyboardInterrupt:
+            saved = last_saver.save(sess, last_path, global_step=global_step)
+            print(f'\ninterrupted at step {sess.run(global_step)}: saved {saved}. To continue: '
+                  f'python main.py --resume {run_dir}', file=sys.stderr, flush=True)
+            raise
+        except helper.UserError as e:  # a diverged loss: the last checkpoint is from before it
+            last = tf.train.latest_checkpoint(os.path.dirname(last_path))
+            raise helper.UserError(f'{e} The last good checkpoint is {last or "none (no epoch finished)"}.') \
+                from None
         print(f'validation, KITTI road scores (perspective view, %) after epoch {history[-1]["epoch"]}:\n'
               + format_kitti_table(history[-1]['val_kitti']), flush=True)
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, image_shape, logits, keep_prob,
                                       input_image, test_folder=test_dir, output_dir=run_dir,
                                       kitti_dir=os.path.join(run_dir, 'kitti'))
-    print(f'overlays, kitti/ confidence maps, config.json and metrics.json written to {run_dir}')
+    print(f'overlays, kitti/ confidence maps, checkpoints, config.json and metrics.json written to {run_dir}')
     return run_dir
 
 

@@ -1074,6 +1074,55 @@ def test_a_nan_loss_stops_training_naming_the_step():
                       tf.placeholder(tf.float32), None)
 
 
+def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset, tmp_path, monkeypatch, capsys):
+    # Without dropout: its random masks come from stateful random ops, whose streams restart in a new session.
+    flags = ['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--epochs', '2', '--batch-size', '3',
+             '--image-shape', '64', '224', '--val-fraction', '0.25', '--keep-prob', '1', '--no-download']
+    straight = main.run(flags + ['--runs-dir', str(tmp_path / 'straight')])
+    original = helper.gen_batch_function
+
+    def interrupted_at_step_4(*args, **kwargs):  # 9 training images, batch 3: in the middle of epoch 2
+        get_batches_fn, taken = original(*args, **kwargs), []
+
+        def batches(batch_size):
+            for batch in get_batches_fn(batch_size):
+                if len(taken) == 4:
+                    raise KeyboardInterrupt
+                taken.append(batch)
+                yield batch
+
+        batches.num_images = get_batches_fn.num_images
+        return batches
+
+    monkeypatch.setattr(helper, 'gen_batch_function', interrupted_at_step_4)
+    assert main.main(flags + ['--runs-dir', str(tmp_path / 'stopped')]) == 130
+    run_dir = str(next((tmp_path / 'stopped').iterdir()))
+    err = capsys.readouterr().err
+    assert 'interrupted at step 4' in err and f'python main.py --resume {run_dir}' in err
+    monkeypatch.setattr(helper, 'gen_batch_function', original)
+    assert main.run(['--resume', run_dir]) == run_dir
+    history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
+    assert [h['epoch'] for h in history] == [1, 2]
+    assert json.load(open(os.path.join(run_dir, 'config.json')))['resumed'][0]['at_step'] == 4
+    a = tf.train.latest_checkpoint(os.path.join(straight, main.LAST_CHECKPOINT))
+    b = tf.train.latest_checkpoint(os.path.join(run_dir, main.LAST_CHECKPOINT))
+    names = [name for name, _ in tf.train.list_variables(a)]
+    assert 'global_step' in names and 'score_fr/weights/Adam' in names
+    assert tf.train.load_variable(b, 'global_step') == 6
+    for name in names:
+        np.testing.assert_allclose(tf.train.load_variable(b, name), tf.train.load_variable(a, name),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    assert tf.train.latest_checkpoint(os.path.join(run_dir, main.BEST_CHECKPOINT))
+
+
+def test_resume_refuses_other_flags_and_folders_that_are_not_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main.parse_args(['--resume', str(tmp_path), '--epochs', '3'])
+    assert 'drop --epochs' in capsys.readouterr().err
+    with pytest.raises(helper.UserError, match='not a run folder of this project'):
+        main.run(['--resume', str(tmp_path)])
+
+
 class Summary:
     """Counts outcomes per test for the closing `N passed, M failed` line: a test fails if any phase fails."""
 
