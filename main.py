@@ -278,7 +278,8 @@ def parse_args(argv=None):
         description='Train FCN-8s (VGG16) road segmentation on KITTI Road and write road overlays of the test '
                     'images. Offline, without KITTI or the VGG16 weights, it trains on generated road scenes '
                     'with a randomly initialised VGG16 instead (and says so). Every run writes a new folder '
-                    'RUNS_DIR/<YYYYmmdd-HHMMSS>/ with the overlays, config.json and metrics.json.')
+                    'RUNS_DIR/<YYYYmmdd-HHMMSS>/ with the overlays, KITTI confidence maps, checkpoints, '
+                    'config.json and metrics.json. `python main.py evaluate --help`: scoring a trained run.')
     k, s = RECIPES['kitti'], RECIPES['synthetic']
     parser.add_argument('--data-dir', default='data',
                         help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')
@@ -468,6 +469,30 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
+def build_fcn(sess, vgg_dir, seed):
+    """FCN-8s with its training ops in sess's graph, every variable initialised: the VGG16 SavedModel in vgg_dir
+    (or, for None, a He-initialised one seeded by seed), then layers and optimize. Returns the tensors by name."""
+    tf.set_random_seed(seed)
+    correct_label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
+    learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
+    if vgg_dir:
+        try:
+            input_image, keep_prob, layer3, layer4, layer7 = load_vgg(sess, vgg_dir)
+        except (RuntimeError, KeyError, ValueError, tf.errors.OpError) as e:
+            raise helper.UserError(f'{vgg_dir} is not a VGG16 SavedModel tagged "{vgg.TAG}" with the Udacity '
+                                   f'tensors {", ".join(VGG_TENSOR_NAMES)}: {e}') from None
+        restored = {v.name for v in tf.global_variables()}  # the loaded weights: not to re-initialise
+    else:
+        input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed)
+        restored = set()
+    nn_last_layer = layers(layer3, layer4, layer7, NUM_CLASSES)
+    logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, NUM_CLASSES)
+    sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
+    return dict(input_image=input_image, keep_prob=keep_prob, correct_label=correct_label,
+                learning_rate=learning_rate, logits=logits, train_op=train_op,
+                cross_entropy_loss=cross_entropy_loss)
+
+
 def load_run(run_dir):
     """(config, last checkpoint path, its step, history) of a run folder to resume; UserError if it cannot be."""
     try:
@@ -547,22 +572,9 @@ def run(argv=None):
           flush=True)
 
     with tf.Graph().as_default(), tf.Session() as sess:
-        tf.set_random_seed(args.seed)
-        correct_label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
-        learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
-        if vgg_dir:
-            try:
-                input_image, keep_prob, layer3, layer4, layer7 = load_vgg(sess, vgg_dir)
-            except (RuntimeError, KeyError, ValueError, tf.errors.OpError) as e:
-                raise helper.UserError(f'{vgg_dir} is not a VGG16 SavedModel tagged "{vgg.TAG}" with the Udacity '
-                                       f'tensors {", ".join(VGG_TENSOR_NAMES)}: {e}') from None
-            restored = {v.name for v in tf.global_variables()}  # the loaded weights: not to re-initialise
-        else:
-            input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=args.seed)
-            restored = set()
-        nn_last_layer = layers(layer3, layer4, layer7, NUM_CLASSES)
-        logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, NUM_CLASSES)
-        sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
+        net = build_fcn(sess, vgg_dir, args.seed)
+        input_image, keep_prob, correct_label = net['input_image'], net['keep_prob'], net['correct_label']
+        logits, cross_entropy_loss = net['logits'], net['cross_entropy_loss']
         # last: everything needed to continue (weights, Adam's moments, the step); best: the model only.
         last_saver = tf.train.Saver(max_to_keep=1)
         best_saver = tf.train.Saver(tf.trainable_variables(), max_to_keep=1)
@@ -588,8 +600,8 @@ def run(argv=None):
                 best_saver.save(sess, best_path, global_step=global_step)
 
         try:
-            history = train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, train_op,
-                               cross_entropy_loss, input_image, correct_label, keep_prob, learning_rate,
+            history = train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, net['train_op'],
+                               cross_entropy_loss, input_image, correct_label, keep_prob, net['learning_rate'],
                                keep_prob_value=conf['keep_prob'], learning_rate_value=conf['learning_rate'],
                                validate_fn=validate_fn, on_epoch_end=on_epoch_end, start_step=start_step,
                                history=history)
@@ -611,9 +623,55 @@ def run(argv=None):
     return run_dir
 
 
+def evaluate(argv):
+    """`main.py evaluate`: KITTI scores of a trained run's best checkpoint, printed and written to eval.json."""
+    parser = argparse.ArgumentParser(
+        prog='main.py evaluate',
+        description='Score a trained run (its best checkpoint by validation MaxF) with the KITTI road metrics, '
+                    'per category and pooled, at each image\'s original resolution; print a table and write '
+                    'RUN_DIR/eval.json.')
+    parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True, help='a run folder of main.py')
+    parser.add_argument('--dataset', metavar='DIR',
+                        help='score every image of DIR/training (KITTI layout, with ground truth) instead of the '
+                             'run\'s validation split')
+    args = parser.parse_args(argv)
+    config, _, _, _ = load_run(args.checkpoint)
+    best = tf.train.latest_checkpoint(os.path.join(args.checkpoint, BEST_CHECKPOINT))
+    if best is None:
+        raise helper.UserError(f'{args.checkpoint}: no best checkpoint yet (one is saved after the first epoch)')
+    if args.dataset:
+        if not os.path.isdir(os.path.join(args.dataset, 'training')):
+            raise helper.UserError(f'--dataset {args.dataset}: no training/ folder (image_2 and gt_image_2) there')
+        pairs = helper.training_pairs(os.path.join(args.dataset, 'training'))
+    else:
+        pairs = helper.training_pairs(os.path.join(config['data']['dataset'], 'training'),
+                                      config['data']['val_names'])
+    examples = [(os.path.basename(image), *helper.load_pair(image, label))
+                for image, label in tqdm(pairs, desc='loading', leave=False)]
+    image_shape = tuple(config['settings']['image_shape'])
+    with tf.Graph().as_default(), tf.Session() as sess:
+        net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'])
+        tf.train.Saver(tf.trainable_variables()).restore(sess, best)
+        validate_fn = make_validate_fn(sess, net['logits'], net['cross_entropy_loss'], net['keep_prob'],
+                                       net['input_image'], net['correct_label'], examples, image_shape)
+        sess.graph.finalize()
+        scores = validate_fn()
+    print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"}, KITTI road scores '
+          f'(perspective view, %):\n' + format_kitti_table(scores['val_kitti']))
+    path = os.path.join(args.checkpoint, 'eval.json')
+    write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],
+                      'images': [name for name, _, _ in examples], 'loss': scores['val_loss'],
+                      'kitti': scores['val_kitti']})
+    print(f'written to {path}')
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        run(argv)
+        if argv[:1] == ['evaluate']:
+            evaluate(argv[1:])
+        else:
+            run(argv)
     except (helper.UserError, OSError) as e:  # OSError: an unwritable runs folder, a full disk, ...
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -906,6 +906,14 @@ def test_end_to_end_run_writes_its_run_folder(thin_vgg, small_dataset, tmp_path)
     assert all(0 <= h['val_iou_at_0.5'] <= 1 and 0 <= h['val_max_f'] <= 1 and np.isfinite(h['val_loss'])
                and np.isfinite(h['loss']) for h in history)
     assert set(history[-1]['val_kitti']) == {'um', 'umm', 'uu', 'all'}
+    assert main.main(['evaluate', '--checkpoint', run_dir]) == 0  # the best epoch's weights, scored again
+    evaluation = json.load(open(os.path.join(run_dir, 'eval.json')))
+    best = max(history, key=lambda h: h['val_max_f'])
+    for category, scores in best['val_kitti'].items():
+        assert evaluation['kitti'][category] == pytest.approx(scores)
+    assert evaluation['loss'] == pytest.approx(best['val_loss'])
+    assert main.main(['evaluate', '--checkpoint', run_dir, '--dataset', small_dataset]) == 0
+    assert len(json.load(open(os.path.join(run_dir, 'eval.json')))['images']) == 12
     for name in os.listdir(test_dir):
         confidence = iio.imread(os.path.join(run_dir, 'kitti', helper.label_name(name)))
         assert confidence.dtype == np.uint8 and confidence.shape == iio.imread(os.path.join(test_dir, name)).shape[:2]
