@@ -36,6 +36,11 @@ EXTRACT_PREFIX = '.extract-'
 
 CATEGORIES = ('um', 'umm', 'uu')
 ROAD_COLOR, NON_ROAD_COLOR, INVALID_COLOR = (255, 0, 255), (255, 0, 0), (0, 0, 0)
+# Training augmentation: zoom up to 1.25x, brightness +-0.1 (of 1), contrast x(1 +- 0.2), gamma exp(+-0.2).
+AUGMENT_MAX_SCALE = 1.25
+AUGMENT_BRIGHTNESS = 0.1
+AUGMENT_CONTRAST = 0.2
+AUGMENT_LOG_GAMMA = 0.2
 OVERLAY_COLOR = (0, 255, 0)
 OVERLAY_ALPHA = 127 / 255
 KITTI_FOLDERS = ('training/image_2', 'training/gt_image_2', 'testing/image_2')
@@ -534,24 +539,55 @@ def load_resized(pairs, image_shape, desc='loading'):
     return images, classes
 
 
-def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch=0):
+def flip_scale_crop(image, classes, rng, max_scale=AUGMENT_MAX_SCALE):
+    """The same random horizontal flip and zoom (scale up to max_scale, then a random crop back to the size)
+    of uint8 image [H, W, 3] and class ids [H, W]: bilinear for the image, nearest neighbour for the labels."""
+    if rng.rand() < 0.5:
+        image, classes = image[:, ::-1], classes[:, ::-1]
+    height, width = classes.shape
+    scale = rng.uniform(1.0, max_scale)
+    big = (int(round(height * scale)), int(round(width * scale)))
+    top, left = rng.randint(0, big[0] - height + 1), rng.randint(0, big[1] - width + 1)
+    crop = (slice(top, top + height), slice(left, left + width))
+    image = resize_image(np.ascontiguousarray(image), big)[crop]
+    return image, resize_nearest(classes, big)[crop]
+
+
+def jitter_photometric(image, rng):
+    """Random brightness, contrast and gamma of a uint8 image [H, W, 3] (never of its labels)."""
+    x = image.astype(np.float32) / 255
+    x = x + rng.uniform(-AUGMENT_BRIGHTNESS, AUGMENT_BRIGHTNESS)
+    x = (x - x.mean()) * rng.uniform(1 - AUGMENT_CONTRAST, 1 + AUGMENT_CONTRAST) + x.mean()
+    x = np.clip(x, 0, 1) ** np.exp(rng.uniform(-AUGMENT_LOG_GAMMA, AUGMENT_LOG_GAMMA))
+    return np.round(x * 255).astype(np.uint8)
+
+
+def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch=0, augment=False):
     """Generator factory over data_folder (KITTI `training` layout) at image_shape (H, W).
 
     Every image and label is read, checked and resized here, once, so that a bad file stops the job before any
     training. get_batches_fn(batch_size) yields (images [B, H, W, 3] raw RGB 0-255, labels [B, H, W, 2]) in a
     new order on every call, seeded by (seed, epoch), epochs counted from first_epoch (a resumed run's).
-    `names` restricts it to those image names (the training split).
+    `names` restricts it to those image names (the training split). With augment, each example is flipped,
+    zoomed and jittered at random, seeded by (seed, epoch, batch) so that a resumed run sees the same batches.
     """
     pairs = training_pairs(data_folder, names)
     images, classes = load_resized(pairs, image_shape)
     epochs = [first_epoch]
 
     def get_batches_fn(batch_size):
-        order = np.random.RandomState([seed, epochs[0]]).permutation(len(pairs))
+        epoch = epochs[0]
+        order = np.random.RandomState([seed, epoch]).permutation(len(pairs))
         epochs[0] += 1
-        for start in range(0, len(order), batch_size):
+        for number, start in enumerate(range(0, len(order), batch_size)):
             batch = order[start:start + batch_size]
-            yield images[batch].astype(np.float32), one_hot(classes[batch])
+            batch_images, batch_classes = images[batch], classes[batch]
+            if augment:
+                rng = np.random.RandomState([seed, epoch, number])
+                examples = [flip_scale_crop(image, labels, rng) for image, labels in zip(batch_images, batch_classes)]
+                batch_images = np.stack([jitter_photometric(image, rng) for image, _ in examples])
+                batch_classes = np.stack([labels for _, labels in examples])
+            yield batch_images.astype(np.float32), one_hot(batch_classes)
 
     get_batches_fn.num_images = len(pairs)
     return get_batches_fn

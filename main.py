@@ -321,6 +321,9 @@ def parse_args(argv=None):
                              'on [default: 0.1]')
     parser.add_argument('--seed', type=int, default=0,
                         help='seeds the split, shuffling and initialisation [default: 0]')
+    parser.add_argument('--no-augment', action='store_true',
+                        help='train on the images as they are: no random flip, zoom, brightness, contrast or '
+                             'gamma (validation is never augmented)')
     parser.add_argument('--no-download', action='store_true',
                         help='never use the network: missing weights or KITTI fall back at once to what is on '
                              'disk')
@@ -544,7 +547,7 @@ def run(argv=None):
     num_batches = -(-len(train_names) // conf['batch_size'])
     # Every training and validation file is read and checked before the weights, the run folder and the graph.
     get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed,
-                                               first_epoch=start_step // num_batches)
+                                               first_epoch=start_step // num_batches, augment=not args.no_augment)
     val_pairs = helper.training_pairs(training_dir, val_names)
     val_examples = [(os.path.basename(image), *helper.load_pair(image, label)) for image, label in val_pairs]
     if resumed:

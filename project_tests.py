@@ -296,6 +296,47 @@ def test_shuffled_batches_keep_each_image_with_its_own_label(tmp_path):
             np.testing.assert_array_equal(labels[..., 0], non_road)
 
 
+def test_augmentation_keeps_image_and_label_aligned():
+    """Each class painted in its own colour: wherever a zoomed, flipped label is uniform around a pixel, the
+    image there still shows that class's colour."""
+    palette = {helper.NON_ROAD: helper.NON_ROAD_COLOR, helper.ROAD: helper.ROAD_COLOR,
+               helper.IGNORE: helper.INVALID_COLOR}
+    paint = lambda classes: np.select([classes[..., None] == c for c in palette], list(palette.values()))
+    classes = np.kron(np.random.default_rng(0).integers(-1, 2, (4, 14)), np.ones((16, 16), int)).astype(np.int8)
+    image = paint(classes).astype(np.uint8)
+    zoomed = 0
+    for trial in range(20):
+        aug_image, aug_classes = helper.flip_scale_crop(image, classes, np.random.RandomState(trial))
+        assert aug_image.shape == image.shape and aug_classes.shape == classes.shape
+        assert set(np.unique(aug_classes)) <= set(palette)
+        windows = np.lib.stride_tricks.sliding_window_view(aug_classes, (3, 3))
+        uniform = (windows == windows[..., 1:2, 1:2]).all(axis=(-1, -2))
+        np.testing.assert_allclose(aug_image[1:-1, 1:-1][uniform], paint(aug_classes)[1:-1, 1:-1][uniform], atol=1)
+        zoomed += not np.array_equal(aug_classes, classes) and not np.array_equal(aug_classes, classes[:, ::-1])
+    assert zoomed >= 15  # most trials zoom (scale 1 exactly is the only way out)
+
+
+def test_photometric_jitter_is_seeded_and_stays_in_range():
+    image = np.random.default_rng(1).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    a = helper.jitter_photometric(image, np.random.RandomState(4))
+    b = helper.jitter_photometric(image, np.random.RandomState(4))
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.uint8 and not np.array_equal(a, image)
+
+
+def test_augmented_batches_are_seeded_per_epoch_and_batch(small_dataset):
+    training = os.path.join(small_dataset, 'training')
+    plain = next(helper.gen_batch_function(training, (64, 224), seed=2)(4))
+    first = helper.gen_batch_function(training, (64, 224), seed=2, augment=True)
+    again = helper.gen_batch_function(training, (64, 224), seed=2, augment=True)
+    a, b = next(first(4)), next(again(4))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], plain[0])
+    later = helper.gen_batch_function(training, (64, 224), seed=2, augment=True, first_epoch=1)
+    np.testing.assert_array_equal(next(first(4))[0], next(later(4))[0])  # epoch 1 alike, however reached
+
+
 def test_an_image_without_ground_truth_is_a_clear_error(small_dataset, tmp_path):
     folder = tmp_path / 'training'
     (folder / 'gt_image_2').mkdir(parents=True)
