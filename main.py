@@ -56,6 +56,7 @@ RECIPES = {
 }
 SYNTHETIC_DIR = 'synthetic_road'
 LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'  # inside the run folder
+SERVING_DIR = 'saved_model'  # inside the run folder: the best model with a serving signature
 VGG_INITS = ('auto', 'udacity', 'imagenet', 'random')
 WEIGHT_NAMES = {'udacity': "Udacity's pretrained VGG16", 'imagenet': "Keras' ImageNet VGG16"}
 
@@ -617,13 +618,43 @@ def run(argv=None):
             last = tf.train.latest_checkpoint(os.path.dirname(last_path))
             raise helper.UserError(f'{e} The last good checkpoint is {last or "none (no epoch finished)"}.') \
                 from None
-        print(f'validation, KITTI road scores (perspective view, %) after epoch {history[-1]["epoch"]}:\n'
-              + format_kitti_table(history[-1]['val_kitti']), flush=True)
+        best = tf.train.latest_checkpoint(os.path.dirname(best_path))
+        best_saver.restore(sess, best)  # the run's model from here on: the best epoch's weights
+        best_record = max(history, key=lambda h: -np.inf if h['val_max_f'] is None else h['val_max_f'])
+        print(f'validation, KITTI road scores (perspective view, %) of the best epoch, {best_record["epoch"]}:\n'
+              + format_kitti_table(best_record['val_kitti']), flush=True)
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, image_shape, logits, keep_prob,
                                       input_image, test_folder=test_dir, output_dir=run_dir,
                                       kitti_dir=os.path.join(run_dir, 'kitti'))
-    print(f'overlays, kitti/ confidence maps, checkpoints, config.json and metrics.json written to {run_dir}')
+    export_serving_model(best, vgg_dir, args.seed, os.path.join(run_dir, SERVING_DIR))
+    print(f'overlays, kitti/ confidence maps, checkpoints, {SERVING_DIR}/, config.json and metrics.json written '
+          f'to {run_dir}')
     return run_dir
+
+
+def export_serving_model(checkpoint, vgg_dir, seed, export_dir):
+    """Write the model of checkpoint as a SavedModel (tag `serve`) whose `serving_default` signature maps
+    `image` [N, H, W, 3] raw RGB 0-255 (H, W multiples of 32: the run's image_shape is what it was trained at)
+    to `road_probability` [N, H, W]: inference without this project's code. A fresh graph, without training
+    ops; export_dir must not exist."""
+    with tf.Graph().as_default(), tf.Session() as sess:
+        if vgg_dir:
+            # Udacity's keep_prob is a placeholder without a default: fixed at 1.0, serving needs only the image.
+            tf.saved_model.loader.load(sess, [vgg.TAG], vgg_dir, input_map={'keep_prob:0': tf.constant(1.0)})
+            input_image, _, layer3, layer4, layer7 = vgg_tensors(sess.graph)
+        else:
+            input_image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed)
+        last = layers(layer3, layer4, layer7, NUM_CLASSES)
+        logits = tf.reshape(last, [-1, NUM_CLASSES], name='logits')
+        road = tf.reshape(helper.road_probability(logits), tf.shape(input_image)[:3], name='road_probability')
+        tf.train.Saver(tf.trainable_variables()).restore(sess, checkpoint)
+        signature = tf.saved_model.signature_def_utils.predict_signature_def({'image': input_image},
+                                                                            {'road_probability': road})
+        builder = tf.saved_model.Builder(export_dir)
+        builder.add_meta_graph_and_variables(sess, [tf.saved_model.tag_constants.SERVING],
+                                             signature_def_map={'serving_default': signature})
+        builder.save()
+    return export_dir
 
 
 def evaluate(argv):

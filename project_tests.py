@@ -954,6 +954,20 @@ def test_end_to_end_run_writes_its_run_folder(thin_vgg, small_dataset, tmp_path)
         assert evaluation['kitti'][category] == pytest.approx(scores)
     assert evaluation['loss'] == pytest.approx(best['val_loss'])
     assert main.main(['evaluate', '--checkpoint', run_dir, '--dataset', small_dataset]) == 0
+    # The exported model gives the probabilities of the best checkpoint in the training graph.
+    image = helper.read_rgb(os.path.join(test_dir, os.listdir(test_dir)[0]))
+    batch = helper.resize_image(image, (64, 224))[None].astype(np.float32)
+    best = tf.train.latest_checkpoint(os.path.join(run_dir, main.BEST_CHECKPOINT))
+    with tf.Graph().as_default(), tf.Session() as sess:
+        net = main.build_fcn(sess, thin_vgg, 0)
+        tf.train.Saver(tf.trainable_variables()).restore(sess, best)
+        expected = sess.run(helper.road_probability(net['logits']), {net['input_image']: batch}).reshape(64, 224)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        meta = tf.saved_model.loader.load(sess, ['serve'], os.path.join(run_dir, main.SERVING_DIR))
+        signature = meta.signature_def['serving_default']
+        served = sess.run(signature.outputs['road_probability'].name, {signature.inputs['image'].name: batch})
+    assert served.shape == (1, 64, 224)
+    np.testing.assert_allclose(served[0], expected, atol=1e-5)
     assert len(json.load(open(os.path.join(run_dir, 'eval.json')))['images']) == 12
     for name in os.listdir(test_dir):
         confidence = iio.imread(os.path.join(run_dir, 'kitti', helper.label_name(name)))
