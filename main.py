@@ -13,12 +13,14 @@ import sys
 import time
 import zipfile
 
+import imageio.v3 as iio
 import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
 import helper
 import metrics
+import plots
 import synthetic
 import vgg
 
@@ -56,6 +58,7 @@ RECIPES = {
 }
 SYNTHETIC_DIR = 'synthetic_road'
 LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'  # inside the run folder
+NUM_SAMPLES = 3  # validation overlays shown in TensorBoard per epoch
 SERVING_DIR = 'saved_model'  # inside the run folder: the best model with a serving signature
 VGG_INITS = ('auto', 'udacity', 'imagenet', 'random')
 WEIGHT_NAMES = {'udacity': "Udacity's pretrained VGG16", 'imagenet': "Keras' ImageNet VGG16"}
@@ -177,7 +180,7 @@ def learning_rate_at(step, total_steps, base, warmup_steps=WARMUP_STEPS):
 
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
-             validate_fn=None, on_epoch_end=None, start_step=0, history=None):
+             validate_fn=None, on_epoch_end=None, start_step=0, history=None, patience=None, on_step=None):
     """Train for `epochs` passes over get_batches_fn(batch_size); return one dict per epoch.
 
     To resume, start_step is the number of steps already taken and history the records of the finished epochs:
@@ -187,7 +190,8 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     The learning rate fed follows learning_rate_at (warm-up, then poly decay when the number of steps is known).
     validate_fn() -> dict of validation figures (e.g. val_max_f), printed and recorded after each epoch;
     on_epoch_end(history) is called after each epoch (to save metrics as training goes). A NaN or infinite
-    loss stops training with a UserError naming the step.
+    loss stops training with a UserError naming the step. With patience N, training stops early once
+    validation MaxF has not improved for N epochs. on_step(step, loss) is called after every step.
     """
     history, step = list(history or []), start_step
     num_images = getattr(get_batches_fn, 'num_images', None)
@@ -211,16 +215,24 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
                                        'training stopped. Try a lower --learning-rate.')
             losses.append(float(loss))
             bar.set_postfix(loss=f'{np.mean(losses):.4f}')
+            if on_step is not None:
+                on_step(step, float(loss))
         record = {'epoch': epoch, 'loss': float(np.mean(losses)) if losses else float('nan')}
         if validate_fn is not None:
             record.update(validate_fn())
         record['seconds'] = round(time.time() - start, 1)
         history.append(record)
         print(' '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in record.items()
-                       if not isinstance(v, dict)),
+                       if not isinstance(v, (dict, list))),
               flush=True)
         if on_epoch_end is not None:
             on_epoch_end(history)
+        if patience and validate_fn is not None:
+            best = max(history, key=lambda h: -np.inf if h['val_max_f'] is None else h['val_max_f'])
+            if epoch - best['epoch'] >= patience:
+                print(f'early stop: validation MaxF has not improved for {patience} epoch(s) since epoch '
+                      f'{best["epoch"]}', flush=True)
+                break
     return history
 
 
@@ -229,7 +241,8 @@ def make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, c
     """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])].
 
     The loss is taken at the network's input size (mean over images); the KITTI scores at each image's own size,
-    the road probability resized back to it, counts pooled per category (kitti_table).
+    the road probability resized back to it, counts pooled per category (kitti_table). The record also holds
+    the pooled [2, LEVELS] counts (val_counts), from which every curve follows.
     """
     road_prob = helper.road_probability(logits)
     # Resized once: validation runs every epoch on the same images.
@@ -245,11 +258,16 @@ def make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, c
             hist = metrics.fast_hist(classes, metrics.confidence(prob), NUM_CLASSES, metrics.LEVELS)
             hists[helper.category(name)] = hists.get(helper.category(name), 0) + hist
             losses.append(float(loss))
+            if len(validate_fn.samples) < NUM_SAMPLES or name in validate_fn.samples:
+                validate_fn.samples[name] = helper.overlay(image, prob)
         table = kitti_table(hists)
+        counts = {cat: hist.tolist() for cat, hist in sorted(hists.items())}
+        counts['all'] = sum(hists.values()).tolist()
         return {'val_loss': float(np.mean(losses)), 'val_iou_at_0.5': table['all']['iou_at_0.5'],
                 'val_max_f': table['all']['max_f'], 'val_road_recall': table['all']['recall_at_0.5'],
-                'val_non_road_as_road': table['all']['fpr_at_0.5'], 'val_kitti': table}
+                'val_non_road_as_road': table['all']['fpr_at_0.5'], 'val_kitti': table, 'val_counts': counts}
 
+    validate_fn.samples = {}  # {name: overlay} of the first NUM_SAMPLES examples, from the last call
     return validate_fn
 
 
@@ -322,6 +340,9 @@ def parse_args(argv=None):
                              'on [default: 0.1]')
     parser.add_argument('--seed', type=int, default=0,
                         help='seeds the split, shuffling and initialisation [default: 0]')
+    parser.add_argument('--patience', type=int,
+                        help='stop early when validation MaxF has not improved for this many epochs '
+                             '[default: off, train all epochs]')
     parser.add_argument('--no-augment', action='store_true',
                         help='train on the images as they are: no random flip, zoom, brightness, contrast or '
                              'gamma (validation is never augmented)')
@@ -343,6 +364,8 @@ def parse_args(argv=None):
     for name in ('epochs', 'batch_size'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be at least 1')
+    if args.patience is not None and args.patience < 1:
+        parser.error('--patience must be at least 1')
     if args.keep_prob is not None and not 0 < args.keep_prob <= 1:
         parser.error('--keep-prob must be in (0, 1]')
     if not 0 < args.val_fraction < 1:
@@ -473,6 +496,19 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
+def scalar_summary(values):
+    """A TensorBoard Summary of {tag: float}, made without graph ops (the graph is finalised)."""
+    return tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()
+                             if value is not None and np.isfinite(value)])
+
+
+def image_summary(tag, image):
+    """A TensorBoard Summary of one uint8 image [H, W, 3]."""
+    encoded = iio.imwrite('<bytes>', image, extension='.png')
+    return tf.Summary(value=[tf.Summary.Value(tag=tag, image=tf.Summary.Image(
+        height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=encoded))])
+
+
 def build_fcn(sess, vgg_dir, seed):
     """FCN-8s with its training ops in sess's graph, every variable initialised: the VGG16 SavedModel in vgg_dir
     (or, for None, a He-initialised one seeded by seed), then layers and optimize. Returns the tensors by name."""
@@ -595,9 +631,24 @@ def run(argv=None):
         best_f = max([h['val_max_f'] for h in history if h.get('val_max_f') is not None], default=-1.0)
         sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
 
+        writer = tf.summary.FileWriter(run_dir)  # events for `tensorboard --logdir runs`
+
+        def on_step(step, loss):
+            writer.add_summary(scalar_summary({'train/loss': loss}), step)
+
         def on_epoch_end(epochs):
             nonlocal best_f
             write_json(metrics_path, {'epochs': epochs})
+            record, step = epochs[-1], sess.run(global_step)
+            writer.add_summary(scalar_summary({'epoch/loss': record['loss'], 'val/loss': record['val_loss'],
+                                               'val/max_f': record['val_max_f'],
+                                               'val/iou_at_0.5': record['val_iou_at_0.5']}), step)
+            for name, image in validate_fn.samples.items():
+                writer.add_summary(image_summary(f'val/{name}', image), step)
+            writer.flush()
+            plots.plot_history(epochs, os.path.join(run_dir, 'history.png'))
+            plots.plot_precision_recall(record['val_counts'], os.path.join(run_dir, 'precision_recall.png'),
+                                        f'validation, epoch {record["epoch"]}')
             last_saver.save(sess, last_path, global_step=global_step)
             if np.isfinite(epochs[-1]['val_max_f']) and epochs[-1]['val_max_f'] > best_f:
                 best_f = epochs[-1]['val_max_f']
@@ -608,7 +659,7 @@ def run(argv=None):
                                cross_entropy_loss, input_image, correct_label, keep_prob, net['learning_rate'],
                                keep_prob_value=conf['keep_prob'], learning_rate_value=conf['learning_rate'],
                                validate_fn=validate_fn, on_epoch_end=on_epoch_end, start_step=start_step,
-                               history=history)
+                               history=history, patience=args.patience, on_step=on_step)
         except KeyboardInterrupt:
             saved = last_saver.save(sess, last_path, global_step=global_step)
             print(f'\ninterrupted at step {sess.run(global_step)}: saved {saved}. To continue: '
@@ -695,8 +746,10 @@ def evaluate(argv):
     path = os.path.join(args.checkpoint, 'eval.json')
     write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],
                       'images': [name for name, _, _ in examples], 'loss': scores['val_loss'],
-                      'kitti': scores['val_kitti']})
-    print(f'written to {path}')
+                      'kitti': scores['val_kitti'], 'counts': scores['val_counts']})
+    plot = os.path.join(args.checkpoint, 'eval_precision_recall.png')
+    plots.plot_precision_recall(scores['val_counts'], plot, f'{os.path.basename(best)}, {len(examples)} images')
+    print(f'written to {path} and {plot}')
 
 
 def main(argv=None):

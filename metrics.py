@@ -51,6 +51,22 @@ def road_recall_and_false_positive_rate(hist):
     return float(recall), float(fpr)
 
 
+def _positives_per_level(level_hist):
+    """(TP [LEVELS], FP [LEVELS], road pixels, non-road pixels) for "road where confidence >= level i"."""
+    non_road, road = np.asarray(level_hist, np.int64)
+    # At level i: everything minus what lies below i.
+    tp = road.sum() - np.concatenate([[0], np.cumsum(road)[:-1]])
+    fp = non_road.sum() - np.concatenate([[0], np.cumsum(non_road)[:-1]])
+    return tp, fp, road.sum(), non_road.sum()
+
+
+def precision_recall(level_hist):
+    """(precision [LEVELS], recall [LEVELS]) over the 256 thresholds; precision 0 where nothing is road."""
+    tp, fp, positives, _ = _positives_per_level(level_hist)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(tp + fp > 0, tp / (tp + fp), 0.0), tp / positives
+
+
 def kitti_road_scores(level_hist):
     """KITTI's road scores from pooled counts [2, LEVELS] of (true class, confidence level).
 
@@ -59,15 +75,10 @@ def kitti_road_scores(level_hist):
     interpolated average precision. The *_at_0.5 figures and Udacity's pass bar (recall >= 0.8, non-road
     labelled road <= 0.2) use the threshold 0.5 instead. Figures without road or non-road pixels are nan.
     """
-    non_road, road = np.asarray(level_hist, np.int64)
-    positives, negatives = road.sum(), non_road.sum()
-    # At level i, road is predicted for confidence >= i: everything minus what lies below i.
-    tp = positives - np.concatenate([[0], np.cumsum(road)[:-1]])
-    fp = negatives - np.concatenate([[0], np.cumsum(non_road)[:-1]])
+    tp, fp, positives, negatives = _positives_per_level(level_hist)
     fn = positives - tp
+    precision, recall = precision_recall(level_hist)
     with np.errstate(divide='ignore', invalid='ignore'):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = tp / positives
         f = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     if not positives or not negatives:
         nan = float('nan')

@@ -152,6 +152,17 @@ def test_train_nn_runs_on_a_fake_batch_generator(capsys):
     assert 'epoch 2 loss' in capsys.readouterr().out
 
 
+def test_patience_stops_training_when_max_f_stops_improving(capsys):
+    scores = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.95])
+    loss = tf.constant(1.0)
+    with tf.Session() as sess:
+        history = main.train_nn(sess, 6, 1, lambda batch_size: iter([(None, None)]), tf.no_op(), loss,
+                                tf.placeholder(tf.float32), tf.placeholder(tf.float32), tf.placeholder(tf.float32),
+                                None, validate_fn=lambda: {'val_max_f': next(scores)}, patience=2)
+    assert [h['epoch'] for h in history] == [1, 2, 3, 4]
+    assert 'has not improved for 2 epoch(s) since epoch 2' in capsys.readouterr().out
+
+
 def test_learning_rate_warms_up_then_decays_to_zero():
     lr = [main.learning_rate_at(step, 200, 1.0, warmup_steps=50) for step in range(1, 201)]
     assert lr[0] == pytest.approx(1 / 50) and lr[24] == pytest.approx(0.5 * (1 - 24 / 200) ** main.POLY_POWER)
@@ -947,6 +958,14 @@ def test_end_to_end_run_writes_its_run_folder(thin_vgg, small_dataset, tmp_path)
     assert all(0 <= h['val_iou_at_0.5'] <= 1 and 0 <= h['val_max_f'] <= 1 and np.isfinite(h['val_loss'])
                and np.isfinite(h['loss']) for h in history)
     assert set(history[-1]['val_kitti']) == {'um', 'umm', 'uu', 'all'}
+    assert np.sum(history[-1]['val_counts']['all']) == sum(np.sum(history[-1]['val_counts'][c]) for c in
+                                                         ('um', 'umm', 'uu'))
+    for plot in ('history.png', 'precision_recall.png'):
+        assert iio.imread(os.path.join(run_dir, plot)).ndim == 3
+    events = [os.path.join(run_dir, f) for f in os.listdir(run_dir) if f.startswith('events.out.tfevents')]
+    tags = {value.tag for event in tf.train.summary_iterator(events[0]) for value in event.summary.value}
+    assert {'train/loss', 'val/loss', 'val/max_f', 'val/iou_at_0.5'} <= tags
+    assert len([tag for tag in tags if tag.startswith('val/') and tag.endswith('.png')]) == main.NUM_SAMPLES
     assert main.main(['evaluate', '--checkpoint', run_dir]) == 0  # the best epoch's weights, scored again
     evaluation = json.load(open(os.path.join(run_dir, 'eval.json')))
     best = max(history, key=lambda h: h['val_max_f'])
