@@ -533,13 +533,20 @@ def build_fcn(sess, vgg_dir, seed):
                 cross_entropy_loss=cross_entropy_loss)
 
 
-def load_run(run_dir):
-    """(config, last checkpoint path, its step, history) of a run folder to resume; UserError if it cannot be."""
+def read_config(run_dir, flag):
+    """The config.json of a run folder; UserError naming the flag if it is not one."""
     try:
         with open(os.path.join(run_dir, 'config.json')) as f:
-            config = json.load(f)
+            return json.load(f)
     except (OSError, ValueError) as e:
-        raise helper.UserError(f'--resume {run_dir}: not a run folder of this project ({e})') from None
+        raise helper.UserError(f'{flag} {run_dir}: not a run folder of this project ({e})') from None
+
+
+def load_run(run_dir):
+    """(config, last checkpoint path, its step, history) of a run folder to resume; UserError if it cannot be."""
+    config = read_config(run_dir, '--resume')
+    if config.get('finished'):
+        raise helper.UserError(f'--resume {run_dir}: that run finished ({config["finished"]}); nothing to resume')
     checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, LAST_CHECKPOINT))
     if checkpoint is None:
         raise helper.UserError(f'--resume {run_dir}: no checkpoint in {os.path.join(run_dir, LAST_CHECKPOINT)} '
@@ -678,6 +685,8 @@ def run(argv=None):
                                       input_image, test_folder=test_dir, output_dir=run_dir,
                                       kitti_dir=os.path.join(run_dir, 'kitti'))
     export_serving_model(best, vgg_dir, args.seed, os.path.join(run_dir, SERVING_DIR))
+    config['finished'] = time.strftime('%Y-%m-%d %H:%M:%S')
+    write_json(os.path.join(run_dir, 'config.json'), config)
     print(f'overlays, kitti/ confidence maps, checkpoints, {SERVING_DIR}/, config.json and metrics.json written '
           f'to {run_dir}')
     return run_dir
@@ -720,7 +729,7 @@ def evaluate(argv):
                         help='score every image of DIR/training (KITTI layout, with ground truth) instead of the '
                              'run\'s validation split')
     args = parser.parse_args(argv)
-    config, _, _, _ = load_run(args.checkpoint)
+    config = read_config(args.checkpoint, '--checkpoint')
     best = tf.train.latest_checkpoint(os.path.join(args.checkpoint, BEST_CHECKPOINT))
     if best is None:
         raise helper.UserError(f'{args.checkpoint}: no best checkpoint yet (one is saved after the first epoch)')

@@ -1195,6 +1195,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset,
         np.testing.assert_allclose(tf.train.load_variable(b, name), tf.train.load_variable(a, name),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
     assert tf.train.latest_checkpoint(os.path.join(run_dir, main.BEST_CHECKPOINT))
+    with pytest.raises(helper.UserError, match='that run finished'):
+        main.run(['--resume', run_dir])
 
 
 def test_resume_refuses_other_flags_and_folders_that_are_not_runs(tmp_path, capsys):
