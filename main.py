@@ -58,7 +58,6 @@ RECIPES = {
 }
 SYNTHETIC_DIR = 'synthetic_road'
 LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'  # inside the run folder
-NUM_SAMPLES = 3  # validation overlays shown in TensorBoard per epoch
 SERVING_DIR = 'saved_model'  # inside the run folder: the best model with a serving signature
 VGG_INITS = ('auto', 'udacity', 'imagenet', 'random')
 WEIGHT_NAMES = {'udacity': "Udacity's pretrained VGG16", 'imagenet': "Keras' ImageNet VGG16"}
@@ -258,7 +257,8 @@ def make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, c
             hist = metrics.fast_hist(classes, metrics.confidence(prob), NUM_CLASSES, metrics.LEVELS)
             hists[helper.category(name)] = hists.get(helper.category(name), 0) + hist
             losses.append(float(loss))
-            if len(validate_fn.samples) < NUM_SAMPLES or name in validate_fn.samples:
+            shown = {helper.category(n) for n in validate_fn.samples}
+            if name in validate_fn.samples or helper.category(name) not in shown:
                 validate_fn.samples[name] = helper.overlay(image, prob)
         table = kitti_table(hists)
         counts = {cat: hist.tolist() for cat, hist in sorted(hists.items())}
@@ -267,7 +267,7 @@ def make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, c
                 'val_max_f': table['all']['max_f'], 'val_road_recall': table['all']['recall_at_0.5'],
                 'val_non_road_as_road': table['all']['fpr_at_0.5'], 'val_kitti': table, 'val_counts': counts}
 
-    validate_fn.samples = {}  # {name: overlay} of the first NUM_SAMPLES examples, from the last call
+    validate_fn.samples = {}  # {name: overlay} of the first example of each category, from the last call
     return validate_fn
 
 
