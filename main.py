@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 import zipfile
@@ -211,7 +212,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
             if not np.isfinite(loss):
                 bar.close()
                 raise helper.UserError(f'the training loss became {loss} at step {step} (epoch {epoch}): '
-                                       'training stopped. Try a lower --learning-rate.')
+                                       'training stopped. Start a new run with a lower --learning-rate.')
             losses.append(float(loss))
             bar.set_postfix(loss=f'{np.mean(losses):.4f}')
             if on_step is not None:
@@ -224,15 +225,22 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
         print(' '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in record.items()
                        if not isinstance(v, (dict, list))),
               flush=True)
+        if patience and validate_fn is not None:
+            best = max(history, key=max_f_key)
+            record['early_stop'] = epoch - best['epoch'] >= patience
         if on_epoch_end is not None:
             on_epoch_end(history)
-        if patience and validate_fn is not None:
-            best = max(history, key=lambda h: -np.inf if h['val_max_f'] is None else h['val_max_f'])
-            if epoch - best['epoch'] >= patience:
-                print(f'early stop: validation MaxF has not improved for {patience} epoch(s) since epoch '
-                      f'{best["epoch"]}', flush=True)
-                break
+        if record.get('early_stop'):
+            print(f'early stop: validation MaxF has not improved for {patience} epoch(s) since epoch '
+                  f'{best["epoch"]}', flush=True)
+            break
     return history
+
+
+def max_f_key(record):
+    """A record's validation MaxF for comparisons, -inf when missing or not finite (nan never wins a max)."""
+    value = record.get('val_max_f')
+    return value if value is not None and np.isfinite(value) else -np.inf
 
 
 def make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, correct_label, examples,
@@ -589,6 +597,10 @@ def run(argv=None):
                                'validation split is no longer the same)')
     start_step, history = resumed[2:] if resumed else (0, [])
     num_batches = -(-len(train_names) // conf['batch_size'])
+    history = [h for h in history if h['epoch'] <= start_step // num_batches]  # records of checkpointed epochs
+    epochs = conf['epochs']
+    if history and history[-1].get('early_stop'):
+        epochs = history[-1]['epoch']  # stopped by --patience: nothing more to train
     # Every training and validation file is read and checked before the weights, the run folder and the graph.
     get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed,
                                                first_epoch=start_step // num_batches, augment=not args.no_augment)
@@ -635,7 +647,7 @@ def run(argv=None):
         last_path, best_path = (os.path.join(run_dir, d, 'model') for d in (LAST_CHECKPOINT, BEST_CHECKPOINT))
         for path in (last_path, best_path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        best_f = max([h['val_max_f'] for h in history if h.get('val_max_f') is not None], default=-1.0)
+        best_f = max(map(max_f_key, history), default=-np.inf)
         sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
 
         writer = tf.summary.FileWriter(run_dir)  # events for `tensorboard --logdir runs`
@@ -645,7 +657,6 @@ def run(argv=None):
 
         def on_epoch_end(epochs):
             nonlocal best_f
-            write_json(metrics_path, {'epochs': epochs})
             record, step = epochs[-1], sess.run(global_step)
             writer.add_summary(scalar_summary({'epoch/loss': record['loss'], 'val/loss': record['val_loss'],
                                                'val/max_f': record['val_max_f'],
@@ -656,35 +667,49 @@ def run(argv=None):
             plots.plot_history(epochs, os.path.join(run_dir, 'history.png'))
             plots.plot_precision_recall(record['val_counts'], os.path.join(run_dir, 'precision_recall.png'),
                                         f'validation, epoch {record["epoch"]}')
-            last_saver.save(sess, last_path, global_step=global_step)
-            if np.isfinite(epochs[-1]['val_max_f']) and epochs[-1]['val_max_f'] > best_f:
-                best_f = epochs[-1]['val_max_f']
+            # Committed in this order so that an interruption anywhere leaves a consistent run: a best checkpoint
+            # without its record is saved again when the epoch is redone, and a record whose last checkpoint is
+            # missing is dropped on resume (history is cut at the checkpoint's step).
+            if max_f_key(record) > best_f:
+                best_f = max_f_key(record)
                 best_saver.save(sess, best_path, global_step=global_step)
+            write_json(metrics_path, {'epochs': epochs})
+            last_saver.save(sess, last_path, global_step=global_step)
 
         try:
-            history = train_nn(sess, conf['epochs'], conf['batch_size'], get_batches_fn, net['train_op'],
+            history = train_nn(sess, epochs, conf['batch_size'], get_batches_fn, net['train_op'],
                                cross_entropy_loss, input_image, correct_label, keep_prob, net['learning_rate'],
                                keep_prob_value=conf['keep_prob'], learning_rate_value=conf['learning_rate'],
                                validate_fn=validate_fn, on_epoch_end=on_epoch_end, start_step=start_step,
                                history=history, patience=args.patience, on_step=on_step)
         except KeyboardInterrupt:
-            saved = last_saver.save(sess, last_path, global_step=global_step)
-            print(f'\ninterrupted at step {sess.run(global_step)}: saved {saved}. To continue: '
-                  f'python main.py --resume {run_dir}', file=sys.stderr, flush=True)
+            step = sess.run(global_step)
+            if step % num_batches:  # mid-epoch; at an epoch's end its own checkpoint (or none: redo it) stands
+                last_saver.save(sess, last_path, global_step=global_step)
+            saved = tf.train.latest_checkpoint(os.path.dirname(last_path))
+            print(f'\ninterrupted at step {step}: the last checkpoint is {saved or "none (no epoch finished)"}.'
+                  + (f' To continue: python main.py --resume {run_dir}' if saved else ''),
+                  file=sys.stderr, flush=True)
             raise
         except helper.UserError as e:  # a diverged loss: the last checkpoint is from before it
             last = tf.train.latest_checkpoint(os.path.dirname(last_path))
             raise helper.UserError(f'{e} The last good checkpoint is {last or "none (no epoch finished)"}.') \
                 from None
         best = tf.train.latest_checkpoint(os.path.dirname(best_path))
+        if best is None:
+            raise helper.UserError('no epoch had a finite validation MaxF (a validation split without road or '
+                                   f'without non-road pixels?): no best model; see {metrics_path}')
         best_saver.restore(sess, best)  # the run's model from here on: the best epoch's weights
-        best_record = max(history, key=lambda h: -np.inf if h['val_max_f'] is None else h['val_max_f'])
+        best_record = max(history, key=max_f_key)
         print(f'validation, KITTI road scores (perspective view, %) of the best epoch, {best_record["epoch"]}:\n'
               + format_kitti_table(best_record['val_kitti']), flush=True)
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, image_shape, logits, keep_prob,
                                       input_image, test_folder=test_dir, output_dir=run_dir,
                                       kitti_dir=os.path.join(run_dir, 'kitti'))
-    export_serving_model(best, vgg_dir, args.seed, os.path.join(run_dir, SERVING_DIR))
+    serving_dir = os.path.join(run_dir, SERVING_DIR)
+    if os.path.isdir(serving_dir):  # this run's own, from an export that was interrupted
+        shutil.rmtree(serving_dir)
+    export_serving_model(best, vgg_dir, args.seed, serving_dir)
     config['finished'] = time.strftime('%Y-%m-%d %H:%M:%S')
     write_json(os.path.join(run_dir, 'config.json'), config)
     print(f'overlays, kitti/ confidence maps, checkpoints, {SERVING_DIR}/, config.json and metrics.json written '
@@ -742,6 +767,8 @@ def evaluate(argv):
                                       config['data']['val_names'])
     examples = [(os.path.basename(image), *helper.load_pair(image, label))
                 for image, label in tqdm(pairs, desc='loading', leave=False)]
+    if not examples:
+        raise helper.UserError(f'{args.checkpoint}: no images to evaluate')
     image_shape = tuple(config['settings']['image_shape'])
     with tf.Graph().as_default(), tf.Session() as sess:
         net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'])

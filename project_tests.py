@@ -153,14 +153,14 @@ def test_train_nn_runs_on_a_fake_batch_generator(capsys):
 
 
 def test_patience_stops_training_when_max_f_stops_improving(capsys):
-    scores = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.95])
+    scores = iter([float('nan'), 0.5, 0.6, 0.55, 0.58, 0.9, 0.95])  # nan never counts as the best
     loss = tf.constant(1.0)
     with tf.Session() as sess:
-        history = main.train_nn(sess, 6, 1, lambda batch_size: iter([(None, None)]), tf.no_op(), loss,
+        history = main.train_nn(sess, 7, 1, lambda batch_size: iter([(None, None)]), tf.no_op(), loss,
                                 tf.placeholder(tf.float32), tf.placeholder(tf.float32), tf.placeholder(tf.float32),
                                 None, validate_fn=lambda: {'val_max_f': next(scores)}, patience=2)
-    assert [h['epoch'] for h in history] == [1, 2, 3, 4]
-    assert 'has not improved for 2 epoch(s) since epoch 2' in capsys.readouterr().out
+    assert [h['epoch'] for h in history] == [1, 2, 3, 4, 5] and history[-1]['early_stop']
+    assert 'has not improved for 2 epoch(s) since epoch 3' in capsys.readouterr().out
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
@@ -1157,7 +1157,9 @@ def test_a_nan_loss_stops_training_naming_the_step():
                       tf.placeholder(tf.float32), None)
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize('where', ['mid-epoch', 'validation'])
+def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset, tmp_path, monkeypatch, capsys,
+                                                        where):
     # Without dropout: its random masks come from stateful random ops, whose streams restart in a new session.
     flags = ['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--epochs', '2', '--batch-size', '3',
              '--image-shape', '64', '224', '--val-fraction', '0.25', '--keep-prob', '1', '--no-download']
@@ -1177,16 +1179,36 @@ def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset,
         batches.num_images = get_batches_fn.num_images
         return batches
 
-    monkeypatch.setattr(helper, 'gen_batch_function', interrupted_at_step_4)
+    original_validate = main.make_validate_fn
+
+    def interrupted_in_epoch_2_validation(*args):
+        validate_fn, calls = original_validate(*args), []
+
+        def validate():
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return validate_fn()
+
+        validate.samples = validate_fn.samples
+        return validate
+
+    if where == 'mid-epoch':
+        monkeypatch.setattr(helper, 'gen_batch_function', interrupted_at_step_4)
+    else:
+        monkeypatch.setattr(main, 'make_validate_fn', interrupted_in_epoch_2_validation)
     assert main.main(flags + ['--runs-dir', str(tmp_path / 'stopped')]) == 130
     run_dir = str(next((tmp_path / 'stopped').iterdir()))
     err = capsys.readouterr().err
-    assert 'interrupted at step 4' in err and f'python main.py --resume {run_dir}' in err
+    stopped_at = 4 if where == 'mid-epoch' else 6  # at 6, epoch 2's checkpoint is not written: it is redone
+    assert f'interrupted at step {stopped_at}' in err and f'python main.py --resume {run_dir}' in err
     monkeypatch.setattr(helper, 'gen_batch_function', original)
+    monkeypatch.setattr(main, 'make_validate_fn', original_validate)
     assert main.run(['--resume', run_dir]) == run_dir
     history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
     assert [h['epoch'] for h in history] == [1, 2]
-    assert json.load(open(os.path.join(run_dir, 'config.json')))['resumed'][0]['at_step'] == 4
+    resumed_at = json.load(open(os.path.join(run_dir, 'config.json')))['resumed'][0]['at_step']
+    assert resumed_at == (4 if where == 'mid-epoch' else 3)
     a = tf.train.latest_checkpoint(os.path.join(straight, main.LAST_CHECKPOINT))
     b = tf.train.latest_checkpoint(os.path.join(run_dir, main.LAST_CHECKPOINT))
     names = [name for name, _ in tf.train.list_variables(a)]
