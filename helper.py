@@ -246,26 +246,25 @@ def fetch_and_extract(url, data_dir, instructions, required):
 
 def maybe_download_pretrained_vgg(data_dir, url=VGG_URL):
     """Make sure data_dir/vgg holds Udacity's VGG16 SavedModel, downloading and extracting vgg.zip if not."""
-    vgg_dir = os.path.join(data_dir, 'vgg')
-    if not vgg_is_complete(vgg_dir):
-        refuse_incomplete(vgg_dir, 'a VGG16 SavedModel', VGG_FILES)
-        zip_path = fetch_and_extract(url, data_dir, vgg_instructions(data_dir, url),
-                                     [f'vgg/{f}' for f in VGG_FILES])
-        if not vgg_is_complete(vgg_dir):
-            raise UserError(f'extracting {zip_path} did not give {vgg_dir} all of {", ".join(VGG_FILES)}')
-    return vgg_dir
+    return _download_folder(url, data_dir, 'vgg', 'a VGG16 SavedModel', VGG_FILES, vgg_is_complete,
+                            vgg_instructions(data_dir, url))
 
 
 def maybe_download_kitti(data_dir, url=KITTI_URL):
     """Make sure data_dir/data_road holds KITTI Road, downloading and extracting data_road.zip if not."""
-    road_dir = os.path.join(data_dir, 'data_road')
-    if not kitti_is_present(road_dir):
-        refuse_incomplete(road_dir, 'KITTI Road', KITTI_FOLDERS)
-        zip_path = fetch_and_extract(url, data_dir, kitti_instructions(data_dir, url),
-                                     [f'data_road/{f}/' for f in KITTI_FOLDERS])
-        if not kitti_is_present(road_dir):
-            raise UserError(f'extracting {zip_path} did not give {road_dir} all of {", ".join(KITTI_FOLDERS)}')
-    return road_dir
+    return _download_folder(url, data_dir, 'data_road', 'KITTI Road', [f + '/' for f in KITTI_FOLDERS],
+                            kitti_is_present, kitti_instructions(data_dir, url))
+
+
+def _download_folder(url, data_dir, name, what, contents, is_complete, instructions):
+    """data_dir/name, made complete (is_complete) from the zip at url, whose members name/<contents> it checks."""
+    folder = os.path.join(data_dir, name)
+    if not is_complete(folder):
+        refuse_incomplete(folder, what, contents)
+        zip_path = fetch_and_extract(url, data_dir, instructions, [f'{name}/{c}' for c in contents])
+        if not is_complete(folder):
+            raise UserError(f'extracting {zip_path} did not give {folder} all of {", ".join(contents)}')
+    return folder
 
 
 def refuse_incomplete(folder, what, contents):
