@@ -14,6 +14,7 @@ import urllib.request
 import zipfile
 import zlib
 
+import imageio
 import imageio.v3 as iio
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -603,11 +604,17 @@ def road_probability(logits):
         return tf.identity(tf.nn.softmax(logits)[:, ROAD], name=name)
 
 
+def predict_probability(predict, image, image_shape):
+    """Road probability float32 [h, w] of one uint8 image [h, w, 3]: predict (float32 [1, H, W, 3] raw RGB 0-255
+    -> road probability, H*W values in any shape) runs at image_shape (H, W); the result is resized back."""
+    prob = predict(resize_image(image, image_shape)[None].astype(np.float32))
+    return resize_probability(np.reshape(prob, image_shape), image.shape[:2])
+
+
 def predict_road(sess, road_prob, keep_prob, image_pl, image, image_shape):
     """Road probability float32 [h, w] of one uint8 [h, w, 3] image, computed at image_shape."""
-    feed = {image_pl: resize_image(image, image_shape)[None].astype(np.float32), keep_prob: 1.0}
-    prob = sess.run(road_prob, feed).reshape(image_shape)
-    return resize_probability(prob, image.shape[:2])
+    return predict_probability(lambda batch: sess.run(road_prob, {image_pl: batch, keep_prob: 1.0}), image,
+                               image_shape)
 
 
 def overlay(image, prob):
@@ -669,3 +676,39 @@ def save_inference_samples(runs_dir, data_dir, sess, image_shape, logits, keep_p
         if kitti_dir:
             iio.imwrite(os.path.join(kitti_dir, label_name(name)), confidence(prob))
     return output_dir
+
+
+# ------------------------------------------------------------------------------------------- any images, video
+
+PICTURE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+VIDEO_EXTENSIONS = ('.mp4', '.mov', '.avi', '.mkv')
+
+
+def is_video(path):
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def list_pictures(folder):
+    """Sorted PNG/JPEG file names in folder (any names, unlike list_images)."""
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(PICTURE_EXTENSIONS))
+
+
+def read_video(path):
+    """(frames: iterator of uint8 [h, w, 3], frames per second, estimated frame count) of a video, via ffmpeg."""
+    try:
+        meta = iio.immeta(path, plugin='FFMPEG')
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UserError(f'{path} cannot be read as a video ({type(e).__name__}: {e})') from None
+    fps = meta.get('fps') or 0
+    if not fps > 0:
+        raise UserError(f'{path}: its frame rate is unknown, so its overlay video could not keep it')
+    estimate = meta.get('nframes')
+    if not np.isfinite(estimate or np.inf):
+        estimate = int(round(meta.get('duration', 0) * fps)) or None
+    return iio.imiter(path, plugin='FFMPEG'), fps, estimate
+
+
+def video_writer(path, fps):
+    """An H.264 mp4 writer (append_data(uint8 [h, w, 3]), close()) at fps, frames kept at their own size."""
+    # macro_block_size=1: ffmpeg would otherwise scale frames up to a multiple of 16 pixels.
+    return imageio.v2.get_writer(path, format='FFMPEG', mode='I', fps=fps, codec='libx264', macro_block_size=1)

@@ -20,6 +20,7 @@ import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
 import helper
+import inference
 import metrics
 import plots
 import synthetic
@@ -248,8 +249,8 @@ def make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, c
     """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])].
 
     The loss is taken at the network's input size (mean over images); the KITTI scores at each image's own size,
-    the road probability resized back to it, counts pooled per category (kitti_table). The record also holds
-    the pooled [2, LEVELS] counts (val_counts), from which every curve follows.
+    the road probability resized back to it, counts pooled per category (metrics.kitti_table). The record also
+    holds the pooled [2, LEVELS] counts (val_counts), from which every curve follows.
     """
     road_prob = helper.road_probability(logits)
     # Resized once: validation runs every epoch on the same images.
@@ -268,7 +269,7 @@ def make_validate_fn(sess, logits, cross_entropy_loss, keep_prob, input_image, c
             shown = {helper.category(n) for n in validate_fn.samples}
             if name in validate_fn.samples or helper.category(name) not in shown:
                 validate_fn.samples[name] = helper.overlay(image, prob)
-        table = kitti_table(hists)
+        table = metrics.kitti_table(hists)
         counts = {cat: hist.tolist() for cat, hist in sorted(hists.items())}
         counts['all'] = sum(hists.values()).tolist()
         return {'val_loss': float(np.mean(losses)), 'val_iou_at_0.5': table['all']['iou_at_0.5'],
@@ -290,14 +291,6 @@ def format_kitti_table(table):
     return '\n'.join(lines)
 
 
-def kitti_table(hists):
-    """{category: KITTI scores, ..., 'all': scores of the counts pooled over every category} from
-    {category: [2, LEVELS] counts}."""
-    table = {cat: metrics.kitti_road_scores(hist) for cat, hist in sorted(hists.items())}
-    table['all'] = metrics.kitti_road_scores(sum(hists.values()))
-    return table
-
-
 # ---------------------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
@@ -306,7 +299,9 @@ def parse_args(argv=None):
                     'images. Offline, without KITTI or the VGG16 weights, it trains on generated road scenes '
                     'with a randomly initialised VGG16 instead (and says so). Every run writes a new folder '
                     'RUNS_DIR/<YYYYmmdd-HHMMSS>/ with the overlays, KITTI confidence maps, checkpoints, '
-                    'config.json and metrics.json. `python main.py evaluate --help`: scoring a trained run.')
+                    'config.json and metrics.json. Other commands, each with --help: `python main.py evaluate` '
+                    'scores a trained run, `python main.py optimize` makes fast inference models of it, '
+                    '`python main.py infer` segments images or a video.')
     k, s = RECIPES['kitti'], RECIPES['synthetic']
     parser.add_argument('--data-dir', default='data',
                         help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')
@@ -605,7 +600,7 @@ def run(argv=None):
     get_batches_fn = helper.gen_batch_function(training_dir, image_shape, train_names, seed=args.seed,
                                                first_epoch=start_step // num_batches, augment=not args.no_augment)
     val_pairs = helper.training_pairs(training_dir, val_names)
-    val_examples = [(os.path.basename(image), *helper.load_pair(image, label)) for image, label in val_pairs]
+    val_examples = load_examples(val_pairs)
     if resumed:
         vgg_dir = config['weights']['vgg_dir']
         weights = {k: v for k, v in config['weights'].items() if k != 'vgg_dir'}
@@ -742,6 +737,12 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir):
     return export_dir
 
 
+def load_examples(pairs):
+    """[(name, uint8 image [h, w, 3], int8 classes [h, w])] of (image path, label path) pairs, read and checked."""
+    return [(os.path.basename(image), *helper.load_pair(image, label))
+            for image, label in tqdm(pairs, desc='loading', leave=False)]
+
+
 def evaluate(argv):
     """`main.py evaluate`: KITTI scores of a trained run's best checkpoint, printed and written to eval.json."""
     parser = argparse.ArgumentParser(
@@ -765,8 +766,7 @@ def evaluate(argv):
     else:
         pairs = helper.training_pairs(os.path.join(config['data']['dataset'], 'training'),
                                       config['data']['val_names'])
-    examples = [(os.path.basename(image), *helper.load_pair(image, label))
-                for image, label in tqdm(pairs, desc='loading', leave=False)]
+    examples = load_examples(pairs)
     if not examples:
         raise helper.UserError(f'{args.checkpoint}: no images to evaluate')
     image_shape = tuple(config['settings']['image_shape'])
@@ -788,11 +788,295 @@ def evaluate(argv):
     print(f'written to {path} and {plot}')
 
 
+# ------------------------------------------------------------------------------------------ fast inference
+
+OPTIMIZED_DIR = 'optimized'  # inside the run folder: main.py optimize's models and table
+LATENCY_RUNS = 20
+
+
+def finished_run(run_dir, flag):
+    """(config, its SavedModel folder) of a run that finished, whose serving model was exported."""
+    config = read_config(run_dir, flag)
+    saved_model = os.path.join(run_dir, SERVING_DIR)
+    if not config.get('finished') or not os.path.isfile(os.path.join(saved_model, 'saved_model.pb')):
+        raise helper.UserError(f'{flag} {run_dir}: that run has not finished, so it has no {SERVING_DIR}/ yet '
+                               f'(python main.py --resume {run_dir} finishes it)')
+    return config, saved_model
+
+
+def calibration_images(training_dir, exclude, image_shape, count=inference.CALIBRATION_IMAGES):
+    """Up to count training images (uint8 [H, W, 3] at image_shape), spread evenly over the sorted names,
+    never one of exclude (the validation split)."""
+    names = [os.path.basename(image) for image, _ in helper.training_pairs(training_dir)]
+    names = [name for name in names if name not in set(exclude)]
+    chosen = [names[i] for i in np.linspace(0, len(names) - 1, min(count, len(names))).round().astype(int)]
+    return [helper.resize_image(helper.read_rgb(os.path.join(training_dir, 'image_2', name)), image_shape)
+            for name in tqdm(chosen, desc='calibration images', leave=False)]
+
+
+def measure_variant(name, predict, examples, runs):
+    """A row of the optimization table: latency at batch 1, then KITTI MaxF and IoU on examples."""
+    row = {'variant': name, **inference.latency(predict, runs)}
+    scores = inference.kitti_scores(predict, examples, desc=f'scoring {name}')['all']
+    row.update(max_f=scores['max_f'], iou=scores['iou'], iou_at_half=scores['iou_at_0.5'])
+    print(f'{name}: {row["median_ms"]:.1f} ms median, MaxF {100 * row["max_f"]:.2f}', flush=True)
+    return row
+
+
+def format_optimization_table(report):
+    """optimization.md: the variants as a Markdown table, then the skipped ones with their reasons."""
+    lines = [f'# Optimized models of {report["run"]}', '',
+             f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}. Input {report["image_shape"][0]}x'
+             f'{report["image_shape"][1]}, batch 1: latency over {report["runs"]} runs after '
+             f'{inference.WARMUP_RUNS} warm-up runs. MaxF and IoU (road, at the MaxF threshold): KITTI '
+             f'perspective-view scores on the {report["val_images"]} validation images. tflite-int8 calibrated on '
+             f'{report["calibration_images"]} training images. Command: `{report["command"]}`.', '',
+             '| variant | file | size (MB) | median (ms) | p90 (ms) | images/s | speed-up vs fp32 | MaxF (%) '
+             '| ΔMaxF (pt) | IoU (%) | ΔIoU (pt) |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for row in report['variants']:
+        lines.append(f'| {row["variant"]} | {row["file"]} | {row["size_mb"]:.1f} | {row["median_ms"]:.1f} | '
+                     f'{row["p90_ms"]:.1f} | {row["images_per_s"]:.2f} | {row["speedup"]:.2f}x | '
+                     f'{100 * row["max_f"]:.2f} | {100 * row["max_f_change"]:+.2f} | {100 * row["iou"]:.2f} | '
+                     f'{100 * row["iou_change"]:+.2f} |')
+    for row in report['skipped']:
+        lines.append(f'\nSkipped: {row["variant"]}: {row["reason"]}.')
+    return '\n'.join(lines) + '\n'
+
+
+def optimize_command(argv):
+    """`main.py optimize`: the run's model frozen, in bf16 and as TFLite fp16/int8, each timed and scored."""
+    parser = argparse.ArgumentParser(
+        prog='main.py optimize',
+        description='Make fast inference models of a finished run in RUN_DIR/optimized/: fp32.pb (frozen graph, '
+                    'Grappler-optimized), bf16.pb (auto mixed precision: oneDNN bfloat16 on CPUs with '
+                    'AVX512_BF16 or AMX, float16 on a GPU), fp16.tflite, int8_dynamic.tflite and int8.tflite '
+                    f'(full integer, calibrated on up to {inference.CALIBRATION_IMAGES} training images). Each '
+                    'is timed at batch 1 and scored on the validation split; the table goes to '
+                    'optimization.md and optimization.json. A previous optimized/ is replaced once the new '
+                    'one is complete.')
+    parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True,
+                        help='a finished run folder of main.py (its saved_model/ is what gets optimized)')
+    parser.add_argument('--runs', type=int, default=LATENCY_RUNS,
+                        help=f'timed runs per variant, after {inference.WARMUP_RUNS} warm-up runs '
+                             '[default: %(default)s]')
+    args = parser.parse_args(argv)
+    if args.runs < 2:
+        parser.error('--runs must be at least 2')
+    config, saved_model = finished_run(args.checkpoint, '--checkpoint')
+    image_shape = tuple(config['settings']['image_shape'])
+    training_dir = os.path.join(config['data']['dataset'], 'training')
+    if not os.path.isdir(training_dir):
+        raise helper.UserError(f'--checkpoint {args.checkpoint}: its dataset {training_dir} is gone (validation '
+                               'images score each variant, training images calibrate int8)')
+    val_names = config['data']['val_names']
+    examples = load_examples(helper.training_pairs(training_dir, val_names))
+    calibration = calibration_images(training_dir, val_names, image_shape)
+    out_dir = os.path.join(args.checkpoint, OPTIMIZED_DIR)
+    staging = out_dir + '.partial'
+    if os.path.isdir(staging):  # this command's own, from an interrupted run
+        shutil.rmtree(staging)
+    os.makedirs(staging)
+
+    print(f'freezing {saved_model} at {image_shape[0]}x{image_shape[1]}', flush=True)
+    frozen = inference.freeze(saved_model, image_shape)
+    reference = measure_variant('saved_model', inference.saved_model_predictor(saved_model, image_shape),
+                                examples, args.runs)
+    reference.update(file=SERVING_DIR, size_mb=sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(saved_model) for f in files) / 2 ** 20)
+    rows, skipped = [], []
+    precision, why = inference.mixed_precision()
+    for variant, file in inference.FILES.items():
+        path = os.path.join(staging, file)
+        if variant == 'bf16' and precision is None:
+            print(f'{variant}: skipped: {why}', flush=True)
+            skipped.append({'variant': variant, 'reason': why})
+            continue
+        start = time.time()
+        if variant in ('fp32', 'bf16'):
+            model = inference.grappler(frozen, None if variant == 'fp32' else precision).SerializeToString()
+        else:
+            print(f'converting to {variant} (a minute or two)', flush=True)
+            model = inference.convert_tflite(frozen, variant, calibration)
+        inference.write_bytes(path, model)
+        row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs)
+        row.update(file=file, size_mb=os.path.getsize(path) / 2 ** 20, build_s=round(time.time() - start, 1))
+        if variant == 'bf16':
+            row['precision'] = why
+        rows.append(row)
+    fp32 = rows[0]
+    for row in [reference] + rows:
+        row.update(speedup=fp32['median_ms'] / row['median_ms'], max_f_change=row['max_f'] - fp32['max_f'],
+                   iou_change=row['iou'] - fp32['iou'])
+    report = {'run': args.checkpoint, 'command': ' '.join(['python main.py optimize', *argv]),
+              'machine': inference.machine(), 'tensorflow': tf.__version__, 'image_shape': list(image_shape),
+              'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration),
+              'variants': [reference] + rows, 'skipped': skipped}
+    write_json(os.path.join(staging, 'optimization.json'), report)
+    table = format_optimization_table(report)
+    with open(os.path.join(staging, 'optimization.md'), 'w') as f:
+        f.write(table)
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    print(table + f'\nwritten to {out_dir}')
+
+
+def reduced_precision():
+    """The Grappler precision behind --precision bf16 on this machine; UserError where it would not be faster."""
+    precision, why = inference.mixed_precision()
+    if precision is None:
+        raise helper.UserError(f'--precision bf16: {why}; use fp32 or int8')
+    return precision
+
+
+def load_model(path, precision):
+    """(predict, what it is) for `main.py infer --model path --precision precision` (None: the model's own).
+
+    path: a run folder (its optimized/ model of that precision when there is one, else its saved_model/), an
+    optimized/ folder, an exported SavedModel inside a run folder, a frozen .pb or a .tflite file."""
+    if os.path.isfile(path):
+        if path.endswith('.tflite'):
+            if precision:
+                raise helper.UserError(f'--model {path}: a .tflite model has its own precision: drop --precision')
+            return inference.tflite_predictor(path), f'{path} (TFLite)'
+        if path.endswith('.pb'):
+            if precision == 'int8':
+                raise helper.UserError(f'--model {path}: int8 models are .tflite files (main.py optimize '
+                                       'writes int8.tflite next to it)')
+            try:
+                graph_def = inference.read_graph_def(path)
+            except Exception as e:  # protobuf's DecodeError has no common base with OSError
+                raise helper.UserError(f'--model {path}: not a frozen graph ({e})') from None
+            mixed = reduced_precision() if precision == 'bf16' else None
+            return inference.graph_predictor(graph_def, mixed), f'{path} (frozen graph{", " + mixed if mixed else ""})'
+        raise helper.UserError(f'--model {path}: a file must be a frozen graph (.pb) or a TFLite model (.tflite)')
+    if not os.path.isdir(path):
+        raise helper.UserError(f'--model {path}: no such file or folder')
+    precision = precision or 'fp32'
+    variant = inference.PRECISION_VARIANT[precision]
+    optimized = path if os.path.isfile(os.path.join(path, 'optimization.json')) else os.path.join(path,
+                                                                                                   OPTIMIZED_DIR)
+    file = os.path.join(optimized, inference.FILES[variant])
+    if os.path.isfile(file):
+        return inference.variant_predictor(variant, file), f'{file} ({variant})'
+    if os.path.isfile(os.path.join(path, 'saved_model.pb')):
+        run_dir, saved_model = os.path.dirname(os.path.abspath(path)), path
+    else:
+        run_dir, saved_model = path, os.path.join(path, SERVING_DIR)
+    if precision == 'int8' or not os.path.isfile(os.path.join(saved_model, 'saved_model.pb')):
+        raise helper.UserError(f'--model {path}: no {precision} model there: give a run folder, its '
+                               f'{OPTIMIZED_DIR}/ or {SERVING_DIR}/ folder, a .pb or a .tflite file'
+                               + (' (int8 models are made by python main.py optimize --checkpoint RUN_DIR)'
+                                  if precision == 'int8' else ''))
+    config = read_config(run_dir, '--model')  # the input size the model was trained at
+    mixed = reduced_precision() if precision == 'bf16' else None
+    return (inference.saved_model_predictor(saved_model, config['settings']['image_shape'], mixed),
+            f'{saved_model} (SavedModel{", " + mixed if mixed else ""})')
+
+
+def infer_inputs(path):
+    """(video path or None, [picture paths]) of --input: a video, a PNG/JPEG, or a folder of them."""
+    if os.path.isdir(path):
+        pictures = [os.path.join(path, f) for f in helper.list_pictures(path)]
+        if not pictures:
+            raise helper.UserError(f'--input {path}: no PNG or JPEG files in that folder')
+        return None, pictures
+    if not os.path.isfile(path):
+        raise helper.UserError(f'--input {path}: no such file or folder')
+    if helper.is_video(path):
+        return path, []
+    if path.lower().endswith(helper.PICTURE_EXTENSIONS):
+        return None, [path]
+    raise helper.UserError(f'--input {path}: expected a PNG/JPEG image, a folder of them, or a video '
+                           f'({", ".join(helper.VIDEO_EXTENSIONS)})')
+
+
+def infer_command(argv):
+    """`main.py infer`: road overlays (and confidence maps) of images, a folder of them, or a video."""
+    parser = argparse.ArgumentParser(
+        prog='main.py infer',
+        description='Segment the road in images or a video with a trained model. Overlays are written at the '
+                    'input\'s own resolution: a PNG per image into the OUTPUT folder, or, for a video, an mp4 '
+                    'with the same frame rate. Nothing existing is overwritten.')
+    parser.add_argument('--model', metavar='PATH', required=True,
+                        help='a run folder (its optimized/ model of --precision if main.py optimize made one, '
+                             'else its saved_model/), an optimized/ or saved_model/ folder, a frozen .pb or a '
+                             '.tflite file')
+    parser.add_argument('--input', metavar='PATH', required=True,
+                        help='a PNG/JPEG image, a folder of them, or a video (mp4, mov, avi, mkv)')
+    parser.add_argument('--output', metavar='PATH', required=True,
+                        help='a folder for the overlays of images; an .mp4 file for a video')
+    parser.add_argument('--precision', choices=tuple(inference.PRECISION_VARIANT),
+                        help='fp32; bf16 (bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX, float16 on a '
+                             'GPU); int8 (needs main.py optimize\'s int8.tflite) [default: fp32, or a model '
+                             'file\'s own]')
+    parser.add_argument('--probabilities', action='store_true',
+                        help='also write KITTI-style confidence maps (uint8 road probability x 255) into '
+                             'OUTPUT/probabilities/ (OUTPUT_probabilities/ for a video, a PNG per frame)')
+    args = parser.parse_args(argv)
+    video, pictures = infer_inputs(args.input)
+    if video and not args.output.lower().endswith('.mp4'):
+        parser.error(f'--output {args.output}: the overlay of a video is an .mp4 file')
+    if video:
+        targets = [args.output] + ([os.path.splitext(args.output)[0] + '_probabilities'] if args.probabilities
+                                   else [])
+    else:
+        names = [os.path.splitext(os.path.basename(p))[0] + '.png' for p in pictures]
+        targets = [os.path.join(args.output, n) for n in names] + (
+            [os.path.join(args.output, 'probabilities', n) for n in names] if args.probabilities else [])
+    existing = [t for t in targets if os.path.exists(t)]
+    if existing:
+        raise helper.UserError(f'--output {args.output}: {existing[0]} exists'
+                               + (f' (and {len(existing) - 1} more)' if len(existing) > 1 else '')
+                               + ': choose another --output (nothing is overwritten)')
+    predict, description = load_model(args.model, args.precision)
+    print(f'model {description}, run at {predict.image_shape[0]}x{predict.image_shape[1]}', flush=True)
+    model_seconds = []
+
+    def timed(batch):
+        start = time.perf_counter()
+        prob = predict(batch)
+        model_seconds.append(time.perf_counter() - start)
+        return prob
+
+    start = time.perf_counter()
+    if video:
+        frames, fps, estimate = helper.read_video(video)
+        probability_dir = targets[1] if args.probabilities else None
+        if probability_dir:
+            os.makedirs(probability_dir)
+        writer = helper.video_writer(args.output, fps)
+        try:
+            for number, frame in enumerate(tqdm(frames, total=estimate, desc='frames', unit='frame')):
+                prob = helper.predict_probability(timed, frame[..., :3], predict.image_shape)
+                writer.append_data(helper.overlay(frame[..., :3], prob))
+                if probability_dir:
+                    iio.imwrite(os.path.join(probability_dir, f'frame_{number:06d}.png'), metrics.confidence(prob))
+        finally:
+            writer.close()
+    else:
+        os.makedirs(os.path.join(args.output, 'probabilities') if args.probabilities else args.output,
+                    exist_ok=True)
+        for picture, name in tqdm(list(zip(pictures, names)), desc='images', unit='image'):
+            image = helper.read_rgb(picture)
+            prob = helper.predict_probability(timed, image, predict.image_shape)
+            iio.imwrite(os.path.join(args.output, name), helper.overlay(image, prob))
+            if args.probabilities:
+                iio.imwrite(os.path.join(args.output, 'probabilities', name), metrics.confidence(prob))
+    seconds, count = time.perf_counter() - start, len(model_seconds)
+    print(f'{count} {"frame" if video else "image"}(s) in {seconds:.1f} s: {count / seconds:.2f} per second '
+          f'overall, {1000 * np.median(model_seconds):.1f} ms median in the model; written to {args.output}')
+
+
+COMMANDS = {'evaluate': evaluate, 'optimize': optimize_command, 'infer': infer_command}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ['evaluate']:
-            evaluate(argv[1:])
+        if argv[:1] and argv[0] in COMMANDS:
+            COMMANDS[argv[0]](argv[1:])
         else:
             run(argv)
     except (helper.UserError, OSError) as e:  # OSError: an unwritable runs folder, a full disk, ...

@@ -97,3 +97,11 @@ def kitti_road_scores(level_hist):
         'udacity_pass': bool(recall_half >= 0.8 and fpr_half <= 0.2),
     }
 
+
+
+def kitti_table(hists):
+    """{category: KITTI scores, ..., 'all': scores of the counts pooled over every category} from
+    {category: [2, LEVELS] counts}."""
+    table = {cat: kitti_road_scores(hist) for cat, hist in sorted(hists.items())}
+    table['all'] = kitti_road_scores(sum(hists.values()))
+    return table

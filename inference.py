@@ -1,0 +1,242 @@
+"""Fast inference for a trained FCN-8s: a frozen graph, reduced precision, TFLite INT8, one predict function.
+
+Every model here maps a float32 batch [1, H, W, 3] of raw RGB 0-255, at the size the model was trained at, to the
+road probability [1, H, W]. Variants (files of RUN_DIR/optimized/):
+- fp32: the exported model frozen (variables folded to constants, keep_prob to 1.0, dropout gone) and rewritten
+  offline by Grappler (constant folding of shapes and masks); the Session applies its device's fusions
+  (Conv2D + bias + ReLU) when it loads it.
+- bf16: the same graph after Grappler's auto mixed precision, oneDNN bfloat16 on a CPU with AVX512_BF16 or AMX,
+  float16 on a GPU.
+- tflite-fp16, tflite-int8-dynamic, tflite-int8: TFLite conversions of the frozen graph; fp16 weights, int8
+  weights with float activations, and full integer (weights and activations int8, calibrated on training images;
+  the model's input and output stay float32 so that every variant is fed the same way).
+"""
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+from tqdm import tqdm
+from tensorflow.core.protobuf import rewriter_config_pb2
+# Offline Grappler has no public entry point; TensorFlow's own converters call this one.
+from tensorflow.python.grappler import tf_optimizer
+
+import helper
+import metrics
+
+INPUT, OUTPUT = 'image', 'road_probability'  # tensor names of the frozen graphs
+FILES = {'fp32': 'fp32.pb', 'bf16': 'bf16.pb', 'tflite-fp16': 'fp16.tflite',
+         'tflite-int8-dynamic': 'int8_dynamic.tflite', 'tflite-int8': 'int8.tflite'}
+PRECISION_VARIANT = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'}  # infer --precision -> variant
+CALIBRATION_IMAGES = 300  # "a few hundred" representative images for full-integer quantization
+WARMUP_RUNS = 3
+BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def mixed_precision():
+    """(the reduced precision this machine runs fast: 'bf16', 'fp16' or None, why)."""
+    if tf.config.list_physical_devices('GPU'):
+        return 'fp16', 'GPU: float16 auto mixed precision'
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = set(f.read().split())
+    except OSError:
+        return None, 'cannot read /proc/cpuinfo to tell whether this CPU has AVX512_BF16 or AMX'
+    found = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    if found:
+        return 'bf16', f'CPU with {" and ".join(found).upper()}: oneDNN bfloat16 auto mixed precision'
+    return None, 'this CPU has neither AVX512_BF16 nor AMX (bfloat16 would be emulated, slower than fp32)'
+
+
+def machine():
+    """This machine in a line: CPU model and the cores this process may use, and GPUs if any."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), name)
+    except OSError:
+        pass
+    gpus = tf.config.list_physical_devices('GPU')
+    return f'{name}, {len(os.sched_getaffinity(0))} cores' + (f', {len(gpus)} GPU(s)' if gpus else '')
+
+
+def session_config(precision=None):
+    """ConfigProto for Grappler: aggressive constant folding and, for 'bf16' / 'fp16', auto mixed precision."""
+    config = tf.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    # Aggressive folding also folds shapes that are static once the input size is fixed, and so the dropout masks.
+    rewrite.constant_folding = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
+    if precision == 'bf16':
+        rewrite.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+    elif precision == 'fp16':
+        rewrite.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
+    return config
+
+
+def _zero_dropout_noise(graph_def):
+    """Replace each RandomUniform of graph_def by zeros of the same shape.
+
+    Only dropout draws random numbers in this network, and with keep_prob folded to 1.0 its mask keeps every unit.
+    A uniform draw of 0 keeps every unit under both TF1's floor(keep_prob + u) and TF2's u >= rate masks, and
+    makes the masks constant, so that constant folding removes dropout (TFLite's integer kernels have no random op).
+    """
+    zeros = []
+    for node in graph_def.node:
+        if node.op != 'RandomUniform':
+            continue
+        dtype, shape_type, shape = node.attr['dtype'], node.attr['T'], node.input[0]
+        zero = tf.NodeDef(name=node.name + '/zero', op='Const')
+        zero.attr['dtype'].CopyFrom(dtype)
+        zero.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(0, tf.as_dtype(dtype.type)))
+        zeros.append(zero)
+        node.op = 'Fill'
+        node.ClearField('attr')
+        node.attr['T'].CopyFrom(dtype)
+        node.attr['index_type'].CopyFrom(shape_type)
+        node.ClearField('input')
+        node.input.extend([shape, zero.name])
+    graph_def.node.extend(zeros)
+    return graph_def
+
+
+def freeze(saved_model_dir, image_shape):
+    """GraphDef of the exported SavedModel (main.export_serving_model) at batch 1 and image_shape (H, W):
+    INPUT [1, H, W, 3] -> OUTPUT [1, H, W], variables folded to constants, keep_prob to 1.0, no dropout noise."""
+    with tf.Graph().as_default() as graph, tf.Session() as sess:
+        image = tf.placeholder(tf.float32, [1, *image_shape, 3], name=INPUT)
+        meta = tf.saved_model.loader.load(sess, [tf.saved_model.tag_constants.SERVING], saved_model_dir,
+                                          import_scope='fcn', input_map={'keep_prob:0': tf.constant(1.0),
+                                                                         'image_input:0': image})
+        road = meta.signature_def['serving_default'].outputs['road_probability'].name
+        tf.identity(graph.get_tensor_by_name('fcn/' + road), name=OUTPUT)
+        frozen = tf.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [OUTPUT])
+    return _zero_dropout_noise(frozen)
+
+
+def grappler(graph_def, precision=None):
+    """graph_def rewritten offline by Grappler (session_config(precision)), keeping OUTPUT."""
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name='')
+        meta = tf.train.export_meta_graph(graph_def=graph.as_graph_def(add_shapes=True))
+    meta.collection_def['train_op'].node_list.value.append(OUTPUT)  # what Grappler must keep computing
+    return tf_optimizer.OptimizeGraph(session_config(precision), meta)
+
+
+def convert_tflite(graph_def, variant, calibration=()):
+    """The TFLite flatbuffer (bytes) of a frozen graph for variant 'tflite-fp16', 'tflite-int8-dynamic' or
+    'tflite-int8'; full integer quantization takes its activation ranges from calibration (uint8 [H, W, 3] images
+    at the model's input size)."""
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name='')
+        with tf.Session() as sess:
+            converter = tf.lite.TFLiteConverter.from_session(
+                sess, [graph.get_tensor_by_name(INPUT + ':0')], [graph.get_tensor_by_name(OUTPUT + ':0')])
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if variant == 'tflite-fp16':
+                converter.target_spec.supported_types = [tf.float16]
+            elif variant == 'tflite-int8':
+                converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in calibration)
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            return converter.convert()
+
+
+def read_graph_def(path):
+    graph_def = tf.GraphDef()
+    with open(path, 'rb') as f:
+        graph_def.ParseFromString(f.read())
+    return graph_def
+
+
+def write_bytes(path, data):
+    """Write data through a temporary file, so that a crash never leaves half a model."""
+    with open(path + '.tmp', 'wb') as f:
+        f.write(data)
+    os.replace(path + '.tmp', path)
+
+
+# ------------------------------------------------------------------------------------------------ predictors
+# Each predictor is predict(float32 [1, H, W, 3]) -> road probability, with predict.image_shape = (H, W).
+
+def _session_predictor(sess, image, road, image_shape):
+    sess.graph.finalize()
+
+    def predict(batch):
+        return sess.run(road, {image: batch})
+    predict.image_shape = tuple(image_shape)
+    return predict
+
+
+def graph_predictor(graph_def, precision=None):
+    """Predictor of a frozen GraphDef (INPUT -> OUTPUT), with Grappler's auto mixed precision at load time for
+    precision 'bf16' or 'fp16'."""
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name='')
+    image, road = (graph.get_tensor_by_name(name + ':0') for name in (INPUT, OUTPUT))
+    sess = tf.Session(graph=graph, config=session_config(precision))
+    return _session_predictor(sess, image, road, image.shape.as_list()[1:3])
+
+
+def saved_model_predictor(saved_model_dir, image_shape, precision=None):
+    """Predictor of an exported SavedModel (signature image -> road_probability) run at image_shape."""
+    graph = tf.Graph()
+    sess = tf.Session(graph=graph, config=session_config(precision))
+    with graph.as_default():
+        signature = tf.saved_model.loader.load(sess, [tf.saved_model.tag_constants.SERVING],
+                                               saved_model_dir).signature_def['serving_default']
+    image = graph.get_tensor_by_name(signature.inputs['image'].name)
+    road = graph.get_tensor_by_name(signature.outputs['road_probability'].name)
+    return _session_predictor(sess, image, road, image_shape)
+
+
+def tflite_predictor(model_path):
+    """Predictor of a .tflite model, on every core this process may use."""
+    with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT (ai_edge_litert) replaces it
+        warnings.simplefilter('ignore')
+        interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=len(os.sched_getaffinity(0)))
+    interpreter.allocate_tensors()
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def predict(batch):
+        interpreter.set_tensor(source['index'], batch)
+        interpreter.invoke()
+        return interpreter.get_tensor(target['index'])
+    predict.image_shape = tuple(int(n) for n in source['shape'][1:3])
+    return predict
+
+
+def variant_predictor(variant, path):
+    """Predictor of an optimized variant's file."""
+    if variant in ('fp32', 'bf16'):
+        return graph_predictor(read_graph_def(path))  # bf16.pb is rewritten already
+    return tflite_predictor(path)
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+def latency(predict, runs, warmup=WARMUP_RUNS, seed=0):
+    """Latency of predict at batch 1 on a random image: {median_ms, p90_ms, images_per_s} of `runs` timed calls
+    after `warmup` untimed ones."""
+    batch = np.random.RandomState(seed).uniform(0, 255, (1, *predict.image_shape, 3)).astype(np.float32)
+    for _ in range(warmup):
+        predict(batch)
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predict(batch)
+        seconds.append(time.perf_counter() - start)
+    median = float(np.median(seconds))
+    return {'median_ms': 1000 * median, 'p90_ms': 1000 * float(np.percentile(seconds, 90)),
+            'images_per_s': 1 / median, 'runs': runs}
+
+
+def kitti_scores(predict, examples, desc='scoring'):
+    """KITTI table (metrics.kitti_table) of predict on examples [(name, uint8 image [h, w, 3], classes [h, w])],
+    each probability resized back to its image's own size."""
+    hists = {}
+    for name, image, classes in tqdm(examples, desc=desc, leave=False):
+        prob = helper.predict_probability(predict, image, predict.image_shape)
+        hist = metrics.fast_hist(classes, metrics.confidence(prob), metrics.NUM_CLASSES, metrics.LEVELS)
+        hists[helper.category(name)] = hists.get(helper.category(name), 0) + hist
+    return metrics.kitti_table(hists)
