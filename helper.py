@@ -3,10 +3,12 @@ import collections
 import hashlib
 import http.client
 import os
+import queue
 import re
 import shutil
 import stat
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -591,6 +593,43 @@ def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch
 
     get_batches_fn.num_images = len(pairs)
     return get_batches_fn
+
+
+def prefetch(iterable, depth=2):
+    """Iterate over iterable in a background thread, up to depth items ahead, so that making the next batch
+    (augmentation, one-hot labels) overlaps the training step: numpy, PIL and TensorFlow release the GIL in their
+    heavy work. An exception of the producer is raised in the consumer; the thread stops when the consumer does."""
+    items, stop = queue.Queue(maxsize=depth), threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for item in iterable:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as e:  # handed to the consumer, which raises it (a thread must not swallow it)
+            put((False, e))
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        while True:
+            more, item = items.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 # ---------------------------------------------------------------------------------------------- inference

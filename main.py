@@ -201,8 +201,9 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     first_epoch, skip = divmod(start_step, num_batches) if start_step else (0, 0)
     for epoch in range(first_epoch + 1, epochs + 1):
         start, losses = time.time(), []
-        batches = itertools.islice(get_batches_fn(batch_size), skip if epoch == first_epoch + 1 else 0, None)
-        bar = tqdm(batches, total=num_batches, initial=skip if epoch == first_epoch + 1 else 0,
+        done = skip if epoch == first_epoch + 1 else 0  # batches this epoch had before the run stopped
+        batches = helper.prefetch(itertools.islice(get_batches_fn(batch_size), done, None))
+        bar = tqdm(batches, total=num_batches, initial=done,
                    desc=f'epoch {epoch}/{epochs}', leave=False)
         for images, labels in bar:
             feed = {input_image: images, correct_label: labels, keep_prob: keep_prob_value}
@@ -349,6 +350,9 @@ def parse_args(argv=None):
     parser.add_argument('--no-augment', action='store_true',
                         help='train on the images as they are: no random flip, zoom, brightness, contrast or '
                              'gamma (validation is never augmented)')
+    parser.add_argument('--precision', choices=('fp32', 'bf16'), default='fp32',
+                        help='training arithmetic: bf16 = oneDNN bfloat16 auto mixed precision (weights and '
+                             'updates stay fp32), on CPUs with AVX512_BF16 or AMX only [default: fp32]')
     parser.add_argument('--no-download', action='store_true',
                         help='never use the network: missing weights or KITTI fall back at once to what is on '
                              'disk')
@@ -536,6 +540,16 @@ def build_fcn(sess, vgg_dir, seed):
                 cross_entropy_loss=cross_entropy_loss)
 
 
+def training_config(precision):
+    """Session config of training at precision 'fp32' or 'bf16'; UserError where bf16 would not be fast."""
+    if precision == 'fp32':
+        return None
+    reduced, why = inference.mixed_precision()
+    if reduced != 'bf16':  # float16 on a GPU would also need loss scaling, which this project does not do
+        raise helper.UserError(f'--precision bf16 trains on CPUs with AVX512_BF16 or AMX: {why}')
+    return inference.session_config('bf16', fold_constants=False)
+
+
 def read_config(run_dir, flag):
     """The config.json of a run folder; UserError naming the flag if it is not one."""
     try:
@@ -580,6 +594,7 @@ def run(argv=None):
     print(helper.dataset_summary(dataset, data_source, scan), flush=True)
     conf = settings(args, data_source)
     image_shape = conf['image_shape']
+    session_config = training_config(args.precision)
 
     training_dir, test_dir = os.path.join(dataset, 'training'), os.path.join(dataset, 'testing')
     names = [os.path.basename(image) for image, _ in helper.training_pairs(training_dir)]
@@ -625,7 +640,7 @@ def run(argv=None):
           f'weights {weights["source"]}, {conf}' + (f', resuming at step {start_step}' if resumed else ''),
           flush=True)
 
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with tf.Graph().as_default(), tf.Session(config=session_config) as sess:
         net = build_fcn(sess, vgg_dir, args.seed)
         input_image, keep_prob, correct_label = net['input_image'], net['keep_prob'], net['correct_label']
         logits, cross_entropy_loss = net['logits'], net['cross_entropy_loss']

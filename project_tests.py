@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from unittest import mock
 
@@ -347,6 +348,28 @@ def test_augmented_batches_are_seeded_per_epoch_and_batch(small_dataset):
     assert not np.array_equal(a[0], plain[0])
     later = helper.gen_batch_function(training, (64, 224), seed=2, augment=True, first_epoch=1)
     np.testing.assert_array_equal(next(first(4))[0], next(later(4))[0])  # epoch 1 alike, however reached
+
+
+def test_prefetch_keeps_order_overlaps_work_and_passes_errors_on():
+    made = []
+
+    def slow(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f'bad item {i}')
+            time.sleep(0.05)
+            made.append(i)
+            yield i
+    assert list(helper.prefetch(slow(6))) == list(range(6))
+    consumer = helper.prefetch(slow(6), depth=2)
+    assert next(consumer) == 0
+    time.sleep(0.3)
+    assert made[6:] == [0, 1, 2, 3]  # made ahead, in the background, while the consumer was busy: at most depth+1
+    consumer.close()  # the consumer stops: so does the producer, without making the rest
+    time.sleep(0.3)
+    assert made[6:] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match='bad item 2'):
+        list(helper.prefetch(slow(5, fail_at=2)))
 
 
 def test_an_image_without_ground_truth_is_a_clear_error(small_dataset, tmp_path):
@@ -1375,6 +1398,23 @@ def test_infer_refuses_what_it_cannot_use(optimized_run, small_dataset, tmp_path
                       *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err and not os.path.exists(tmp_path / 'o')
+
+
+def test_bf16_training_runs_where_the_cpu_has_it_and_is_refused_elsewhere(thin_vgg, small_dataset, tmp_path,
+                                                                          monkeypatch, capsys):
+    args = ['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--runs-dir', str(tmp_path / 'runs'), '--epochs', '1',
+            '--batch-size', '4', '--image-shape', '64', '224', '--val-fraction', '0.25', '--no-download',
+            '--precision', 'bf16']
+    if inference.mixed_precision()[0] == 'bf16':
+        with tf.Graph().as_default():
+            run_dir = main.run(args)
+        config = json.load(open(os.path.join(run_dir, 'config.json')))
+        assert config['settings']['precision'] == 'bf16' and config['finished']
+    monkeypatch.setattr(inference, 'mixed_precision', lambda: (None, 'this CPU has neither AVX512_BF16 nor AMX'))
+    shutil.rmtree(tmp_path / 'runs', ignore_errors=True)
+    assert main.main(args) == 2
+    assert 'this CPU has neither AVX512_BF16 nor AMX' in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'runs')  # refused before a run folder is made
 
 
 class Summary:

@@ -1,0 +1,296 @@
+"""How fast FCN-8s runs on this machine: `python benchmark.py` prints a table and writes benchmark.json.
+
+It needs no data: a He-initialised VGG16 and generated road scenes at KITTI's size. It measures
+- the matrix-multiply ceiling of the machine (fp32 and bf16 GFLOP/s),
+- FCN-8s forward and training-step time per image at 160x576 and at KITTI's full 375x1242 (run at 384x1248, the
+  next multiples of 32, which the network needs), at batch 1 and the training batch, with the achieved GFLOP/s
+  (FLOPs counted from the graph by TensorFlow's profiler) and its share of the ceiling,
+- peak memory (RSS) of each measurement (each runs in a process of its own),
+- the input pipeline alone (images per second decoded, resized, augmented) and the training step fed by it
+  against the same step on pre-loaded arrays,
+- the latency of each optimized variant (main.py optimize's models) at 160x576.
+"""
+import argparse
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+import helper
+import inference
+import main
+import synthetic
+import vgg
+
+tf.disable_eager_execution()
+
+SMALL, FULL = (160, 576), (384, 1248)  # the KITTI recipe's input size; KITTI's 375x1242 rounded up to /32
+TRAIN_BATCH = main.RECIPES['kitti']['batch_size']
+MATMUL_SIZE = 2048
+KITTI_SIZE = (375, 1242)
+PIPELINE_IMAGES = 24  # generated KITTI-size scenes for the input pipeline and the training comparison
+CALIBRATION_IMAGES = 16  # enough for the int8 variant's speed (its accuracy is main.py optimize's job)
+
+
+def seconds_per_call(fn, repeats, warmup=1):
+    """Median wall time of fn() over repeats calls, after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
+
+
+def matmul_ceiling(repeats):
+    """GFLOP/s of a MATMUL_SIZE square matrix product in TensorFlow, fp32 and bf16."""
+    n, result = MATMUL_SIZE, {}
+    for dtype in (tf.float32, tf.bfloat16):
+        with tf.Graph().as_default(), tf.Session() as sess:
+            a, b = (tf.Variable(tf.cast(tf.random.uniform([n, n], seed=i), dtype)) for i in (1, 2))
+            product = tf.matmul(a, b).op  # run as an op: no copy of the result to numpy
+            sess.run(tf.global_variables_initializer())
+            seconds = seconds_per_call(lambda: sess.run(product), max(repeats, 5))
+        result[dtype.name] = 2 * n ** 3 / seconds / 1e9
+    return result
+
+
+def fcn_graph(batch, shape, train):
+    """A graph with FCN-8s (He-initialised VGG16) for a static input [batch, H, W, 3], and, with train, its loss
+    and Adam step. Returns (graph, feeds {name: tensor}, fetch, GFLOP per call counted by the profiler)."""
+    with tf.Graph().as_default():
+        _, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
+        last = main.layers(layer3, layer4, layer7, main.NUM_CLASSES)
+        label = tf.placeholder(tf.float32, [None, None, None, main.NUM_CLASSES], name='correct_label')
+        learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
+        if train:
+            main.optimize(last, label, learning_rate, main.NUM_CLASSES)
+        meta = tf.train.export_meta_graph()
+    # Imported again with static input shapes, so that the profiler can count every op's FLOPs.
+    with tf.Graph().as_default() as graph:
+        image = tf.placeholder(tf.float32, [batch, *shape, 3])
+        label = tf.placeholder(tf.float32, [batch, *shape, main.NUM_CLASSES])
+        tf.train.import_meta_graph(meta, input_map={'image_input:0': image, 'correct_label:0': label})
+        options = tf.profiler.ProfileOptionBuilder.float_operation()
+        options['output'] = 'none'
+        flops = tf.profiler.profile(graph, options=options).total_float_ops
+    fetch = graph.get_operation_by_name('train_op') if train else graph.get_tensor_by_name('upscore8_out:0').op
+    feeds = {'image': image, 'label': label, 'keep_prob': graph.get_tensor_by_name('keep_prob:0'),
+             'learning_rate': graph.get_tensor_by_name('learning_rate:0'),
+             'loss': graph.get_tensor_by_name('cross_entropy_loss:0') if train else None}
+    return graph, feeds, fetch, flops / 1e9
+
+
+def network_speed(shape, train, repeats):
+    """Seconds per image and GFLOP per image of FCN-8s forward (or a training step) at batch 1 and TRAIN_BATCH."""
+    rows = []
+    for batch in (1, TRAIN_BATCH):
+        graph, feeds, fetch, gflop = fcn_graph(batch, shape, train)
+        rng = np.random.RandomState(0)
+        feed = {feeds['image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32)}
+        if train:
+            feed.update({feeds['label']: helper.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
+                         feeds['learning_rate']: 1e-6, feeds['keep_prob']: 0.5})
+        with tf.Session(graph=graph) as sess:
+            with graph.as_default():
+                sess.run(tf.global_variables_initializer())
+            graph.finalize()
+            seconds = seconds_per_call(lambda: sess.run(fetch, feed), repeats)
+        rows.append({'case': 'training step' if train else 'forward', 'shape': list(shape), 'batch': batch,
+                     's_per_image': seconds / batch, 'gflop_per_image': gflop / batch,
+                     'gflops': gflop / seconds, 'peak_rss_gb': peak_rss_gb()})
+    return rows
+
+
+def make_scenes(folder):
+    """PIPELINE_IMAGES generated road scenes at KITTI's size, in KITTI's layout; the dataset folder."""
+    return synthetic.make_synthetic_kitti(os.path.join(folder, 'road'), PIPELINE_IMAGES, 1, seed=0,
+                                          sizes=(KITTI_SIZE,), progress=False)
+
+
+def input_pipeline(dataset, shape):
+    """Images per second of each stage of the input pipeline, on one core: reading and checking a KITTI-size
+    image and its label, resizing both to shape, and augmenting (flip, zoom, photometric jitter)."""
+    pairs = helper.training_pairs(os.path.join(dataset, 'training'))
+    start = time.perf_counter()
+    examples = [helper.load_pair(image, label) for image, label in pairs]
+    read = time.perf_counter() - start
+    start = time.perf_counter()
+    resized = [(helper.resize_image(image, shape), helper.resize_nearest(classes, shape))
+               for image, classes in examples]
+    resize = time.perf_counter() - start
+    rng = np.random.RandomState(0)
+    start = time.perf_counter()
+    for image, classes in resized:
+        image, classes = helper.flip_scale_crop(image, classes, rng)
+        helper.jitter_photometric(image, rng)
+    augment = time.perf_counter() - start
+    n = len(pairs)
+    return {'images': n, 'read_per_s': n / read, 'resize_per_s': n / resize, 'augment_per_s': n / augment,
+            'all_per_s': n / (read + resize + augment)}
+
+
+def training_feed(dataset, shape, repeats):
+    """Seconds per training step at shape and TRAIN_BATCH: on pre-loaded arrays, and fed by the training loop's
+    own input pipeline (main.train_nn over helper.gen_batch_function with augmentation)."""
+    graph, feeds, fetch, _ = fcn_graph(TRAIN_BATCH, shape, train=True)
+    get_batches_fn = helper.gen_batch_function(os.path.join(dataset, 'training'), shape, seed=0, augment=True)
+    images, labels = next(get_batches_fn(TRAIN_BATCH))
+    steps = []
+    with tf.Session(graph=graph) as sess:
+        with graph.as_default():
+            sess.run(tf.global_variables_initializer())
+        graph.finalize()
+        feed = {feeds['image']: images, feeds['label']: labels, feeds['keep_prob']: 0.5,
+                feeds['learning_rate']: 1e-6}
+        preloaded = seconds_per_call(lambda: sess.run(fetch, feed), repeats)
+        last = [time.perf_counter()]
+
+        def on_step(step, loss):
+            now = time.perf_counter()
+            steps.append(now - last[0])
+            last[0] = now
+        main.train_nn(sess, 1, TRAIN_BATCH, get_batches_fn, fetch, feeds['loss'], feeds['image'], feeds['label'],
+                      feeds['keep_prob'], feeds['learning_rate'], keep_prob_value=0.5, learning_rate_value=1e-6,
+                      on_step=on_step)
+    fed = float(np.median(steps[1:]))  # the first step also waits for the first batch
+    return {'shape': list(shape), 'batch': TRAIN_BATCH, 'preloaded_s': preloaded, 'pipeline_s': fed,
+            'steps': len(steps) - 1, 'slowdown': fed / preloaded - 1}
+
+
+def optimized_variants(dataset, runs):
+    """Latency at batch 1 and file size of each optimized variant at SMALL, from a He-initialised FCN-8s exported
+    as main.py does."""
+    folder = tempfile.mkdtemp(prefix='benchmark-')
+    with tf.Graph().as_default(), tf.Session() as sess:
+        net = main.build_fcn(sess, None, 0)
+        checkpoint = tf.train.Saver(tf.trainable_variables()).save(sess, os.path.join(folder, 'model'))
+        del net
+    saved_model = main.export_serving_model(checkpoint, None, 0, os.path.join(folder, 'saved_model'))
+    frozen = inference.freeze(saved_model, SMALL)
+    training = os.path.join(dataset, 'training', 'image_2')
+    calibration = [helper.resize_image(helper.read_rgb(os.path.join(training, name)), SMALL)
+                   for name in helper.list_images(training)[:CALIBRATION_IMAGES]]
+    precision, why = inference.mixed_precision()
+    rows = [{'variant': 'saved_model', 'size_mb': None,
+             **inference.latency(inference.saved_model_predictor(saved_model, SMALL), runs)}]
+    for variant, file in inference.FILES.items():
+        if variant == 'bf16' and precision is None:
+            rows.append({'variant': variant, 'skipped': why})
+            continue
+        path = os.path.join(folder, file)
+        start = time.perf_counter()
+        if variant in ('fp32', 'bf16'):
+            model = inference.grappler(frozen, None if variant == 'fp32' else precision).SerializeToString()
+        else:
+            model = inference.convert_tflite(frozen, variant, calibration)
+        inference.write_bytes(path, model)
+        rows.append({'variant': variant, 'size_mb': os.path.getsize(path) / 2 ** 20,
+                     'build_s': time.perf_counter() - start,
+                     **inference.latency(inference.variant_predictor(variant, path), runs)})
+        os.remove(path)
+    fp32 = next(row for row in rows if row['variant'] == 'fp32')
+    for row in rows:
+        if 'median_ms' in row:
+            row['speedup'] = fp32['median_ms'] / row['median_ms']
+    return {'rows': rows, 'peak_rss_gb': peak_rss_gb()}
+
+
+def in_child(fn, *args):
+    """fn(*args) in a fresh process, so that its peak memory is its own."""
+    with multiprocessing.get_context('spawn').Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def format_report(report):
+    ceiling = report['ceiling_gflops']
+    lines = [f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}, Python {report["python"]}.',
+             f'Matrix-multiply ceiling ({MATMUL_SIZE}x{MATMUL_SIZE}): fp32 {ceiling["float32"]:.0f} GFLOP/s, '
+             f'bf16 {ceiling["bfloat16"]:.0f} GFLOP/s.', '',
+             '| FCN-8s | input | batch | s/image | images/s | GFLOP/image | GFLOP/s | of fp32 ceiling '
+             '| peak RSS (GB) |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+    for row in report['network']:
+        lines.append(f'| {row["case"]} | {row["shape"][0]}x{row["shape"][1]} | {row["batch"]} | '
+                     f'{row["s_per_image"]:.3f} | {1 / row["s_per_image"]:.2f} | {row["gflop_per_image"]:.1f} | '
+                     f'{row["gflops"]:.0f} | {100 * row["gflops"] / ceiling["float32"]:.0f}% | '
+                     f'{row["peak_rss_gb"]:.1f} |')
+    pipe, feed = report['input_pipeline'], report['training_feed']
+    lines += ['', f'Input pipeline, one core, {pipe["images"]} generated {KITTI_SIZE[0]}x{KITTI_SIZE[1]} PNG scenes '
+              f'to {SMALL[0]}x{SMALL[1]}: read and check {pipe["read_per_s"]:.1f} images/s, resize '
+              f'{pipe["resize_per_s"]:.1f}/s, augment {pipe["augment_per_s"]:.1f}/s (all three: '
+              f'{pipe["all_per_s"]:.1f}/s; training reads and resizes once, then augments each batch).',
+              f'Training step at {SMALL[0]}x{SMALL[1]}, batch {feed["batch"]}: {feed["preloaded_s"]:.2f} s on '
+              f'pre-loaded arrays, {feed["pipeline_s"]:.2f} s fed by the training loop\'s pipeline (median of '
+              f'{feed["steps"]} steps): {100 * feed["slowdown"]:+.1f}%.', '',
+              f'| optimized variant ({SMALL[0]}x{SMALL[1]}, batch 1) | median (ms) | p90 (ms) | images/s | '
+              'speed-up vs fp32 | size (MB) |', '|---|---:|---:|---:|---:|---:|']
+    for row in report['variants']['rows']:
+        if 'skipped' in row:
+            lines.append(f'| {row["variant"]} | skipped: {row["skipped"]} | | | | |')
+            continue
+        size = f'{row["size_mb"]:.0f}' if row['size_mb'] is not None else ''
+        lines.append(f'| {row["variant"]} | {row["median_ms"]:.1f} | {row["p90_ms"]:.1f} | '
+                     f'{row["images_per_s"]:.2f} | {row["speedup"]:.2f}x | {size} |')
+    lines.append(f'\nPeak RSS of the optimized variants\' process: {report["variants"]["peak_rss_gb"]:.1f} GB. '
+                 f'Total time: {report["seconds"] / 60:.1f} min.')
+    return '\n'.join(lines)
+
+
+def run_benchmark(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0] + ' Random weights and generated '
+                                                 'images: no data needed; about 8 minutes on 2 cores.')
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='timed runs per forward and training measurement, after one warm-up run '
+                             '[default: %(default)s]')
+    parser.add_argument('--variant-runs', type=int, default=main.LATENCY_RUNS,
+                        help='timed runs per optimized variant, after '
+                             f'{inference.WARMUP_RUNS} warm-up runs [default: %(default)s]')
+    parser.add_argument('--output', default='benchmark.json', help='where to write the results [default: '
+                                                                   '%(default)s]')
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.variant_runs < 2:
+        parser.error('--repeats must be at least 1 and --variant-runs at least 2')
+    start = time.time()
+    report = {'machine': inference.machine(), 'tensorflow': tf.__version__, 'python': platform.python_version(),
+              'date': time.strftime('%Y-%m-%d %H:%M'), 'command': ' '.join(['python benchmark.py', *sys.argv[1:]])}
+    steps = [('matrix-multiply ceiling', 'ceiling_gflops', matmul_ceiling, (args.repeats,))]
+    for shape in (SMALL, FULL):
+        for train in (False, True):
+            steps.append((f'{"training step" if train else "forward"} at {shape[0]}x{shape[1]}', None,
+                          network_speed, (shape, train, args.repeats)))
+    with tempfile.TemporaryDirectory() as folder:
+        print('generating road scenes', flush=True)
+        dataset = make_scenes(folder)
+        steps += [('input pipeline', 'input_pipeline', input_pipeline, (dataset, SMALL)),
+                  ('training step fed by the input pipeline', 'training_feed', training_feed,
+                   (dataset, SMALL, args.repeats)),
+                  ('optimized variants (conversions take a few minutes)', 'variants', optimized_variants,
+                   (dataset, args.variant_runs))]
+        report['network'] = []
+        for title, key, fn, fn_args in steps:
+            print(f'{title} ...', flush=True)
+            result = in_child(fn, *fn_args)
+            if key:
+                report[key] = result
+            else:
+                report['network'] += result
+    report['seconds'] = time.time() - start
+    main.write_json(args.output, report)
+    print(format_report(report) + f'\nwritten to {args.output}')
+
+
+if __name__ == '__main__':
+    sys.exit(run_benchmark())
