@@ -11,6 +11,7 @@ It needs no data: a He-initialised VGG16 and generated road scenes at KITTI's si
 - the latency of each optimized variant (main.py optimize's models) at 160x576.
 """
 import argparse
+import concurrent.futures
 import multiprocessing
 import os
 import platform
@@ -32,7 +33,7 @@ tf.disable_eager_execution()
 
 SMALL, FULL = (160, 576), (384, 1248)  # the KITTI recipe's input size; KITTI's 375x1242 rounded up to /32
 TRAIN_BATCH = main.RECIPES['kitti']['batch_size']
-MATMUL_SIZE = 2048
+MATMUL_SIZE = 4096
 KITTI_SIZE = (375, 1242)
 PIPELINE_IMAGES = 24  # generated KITTI-size scenes for the input pipeline and the training comparison
 CALIBRATION_IMAGES = 16  # enough for the int8 variant's speed (its accuracy is main.py optimize's job)
@@ -62,7 +63,7 @@ def matmul_ceiling(repeats):
             a, b = (tf.Variable(tf.cast(tf.random.uniform([n, n], seed=i), dtype)) for i in (1, 2))
             product = tf.matmul(a, b).op  # run as an op: no copy of the result to numpy
             sess.run(tf.global_variables_initializer())
-            seconds = seconds_per_call(lambda: sess.run(product), max(repeats, 5))
+            seconds = seconds_per_call(lambda: sess.run(product), max(repeats, 3))
         result[dtype.name] = 2 * n ** 3 / seconds / 1e9
     return result
 
@@ -173,19 +174,23 @@ def training_feed(dataset, shape, repeats):
 def optimized_variants(dataset, runs):
     """Latency at batch 1 and file size of each optimized variant at SMALL, from a He-initialised FCN-8s exported
     as main.py does."""
-    folder = tempfile.mkdtemp(prefix='benchmark-')
+    with tempfile.TemporaryDirectory(prefix='benchmark-') as folder:
+        return _optimized_variants(dataset, runs, folder)
+
+
+def _optimized_variants(dataset, runs, folder):
     with tf.Graph().as_default(), tf.Session() as sess:
-        net = main.build_fcn(sess, None, 0)
-        checkpoint = tf.train.Saver(tf.trainable_variables()).save(sess, os.path.join(folder, 'model'))
-        del net
+        _, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
+        main.layers(layer3, layer4, layer7, main.NUM_CLASSES)
+        sess.run(tf.global_variables_initializer())
+        checkpoint = tf.train.Saver().save(sess, os.path.join(folder, 'model'))
     saved_model = main.export_serving_model(checkpoint, None, 0, os.path.join(folder, 'saved_model'))
     frozen = inference.freeze(saved_model, SMALL)
     training = os.path.join(dataset, 'training', 'image_2')
     calibration = [helper.resize_image(helper.read_rgb(os.path.join(training, name)), SMALL)
                    for name in helper.list_images(training)[:CALIBRATION_IMAGES]]
     precision, why = inference.mixed_precision()
-    rows = [{'variant': 'saved_model', 'size_mb': None,
-             **inference.latency(inference.saved_model_predictor(saved_model, SMALL), runs)}]
+    rows = []
     for variant, file in inference.FILES.items():
         if variant == 'bf16' and precision is None:
             rows.append({'variant': variant, 'skipped': why})
@@ -198,8 +203,8 @@ def optimized_variants(dataset, runs):
             model = inference.convert_tflite(frozen, variant, calibration)
         inference.write_bytes(path, model)
         rows.append({'variant': variant, 'size_mb': os.path.getsize(path) / 2 ** 20,
-                     'build_s': time.perf_counter() - start,
-                     **inference.latency(inference.variant_predictor(variant, path), runs)})
+                     'build_s': time.perf_counter() - start})
+        rows[-1].update(inference.latency(inference.variant_predictor(variant, path), runs))
         os.remove(path)
     fp32 = next(row for row in rows if row['variant'] == 'fp32')
     for row in rows:
@@ -210,8 +215,8 @@ def optimized_variants(dataset, runs):
 
 def in_child(fn, *args):
     """fn(*args) in a fresh process, so that its peak memory is its own."""
-    with multiprocessing.get_context('spawn').Pool(1) as pool:
-        return pool.apply(fn, args)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def format_report(report):
@@ -241,9 +246,8 @@ def format_report(report):
         if 'skipped' in row:
             lines.append(f'| {row["variant"]} | skipped: {row["skipped"]} | | | | |')
             continue
-        size = f'{row["size_mb"]:.0f}' if row['size_mb'] is not None else ''
         lines.append(f'| {row["variant"]} | {row["median_ms"]:.1f} | {row["p90_ms"]:.1f} | '
-                     f'{row["images_per_s"]:.2f} | {row["speedup"]:.2f}x | {size} |')
+                     f'{row["images_per_s"]:.2f} | {row["speedup"]:.2f}x | {row["size_mb"]:.0f} |')
     lines.append(f'\nPeak RSS of the optimized variants\' process: {report["variants"]["peak_rss_gb"]:.1f} GB. '
                  f'Total time: {report["seconds"] / 60:.1f} min.')
     return '\n'.join(lines)
@@ -252,10 +256,10 @@ def format_report(report):
 def run_benchmark(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0] + ' Random weights and generated '
                                                  'images: no data needed; about 8 minutes on 2 cores.')
-    parser.add_argument('--repeats', type=int, default=3,
+    parser.add_argument('--repeats', type=int, default=2,
                         help='timed runs per forward and training measurement, after one warm-up run '
                              '[default: %(default)s]')
-    parser.add_argument('--variant-runs', type=int, default=main.LATENCY_RUNS,
+    parser.add_argument('--variant-runs', type=int, default=10,
                         help='timed runs per optimized variant, after '
                              f'{inference.WARMUP_RUNS} warm-up runs [default: %(default)s]')
     parser.add_argument('--output', default='benchmark.json', help='where to write the results [default: '
@@ -265,7 +269,8 @@ def run_benchmark(argv=None):
         parser.error('--repeats must be at least 1 and --variant-runs at least 2')
     start = time.time()
     report = {'machine': inference.machine(), 'tensorflow': tf.__version__, 'python': platform.python_version(),
-              'date': time.strftime('%Y-%m-%d %H:%M'), 'command': ' '.join(['python benchmark.py', *sys.argv[1:]])}
+              'date': time.strftime('%Y-%m-%d %H:%M'),
+              'command': ' '.join(['python benchmark.py', *(sys.argv[1:] if argv is None else argv)])}
     steps = [('matrix-multiply ceiling', 'ceiling_gflops', matmul_ceiling, (args.repeats,))]
     for shape in (SMALL, FULL):
         for train in (False, True):
@@ -287,6 +292,7 @@ def run_benchmark(argv=None):
                 report[key] = result
             else:
                 report['network'] += result
+            main.write_json(args.output, report)  # as it goes: a later failure keeps what was measured
     report['seconds'] = time.time() - start
     main.write_json(args.output, report)
     print(format_report(report) + f'\nwritten to {args.output}')

@@ -747,7 +747,10 @@ def read_video(path):
     return iio.imiter(path, plugin='FFMPEG'), fps, estimate
 
 
-def video_writer(path, fps):
-    """An H.264 mp4 writer (append_data(uint8 [h, w, 3]), close()) at fps, frames kept at their own size."""
-    # macro_block_size=1: ffmpeg would otherwise scale frames up to a multiple of 16 pixels.
-    return imageio.v2.get_writer(path, format='FFMPEG', mode='I', fps=fps, codec='libx264', macro_block_size=1)
+def video_writer(path, fps, size):
+    """An H.264 mp4 writer (append_data(uint8 [h, w, 3]), close()) at fps for frames of size (h, w), kept at it."""
+    # macro_block_size=1: ffmpeg would otherwise scale frames up to a multiple of 16 pixels. yuv420p (what every
+    # player reads) halves the colour resolution and so needs even sizes; KITTI's 375x1242 takes yuv444p.
+    pixels = 'yuv420p' if size[0] % 2 == 0 and size[1] % 2 == 0 else 'yuv444p'
+    return imageio.v2.get_writer(path, format='FFMPEG', mode='I', fps=fps, codec='libx264', macro_block_size=1,
+                                 pixelformat=pixels)

@@ -19,10 +19,10 @@ import warnings
 
 import numpy as np
 import tensorflow.compat.v1 as tf
-from tqdm import tqdm
 from tensorflow.core.protobuf import rewriter_config_pb2
 # Offline Grappler has no public entry point; TensorFlow's own converters call this one.
 from tensorflow.python.grappler import tf_optimizer
+from tqdm import tqdm
 
 import helper
 import metrics
@@ -55,6 +55,11 @@ def mixed_precision():
     return None, 'this CPU has neither AVX512_BF16 nor AMX (bfloat16 would be emulated, slower than fp32)'
 
 
+def cores():
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
 def machine():
     """This machine in a line: CPU model and the cores this process may use, and GPUs if any."""
     name = platform.processor() or platform.machine()
@@ -64,7 +69,7 @@ def machine():
     except OSError:
         pass
     gpus = tf.config.list_physical_devices('GPU')
-    return f'{name}, {len(os.sched_getaffinity(0))} cores' + (f', {len(gpus)} GPU(s)' if gpus else '')
+    return f'{name}, {cores()} cores' + (f', {len(gpus)} GPU(s)' if gpus else '')
 
 
 def session_config(precision=None, fold_constants=True):
@@ -215,7 +220,7 @@ def tflite_predictor(model_path):
     """Predictor of a .tflite model, on every core this process may use."""
     with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT (ai_edge_litert) replaces it
         warnings.simplefilter('ignore')
-        interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=len(os.sched_getaffinity(0)))
+        interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=cores())
     interpreter.allocate_tensors()
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 

@@ -205,20 +205,23 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
         batches = helper.prefetch(itertools.islice(get_batches_fn(batch_size), done, None))
         bar = tqdm(batches, total=num_batches, initial=done,
                    desc=f'epoch {epoch}/{epochs}', leave=False)
-        for images, labels in bar:
-            feed = {input_image: images, correct_label: labels, keep_prob: keep_prob_value}
-            step += 1
-            if learning_rate is not None:
-                feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
-            _, loss = sess.run([train_op, cross_entropy_loss], feed)
-            if not np.isfinite(loss):
-                bar.close()
-                raise helper.UserError(f'the training loss became {loss} at step {step} (epoch {epoch}): '
-                                       'training stopped. Start a new run with a lower --learning-rate.')
-            losses.append(float(loss))
-            bar.set_postfix(loss=f'{np.mean(losses):.4f}')
-            if on_step is not None:
-                on_step(step, float(loss))
+        try:
+            for images, labels in bar:
+                feed = {input_image: images, correct_label: labels, keep_prob: keep_prob_value}
+                step += 1
+                if learning_rate is not None:
+                    feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
+                _, loss = sess.run([train_op, cross_entropy_loss], feed)
+                if not np.isfinite(loss):
+                    bar.close()
+                    raise helper.UserError(f'the training loss became {loss} at step {step} (epoch {epoch}): '
+                                           'training stopped. Start a new run with a lower --learning-rate.')
+                losses.append(float(loss))
+                bar.set_postfix(loss=f'{np.mean(losses):.4f}')
+                if on_step is not None:
+                    on_step(step, float(loss))
+        finally:
+            batches.close()  # stops the producer thread, also on an error or Ctrl-C
         record = {'epoch': epoch, 'loss': float(np.mean(losses)) if losses else float('nan')}
         if validate_fn is not None:
             record.update(validate_fn())
@@ -887,12 +890,30 @@ def optimize_command(argv):
     val_names = config['data']['val_names']
     examples = load_examples(helper.training_pairs(training_dir, val_names))
     calibration = calibration_images(training_dir, val_names, image_shape)
+    if not calibration:
+        raise helper.UserError(f'--checkpoint {args.checkpoint}: no training image outside the validation split '
+                               'to calibrate int8 on')
     out_dir = os.path.join(args.checkpoint, OPTIMIZED_DIR)
     staging = out_dir + '.partial'
     if os.path.isdir(staging):  # this command's own, from an interrupted run
         shutil.rmtree(staging)
     os.makedirs(staging)
+    try:
+        report = optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # about 1 GB of half-made models
+        raise
+    table = format_optimization_table(report)
+    with open(os.path.join(staging, 'optimization.md'), 'w') as f:
+        f.write(table)
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    print(table + f'\nwritten to {out_dir}')
 
+
+def optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging):
+    """Make, time and score every variant into staging; write and return the report (optimization.json)."""
     print(f'freezing {saved_model} at {image_shape[0]}x{image_shape[1]}', flush=True)
     frozen = inference.freeze(saved_model, image_shape)
     reference = measure_variant('saved_model', inference.saved_model_predictor(saved_model, image_shape),
@@ -908,14 +929,15 @@ def optimize_command(argv):
             skipped.append({'variant': variant, 'reason': why})
             continue
         start = time.time()
+        print(f'making {variant} (a minute or two)', flush=True)
         if variant in ('fp32', 'bf16'):
             model = inference.grappler(frozen, None if variant == 'fp32' else precision).SerializeToString()
         else:
-            print(f'converting to {variant} (a minute or two)', flush=True)
             model = inference.convert_tflite(frozen, variant, calibration)
         inference.write_bytes(path, model)
+        build_s = round(time.time() - start, 1)
         row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs)
-        row.update(file=file, size_mb=os.path.getsize(path) / 2 ** 20, build_s=round(time.time() - start, 1))
+        row.update(file=file, size_mb=os.path.getsize(path) / 2 ** 20, build_s=build_s)
         if variant == 'bf16':
             row['precision'] = why
         rows.append(row)
@@ -928,13 +950,7 @@ def optimize_command(argv):
               'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration),
               'variants': [reference] + rows, 'skipped': skipped}
     write_json(os.path.join(staging, 'optimization.json'), report)
-    table = format_optimization_table(report)
-    with open(os.path.join(staging, 'optimization.md'), 'w') as f:
-        f.write(table)
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
-    print(table + f'\nwritten to {out_dir}')
+    return report
 
 
 def reduced_precision():
@@ -1007,6 +1023,34 @@ def infer_inputs(path):
                            f'({", ".join(helper.VIDEO_EXTENSIONS)})')
 
 
+def infer_video(video, output, probability_dir, predict, image_shape, written):
+    """Overlay video of video at output (.mp4, same size and frame rate), and per-frame confidence maps in
+    probability_dir unless None; every path made is appended to written."""
+    frames, fps, estimate = helper.read_video(video)
+    partial = output[:-len('.mp4')] + '.partial.mp4'  # renamed when complete: never half a video under its name
+    written.append(partial)
+    if probability_dir:
+        written.append(probability_dir)
+        os.makedirs(probability_dir)
+    writer, number = None, 0
+    try:
+        for number, frame in enumerate(tqdm(frames, total=estimate, desc='frames', unit='frame')):
+            frame = frame[..., :3]
+            writer = writer or helper.video_writer(partial, fps, frame.shape[:2])
+            prob = helper.predict_probability(predict, frame, image_shape)
+            writer.append_data(helper.overlay(frame, prob))
+            if probability_dir:
+                iio.imwrite(os.path.join(probability_dir, f'frame_{number:06d}.png'), metrics.confidence(prob))
+    except (OSError, RuntimeError, ValueError) as e:  # ffmpeg's decoding and encoding errors
+        raise helper.UserError(f'{video}: failed at frame {number} ({type(e).__name__}: {e})') from None
+    finally:
+        if writer:
+            writer.close()
+    if writer is None:
+        raise helper.UserError(f'{video}: no frames')
+    os.replace(partial, output)
+
+
 def infer_command(argv):
     """`main.py infer`: road overlays (and confidence maps) of images, a folder of them, or a video."""
     parser = argparse.ArgumentParser(
@@ -1040,12 +1084,23 @@ def infer_command(argv):
         names = [os.path.splitext(os.path.basename(p))[0] + '.png' for p in pictures]
         targets = [os.path.join(args.output, n) for n in names] + (
             [os.path.join(args.output, 'probabilities', n) for n in names] if args.probabilities else [])
+    if not video and len(set(names)) < len(names):
+        clash = next(n for n in names if names.count(n) > 1)
+        raise helper.UserError(f'--input {args.input}: two images would both be written as {clash} (e.g. a .png and '
+                               'a .jpg of the same name); rename one')
     existing = [t for t in targets if os.path.exists(t)]
     if existing:
         raise helper.UserError(f'--output {args.output}: {existing[0]} exists'
                                + (f' (and {len(existing) - 1} more)' if len(existing) > 1 else '')
                                + ': choose another --output (nothing is overwritten)')
-    predict, description = load_model(args.model, args.precision)
+    try:
+        predict, description = load_model(args.model, args.precision)
+    except (KeyError, ValueError, RuntimeError, tf.errors.OpError) as e:  # a graph or file not of this project
+        raise helper.UserError(f'--model {args.model}: cannot be loaded as a road model of this project '
+                               f'({type(e).__name__}: {e})') from None
+    if None in predict.image_shape:
+        raise helper.UserError(f'--model {args.model}: its input size is not fixed (main.py optimize writes '
+                               'models at the size the run was trained at)')
     print(f'model {description}, run at {predict.image_shape[0]}x{predict.image_shape[1]}', flush=True)
     model_seconds = []
 
@@ -1056,29 +1111,29 @@ def infer_command(argv):
         return prob
 
     start = time.perf_counter()
-    if video:
-        frames, fps, estimate = helper.read_video(video)
-        probability_dir = targets[1] if args.probabilities else None
-        if probability_dir:
-            os.makedirs(probability_dir)
-        writer = helper.video_writer(args.output, fps)
-        try:
-            for number, frame in enumerate(tqdm(frames, total=estimate, desc='frames', unit='frame')):
-                prob = helper.predict_probability(timed, frame[..., :3], predict.image_shape)
-                writer.append_data(helper.overlay(frame[..., :3], prob))
-                if probability_dir:
-                    iio.imwrite(os.path.join(probability_dir, f'frame_{number:06d}.png'), metrics.confidence(prob))
-        finally:
-            writer.close()
-    else:
-        os.makedirs(os.path.join(args.output, 'probabilities') if args.probabilities else args.output,
-                    exist_ok=True)
-        for picture, name in tqdm(list(zip(pictures, names)), desc='images', unit='image'):
-            image = helper.read_rgb(picture)
-            prob = helper.predict_probability(timed, image, predict.image_shape)
-            iio.imwrite(os.path.join(args.output, name), helper.overlay(image, prob))
-            if args.probabilities:
-                iio.imwrite(os.path.join(args.output, 'probabilities', name), metrics.confidence(prob))
+    written = []  # this command's own outputs: removed again if it fails half-way
+    try:
+        if video:
+            infer_video(video, args.output, targets[1] if args.probabilities else None, timed,
+                        predict.image_shape, written)
+        else:
+            os.makedirs(os.path.join(args.output, 'probabilities') if args.probabilities else args.output,
+                        exist_ok=True)
+            for picture, name in tqdm(list(zip(pictures, names)), desc='images', unit='image'):
+                image = helper.read_rgb(picture)
+                prob = helper.predict_probability(timed, image, predict.image_shape)
+                written.append(os.path.join(args.output, name))
+                iio.imwrite(written[-1], helper.overlay(image, prob))
+                if args.probabilities:
+                    written.append(os.path.join(args.output, 'probabilities', name))
+                    iio.imwrite(written[-1], metrics.confidence(prob))
+    except BaseException:
+        for path in reversed(written):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        raise
     seconds, count = time.perf_counter() - start, len(model_seconds)
     print(f'{count} {"frame" if video else "image"}(s) in {seconds:.1f} s: {count / seconds:.2f} per second '
           f'overall, {1000 * np.median(model_seconds):.1f} ms median in the model; written to {args.output}')

@@ -363,7 +363,10 @@ def test_prefetch_keeps_order_overlaps_work_and_passes_errors_on():
     assert list(helper.prefetch(slow(6))) == list(range(6))
     consumer = helper.prefetch(slow(6), depth=2)
     assert next(consumer) == 0
-    time.sleep(0.3)
+    deadline = time.time() + 10
+    while len(made) < 10 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # time for more than the queue holds, were the producer not blocked
     assert made[6:] == [0, 1, 2, 3]  # made ahead, in the background, while the consumer was busy: at most depth+1
     consumer.close()  # the consumer stops: so does the producer, without making the rest
     time.sleep(0.3)
@@ -1312,8 +1315,8 @@ def test_frozen_graph_gives_the_session_probabilities(optimized_run, small_datas
     assert [node.name for node in graph_def.node if node.op.startswith('Placeholder')] == [inference.INPUT]
 
 
-@pytest.mark.parametrize('variant, tolerance', [('bf16', 0.02), ('tflite-fp16', 1e-3), ('tflite-int8-dynamic', 0.02),
-                                                ('tflite-int8', 0.1)])
+@pytest.mark.parametrize('variant, tolerance', [('bf16', 0.01), ('tflite-fp16', 1e-3), ('tflite-int8-dynamic', 0.01),
+                                                ('tflite-int8', 0.02)])
 def test_each_reduced_precision_variant_loads_and_gives_probabilities(optimized_run, small_dataset, variant,
                                                                       tolerance):
     path = os.path.join(optimized_run, main.OPTIMIZED_DIR, inference.FILES[variant])
@@ -1322,9 +1325,10 @@ def test_each_reduced_precision_variant_loads_and_gives_probabilities(optimized_
     image, batch = sample_batch(small_dataset)
     predict = inference.variant_predictor(variant, path)
     fp32 = inference.variant_predictor('fp32', os.path.join(optimized_run, main.OPTIMIZED_DIR, 'fp32.pb'))
-    prob = predict(batch)
+    prob, reference = predict(batch), fp32(batch)
     assert predict.image_shape == (64, 224) and prob.shape == (1, 64, 224) and prob.dtype == np.float32
-    assert np.abs(prob - fp32(batch)).max() < tolerance
+    assert reference.std() > 0.01  # the thin model's probabilities vary: agreeing with them means something
+    assert np.corrcoef(prob.ravel(), reference.ravel())[0, 1] > 0.99 and np.abs(prob - reference).max() < tolerance
     full = helper.predict_probability(predict, image, predict.image_shape)
     assert full.shape == image.shape[:2] and 0 <= full.min() and full.max() <= 1
 
@@ -1343,8 +1347,8 @@ def write_half_road_model(path, shape=(32, 64)):
 def test_infer_writes_an_overlay_video_at_the_input_size_and_frame_rate(tmp_path):
     model = write_half_road_model(tmp_path / 'half.pb')
     rng = np.random.default_rng(0)
-    frames = [synthetic.render_scene(rng, 72, 240)[0] for _ in range(7)]
-    writer = helper.video_writer(str(tmp_path / 'in.mp4'), 12)
+    frames = [synthetic.render_scene(rng, 75, 241)[0] for _ in range(7)]  # odd sizes, as KITTI's 375x1242
+    writer = helper.video_writer(str(tmp_path / 'in.mp4'), 12, (75, 241))
     for frame in frames:
         writer.append_data(frame)
     writer.close()
@@ -1353,17 +1357,18 @@ def test_infer_writes_an_overlay_video_at_the_input_size_and_frame_rate(tmp_path
                       '--probabilities']) == 0
     source = np.stack(list(iio.imiter(str(tmp_path / 'in.mp4'), plugin='FFMPEG'))).astype(float)
     overlaid = np.stack(list(iio.imiter(out, plugin='FFMPEG'))).astype(float)
-    assert overlaid.shape == source.shape == (7, 72, 240, 3)
+    assert overlaid.shape == source.shape == (7, 75, 241, 3)
     assert iio.immeta(out, plugin='FFMPEG')['fps'] == 12
     # Bottom half: half-way to OVERLAY_COLOR (green up, red and blue down); top half: untouched (up to H.264).
     change = (overlaid - source).mean(axis=(0, 2))  # [row, channel]
-    assert (change[44:, 1] > 30).all() and (change[44:, [0, 2]] < -15).all()
+    assert (change[46:, 1] > 30).all() and (change[46:, [0, 2]] < -15).all()
     assert (np.abs(change[:28]) < 4).all()
     maps = sorted(os.listdir(tmp_path / 'out_probabilities'))
     assert maps == [f'frame_{i:06d}.png' for i in range(7)]
     confidence = iio.imread(tmp_path / 'out_probabilities' / maps[0])
-    assert confidence.dtype == np.uint8 and confidence.shape == (72, 240)
-    assert (confidence[:28] == 0).all() and (confidence[44:] == 255).all()
+    assert confidence.dtype == np.uint8 and confidence.shape == (75, 241)
+    assert (confidence[:28] == 0).all() and (confidence[46:] == 255).all()
+    assert not os.path.exists(tmp_path / 'out.partial.mp4')
 
 
 def test_infer_writes_overlays_of_a_folder_at_each_image_size(optimized_run, small_dataset, tmp_path, capsys):
@@ -1398,6 +1403,24 @@ def test_infer_refuses_what_it_cannot_use(optimized_run, small_dataset, tmp_path
                       *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err and not os.path.exists(tmp_path / 'o')
+
+
+def test_infer_refuses_foreign_models_and_clashing_names(small_dataset, tmp_path, capsys):
+    image = os.path.join(small_dataset, 'testing', 'image_2', 'um_000000.png')
+    (tmp_path / 'bad.tflite').write_bytes(b'not a flatbuffer')
+    (tmp_path / 'empty.pb').write_bytes(tf.GraphDef().SerializeToString())  # parses, but has no road model
+    for model in ('bad.tflite', 'empty.pb'):
+        assert main.main(['infer', '--model', str(tmp_path / model), '--input', image, '--output',
+                          str(tmp_path / 'o')]) == 2
+        err = capsys.readouterr().err
+        assert 'cannot be loaded as a road model' in err and 'Traceback' not in err
+    pictures = tmp_path / 'pictures'
+    pictures.mkdir()
+    shutil.copy(image, pictures / 'a.png')
+    Image.open(image).convert('RGB').save(pictures / 'a.jpg')
+    assert main.main(['infer', '--model', str(tmp_path / 'empty.pb'), '--input', str(pictures), '--output',
+                      str(tmp_path / 'o')]) == 2
+    assert 'would both be written as a.png' in capsys.readouterr().err and not os.path.exists(tmp_path / 'o')
 
 
 def test_bf16_training_runs_where_the_cpu_has_it_and_is_refused_elsewhere(thin_vgg, small_dataset, tmp_path,
