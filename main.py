@@ -1101,7 +1101,10 @@ def infer_command(argv):
     if None in predict.image_shape:
         raise helper.UserError(f'--model {args.model}: its input size is not fixed (main.py optimize writes '
                                'models at the size the run was trained at)')
-    print(f'model {description}, run at {predict.image_shape[0]}x{predict.image_shape[1]}', flush=True)
+    start = time.perf_counter()
+    predict(np.zeros((1, *predict.image_shape, 3), np.float32))  # a Session sets its graph up at the first run
+    print(f'model {description}, run at {predict.image_shape[0]}x{predict.image_shape[1]}, ready in '
+          f'{time.perf_counter() - start:.1f} s', flush=True)
     model_seconds = []
 
     def timed(batch):
