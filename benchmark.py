@@ -176,11 +176,7 @@ def build_variant(frozen_path, variant, path, calibration, precision):
     """Write variant (a name of inference.FILES) of the frozen graph at frozen_path to path; return the seconds."""
     start = time.perf_counter()
     frozen = inference.read_graph_def(frozen_path)
-    if variant in ('fp32', 'bf16'):
-        model = inference.grappler(frozen, None if variant == 'fp32' else precision).SerializeToString()
-    else:
-        model = inference.convert_tflite(frozen, variant, calibration)
-    inference.write_bytes(path, model)
+    inference.write_bytes(path, inference.make_variant(frozen, variant, precision, calibration))
     return time.perf_counter() - start
 
 

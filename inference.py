@@ -161,6 +161,14 @@ def convert_tflite(graph_def, variant, calibration=()):
             return converter.convert()
 
 
+def make_variant(frozen, variant, precision=None, calibration=()):
+    """The serialized model of variant (a key of FILES) from the frozen GraphDef: Grappler's for fp32 and bf16
+    (precision: mixed_precision()'s 'bf16' or 'fp16'), the TFLite converter's for the others."""
+    if variant in ('fp32', 'bf16'):
+        return grappler(frozen, None if variant == 'fp32' else precision).SerializeToString()
+    return convert_tflite(frozen, variant, calibration)
+
+
 def read_graph_def(path):
     graph_def = tf.GraphDef()
     with open(path, 'rb') as f:

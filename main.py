@@ -930,11 +930,7 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
             continue
         start = time.time()
         print(f'making {variant} (a minute or two)', flush=True)
-        if variant in ('fp32', 'bf16'):
-            model = inference.grappler(frozen, None if variant == 'fp32' else precision).SerializeToString()
-        else:
-            model = inference.convert_tflite(frozen, variant, calibration)
-        inference.write_bytes(path, model)
+        inference.write_bytes(path, inference.make_variant(frozen, variant, precision, calibration))
         build_s = round(time.time() - start, 1)
         row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs)
         row.update(file=file, size_mb=os.path.getsize(path) / 2 ** 20, build_s=build_s)
