@@ -23,11 +23,18 @@ import time
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+import batches
+import files
 import helper
+import images
 import inference
+import kitti
 import main
+import run_folder
 import synthetic
 import vgg
+from metrics import NUM_CLASSES
+from precision import machine, mixed_precision
 
 tf.disable_eager_execution()
 
@@ -73,16 +80,16 @@ def fcn_graph(batch, shape, train):
     and Adam step. Returns (graph, feeds {name: tensor}, fetch, GFLOP per call counted by the profiler)."""
     with tf.Graph().as_default():
         _, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
-        last = main.layers(layer3, layer4, layer7, main.NUM_CLASSES)
-        label = tf.placeholder(tf.float32, [None, None, None, main.NUM_CLASSES], name='correct_label')
+        last = main.layers(layer3, layer4, layer7, NUM_CLASSES)
+        label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
         learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
         if train:
-            main.optimize(last, label, learning_rate, main.NUM_CLASSES)
+            main.optimize(last, label, learning_rate, NUM_CLASSES)
         meta = tf.train.export_meta_graph()
     # Imported again with static input shapes, so that the profiler can count every op's FLOPs.
     with tf.Graph().as_default() as graph:
         image = tf.placeholder(tf.float32, [batch, *shape, 3])
-        label = tf.placeholder(tf.float32, [batch, *shape, main.NUM_CLASSES])
+        label = tf.placeholder(tf.float32, [batch, *shape, NUM_CLASSES])
         tf.train.import_meta_graph(meta, input_map={'image_input:0': image, 'correct_label:0': label})
         options = tf.profiler.ProfileOptionBuilder.float_operation()
         options['output'] = 'none'
@@ -102,7 +109,7 @@ def network_speed(shape, train, repeats):
         rng = np.random.RandomState(0)
         feed = {feeds['image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32)}
         if train:
-            feed.update({feeds['label']: helper.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
+            feed.update({feeds['label']: batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
                          feeds['learning_rate']: 1e-6, feeds['keep_prob']: 0.5})
         with tf.Session(graph=graph) as sess:
             with graph.as_default():
@@ -124,19 +131,19 @@ def make_scenes(folder):
 def input_pipeline(dataset, shape):
     """Images per second of each stage of the input pipeline, on one core: reading and checking a KITTI-size
     image and its label, resizing both to shape, and augmenting (flip, zoom, photometric jitter)."""
-    pairs = helper.training_pairs(os.path.join(dataset, 'training'))
+    pairs = kitti.training_pairs(os.path.join(dataset, 'training'))
     start = time.perf_counter()
-    examples = [helper.load_pair(image, label) for image, label in pairs]
+    examples = [kitti.load_pair(image, label) for image, label in pairs]
     read = time.perf_counter() - start
     start = time.perf_counter()
-    resized = [(helper.resize_image(image, shape), helper.resize_nearest(classes, shape))
+    resized = [(images.resize_image(image, shape), images.resize_nearest(classes, shape))
                for image, classes in examples]
     resize = time.perf_counter() - start
     rng = np.random.RandomState(0)
     start = time.perf_counter()
     for image, classes in resized:
-        image, classes = helper.flip_scale_crop(image, classes, rng)
-        helper.jitter_photometric(image, rng)
+        image, classes = batches.flip_scale_crop(image, classes, rng)
+        batches.jitter_photometric(image, rng)
     augment = time.perf_counter() - start
     n = len(pairs)
     return {'images': n, 'read_per_s': n / read, 'resize_per_s': n / resize, 'augment_per_s': n / augment,
@@ -158,15 +165,16 @@ def training_feed(dataset, shape, repeats):
                 feeds['learning_rate']: 1e-6}
         # As many steps as the pipeline run below times, so that both medians are alike in noise.
         preloaded = seconds_per_call(lambda: sess.run(fetch, feed), max(repeats, PIPELINE_IMAGES // TRAIN_BATCH - 1))
-        last = [time.perf_counter()]
+        last = time.perf_counter()
 
         def on_step(step, loss):
+            nonlocal last
             now = time.perf_counter()
-            steps.append(now - last[0])
-            last[0] = now
+            steps.append(now - last)
+            last = now
         main.train_nn(sess, 1, TRAIN_BATCH, get_batches_fn, fetch, feeds['loss'], feeds['image'], feeds['label'],
                       feeds['keep_prob'], feeds['learning_rate'], keep_prob_value=0.5, learning_rate_value=1e-6,
-                      on_step=on_step)
+                      num_images=PIPELINE_IMAGES, on_step=on_step)
     fed = float(np.median(steps[1:]))  # the first step also waits for the first batch
     return {'shape': list(shape), 'batch': TRAIN_BATCH, 'preloaded_s': preloaded, 'pipeline_s': fed,
             'steps': len(steps) - 1, 'slowdown': fed / preloaded - 1}
@@ -176,7 +184,7 @@ def build_variant(frozen_path, variant, path, calibration, precision):
     """Write variant (a name of inference.FILES) of the frozen graph at frozen_path to path; return the seconds."""
     start = time.perf_counter()
     frozen = inference.read_graph_def(frozen_path)
-    inference.write_bytes(path, inference.make_variant(frozen, variant, precision, calibration))
+    files.atomic_write(path, inference.make_variant(frozen, variant, precision, calibration))
     return time.perf_counter() - start
 
 
@@ -186,16 +194,17 @@ def build_variants(dataset, folder):
     build, or the reason it was skipped}."""
     with tf.Graph().as_default(), tf.Session() as sess:
         _, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
-        main.layers(layer3, layer4, layer7, main.NUM_CLASSES)
+        main.layers(layer3, layer4, layer7, NUM_CLASSES)
         sess.run(tf.global_variables_initializer())
         checkpoint = tf.train.Saver().save(sess, os.path.join(folder, 'model'))
-    saved_model = main.export_serving_model(checkpoint, None, 0, os.path.join(folder, 'saved_model'))
+    saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, 'saved_model'),
+                                                   main.layers)
     frozen_path = os.path.join(folder, 'frozen.pb')
-    inference.write_bytes(frozen_path, inference.freeze(saved_model, SMALL).SerializeToString())
+    files.atomic_write(frozen_path, inference.freeze(saved_model, SMALL).SerializeToString())
     training = os.path.join(dataset, 'training', 'image_2')
-    calibration = [helper.resize_image(helper.read_rgb(os.path.join(training, name)), SMALL)
-                   for name in helper.list_images(training)[:CALIBRATION_IMAGES]]
-    precision, why = inference.mixed_precision()
+    calibration = [images.resize_image(images.read_rgb(os.path.join(training, name)), SMALL)
+                   for name in kitti.list_images(training)[:CALIBRATION_IMAGES]]
+    precision, why = mixed_precision()
     built = {'bf16': why} if precision is None else {}
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn')) as pool:
         jobs = {variant: pool.submit(build_variant, frozen_path, variant, os.path.join(folder, file), calibration,
@@ -262,7 +271,7 @@ def format_report(report):
     return '\n'.join(lines)
 
 
-def run_benchmark(argv=None):
+def benchmark_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0] + ' Random weights and generated '
                                                  'images: no data needed; about 8 minutes on 2 cores.')
     parser.add_argument('--repeats', type=int, default=2,
@@ -273,11 +282,16 @@ def run_benchmark(argv=None):
                              f'{inference.WARMUP_RUNS} warm-up runs [default: %(default)s]')
     parser.add_argument('--output', default='benchmark.json', help='where to write the results [default: '
                                                                    '%(default)s]')
+    return parser
+
+
+def run_benchmark(argv=None):
+    parser = benchmark_parser()
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.variant_runs < 2:
         parser.error('--repeats must be at least 1 and --variant-runs at least 2')
     start = time.time()
-    report = {'machine': inference.machine(), 'tensorflow': tf.__version__, 'python': platform.python_version(),
+    report = {'machine': machine(), 'tensorflow': tf.__version__, 'python': platform.python_version(),
               'date': time.strftime('%Y-%m-%d %H:%M'),
               'command': ' '.join(['python benchmark.py', *(sys.argv[1:] if argv is None else argv)])}
     steps = [('matrix-multiply ceiling', 'ceiling_gflops', matmul_ceiling, (args.repeats,))]
@@ -299,13 +313,13 @@ def run_benchmark(argv=None):
                 report[key] = result
             else:
                 report['network'] += result
-            main.write_json(args.output, report)  # as it goes: a later failure keeps what was measured
+            files.write_json(args.output, report)  # as it goes: a later failure keeps what was measured
         print('building the optimized variants, two at a time (about 3 minutes) ...', flush=True)
         report['variant_build_s'] = build_variants(dataset, folder)  # its own worker processes
         print('optimized variants ...', flush=True)
         report['variants'] = in_child(variant_latency, folder, report['variant_build_s'], args.variant_runs)
     report['seconds'] = time.time() - start
-    main.write_json(args.output, report)
+    files.write_json(args.output, report)
     print(format_report(report) + f'\nwritten to {args.output}')
 
 

@@ -12,20 +12,15 @@ road probability [1, H, W]. Variants (files of RUN_DIR/optimized/):
   all but the input's channel flip; the model's input and output stay float32 so that every variant is fed the
   same way).
 """
-import os
-import platform
 import time
 import warnings
 
 import numpy as np
 import tensorflow.compat.v1 as tf
-from tensorflow.core.protobuf import rewriter_config_pb2
 # Offline Grappler has no public entry point; TensorFlow's own converters call this one.
 from tensorflow.python.grappler import tf_optimizer
-from tqdm import tqdm
 
-import helper
-import metrics
+from precision import cores, session_config
 
 INPUT, OUTPUT = 'image', 'road_probability'  # tensor names of the frozen graphs
 FILES = {'fp32': 'fp32.pb', 'bf16': 'bf16.pb', 'tflite-fp16': 'fp16.tflite',
@@ -37,53 +32,6 @@ PRECISION_VARIANT = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'}  # i
 INT8_FLOAT_OPS = ['REVERSE_V2']
 CALIBRATION_IMAGES = 300  # "a few hundred" representative images for full-integer quantization
 WARMUP_RUNS = 3
-BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
-
-
-def mixed_precision():
-    """(the reduced precision this machine runs fast: 'bf16', 'fp16' or None, why)."""
-    if tf.config.list_physical_devices('GPU'):
-        return 'fp16', 'GPU: float16 auto mixed precision'
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = set(f.read().split())
-    except OSError:
-        return None, 'cannot read /proc/cpuinfo to tell whether this CPU has AVX512_BF16 or AMX'
-    found = [flag for flag in BF16_CPU_FLAGS if flag in flags]
-    if found:
-        return 'bf16', f'CPU with {" and ".join(found).upper()}: oneDNN bfloat16 auto mixed precision'
-    return None, 'this CPU has neither AVX512_BF16 nor AMX (bfloat16 would be emulated, slower than fp32)'
-
-
-def cores():
-    """The CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def machine():
-    """This machine in a line: CPU model and the cores this process may use, and GPUs if any."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            name = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), name)
-    except OSError:
-        pass
-    gpus = tf.config.list_physical_devices('GPU')
-    return f'{name}, {cores()} cores' + (f', {len(gpus)} GPU(s)' if gpus else '')
-
-
-def session_config(precision=None, fold_constants=True):
-    """ConfigProto for Grappler: aggressive constant folding (for inference graphs) and, for 'bf16' / 'fp16',
-    auto mixed precision."""
-    config = tf.ConfigProto()
-    rewrite = config.graph_options.rewrite_options
-    if fold_constants:  # also the shapes that are static once the input size is fixed, and so the dropout masks
-        rewrite.constant_folding = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
-    if precision == 'bf16':
-        rewrite.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
-    elif precision == 'fp16':
-        rewrite.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
-    return config
 
 
 def _zero_dropout_noise(graph_def):
@@ -113,7 +61,7 @@ def _zero_dropout_noise(graph_def):
 
 
 def freeze(saved_model_dir, image_shape):
-    """GraphDef of the exported SavedModel (main.export_serving_model) at batch 1 and image_shape (H, W):
+    """GraphDef of the exported SavedModel (run_folder.export_serving_model) at batch 1 and image_shape (H, W):
     INPUT [1, H, W, 3] -> OUTPUT [1, H, W], variables folded to constants, keep_prob to 1.0, no dropout noise."""
     with tf.Graph().as_default() as graph, tf.Session() as sess:
         image = tf.placeholder(tf.float32, [1, *image_shape, 3], name=INPUT)
@@ -163,7 +111,7 @@ def convert_tflite(graph_def, variant, calibration=()):
 
 def make_variant(frozen, variant, precision=None, calibration=()):
     """The serialized model of variant (a key of FILES) from the frozen GraphDef: Grappler's for fp32 and bf16
-    (precision: mixed_precision()'s 'bf16' or 'fp16'), the TFLite converter's for the others."""
+    (precision: precision.mixed_precision()'s 'bf16' or 'fp16'), the TFLite converter's for the others."""
     if variant in ('fp32', 'bf16'):
         return grappler(frozen, None if variant == 'fp32' else precision).SerializeToString()
     return convert_tflite(frozen, variant, calibration)
@@ -176,23 +124,12 @@ def read_graph_def(path):
     return graph_def
 
 
-def write_bytes(path, data):
-    """Write data through a temporary file, so that a crash never leaves half a model."""
-    with open(path + '.tmp', 'wb') as f:
-        f.write(data)
-    os.replace(path + '.tmp', path)
-
-
 # ------------------------------------------------------------------------------------------------ predictors
-# Each predictor is predict(float32 [1, H, W, 3]) -> road probability, with predict.image_shape = (H, W).
+# Each predictor is a pair (predict, (H, W)): predict(float32 [1, H, W, 3]) -> road probability, H*W values.
 
 def _session_predictor(sess, image, road, image_shape):
     sess.graph.finalize()
-
-    def predict(batch):
-        return sess.run(road, {image: batch})
-    predict.image_shape = tuple(image_shape)
-    return predict
+    return (lambda batch: sess.run(road, {image: batch})), tuple(image_shape)
 
 
 def graph_predictor(graph_def, precision=None):
@@ -236,8 +173,7 @@ def tflite_predictor(model_path):
         interpreter.set_tensor(source['index'], batch)
         interpreter.invoke()
         return interpreter.get_tensor(target['index'])
-    predict.image_shape = tuple(int(n) for n in source['shape'][1:3])
-    return predict
+    return predict, tuple(int(n) for n in source['shape'][1:3])
 
 
 def variant_predictor(variant, path):
@@ -249,10 +185,11 @@ def variant_predictor(variant, path):
 
 # ------------------------------------------------------------------------------------------------ measuring
 
-def latency(predict, runs, warmup=WARMUP_RUNS, seed=0):
-    """Latency of predict at batch 1 on a random image: {median_ms, p90_ms, images_per_s} of `runs` timed calls
-    after `warmup` untimed ones."""
-    batch = np.random.RandomState(seed).uniform(0, 255, (1, *predict.image_shape, 3)).astype(np.float32)
+def latency(predictor, runs, warmup=WARMUP_RUNS, seed=0):
+    """Latency of a predictor at batch 1 on a random image: {median_ms, p90_ms, images_per_s} of `runs` timed
+    calls after `warmup` untimed ones."""
+    predict, image_shape = predictor
+    batch = np.random.RandomState(seed).uniform(0, 255, (1, *image_shape, 3)).astype(np.float32)
     for _ in range(warmup):
         predict(batch)
     seconds = []
@@ -263,14 +200,3 @@ def latency(predict, runs, warmup=WARMUP_RUNS, seed=0):
     median = float(np.median(seconds))
     return {'median_ms': 1000 * median, 'p90_ms': 1000 * float(np.percentile(seconds, 90)),
             'images_per_s': 1 / median, 'runs': runs}
-
-
-def kitti_scores(predict, examples, desc='scoring'):
-    """KITTI table (metrics.kitti_table) of predict on examples [(name, uint8 image [h, w, 3], classes [h, w])],
-    each probability resized back to its image's own size."""
-    hists = {}
-    for name, image, classes in tqdm(examples, desc=desc, leave=False):
-        prob = helper.predict_probability(predict, image, predict.image_shape)
-        hist = metrics.fast_hist(classes, metrics.confidence(prob), metrics.NUM_CLASSES, metrics.LEVELS)
-        hists[helper.category(name)] = hists.get(helper.category(name), 0) + hist
-    return metrics.kitti_table(hists)

@@ -98,10 +98,15 @@ def kitti_road_scores(level_hist):
     }
 
 
-
 def kitti_table(hists):
     """{category: KITTI scores, ..., 'all': scores of the counts pooled over every category} from
     {category: [2, LEVELS] counts}."""
     table = {cat: kitti_road_scores(hist) for cat, hist in sorted(hists.items())}
     table['all'] = kitti_road_scores(sum(hists.values()))
     return table
+
+
+def max_f_key(record):
+    """A record's validation MaxF for comparisons, -inf when missing or not finite (nan never wins a max)."""
+    value = record.get('val_max_f')
+    return value if value is not None and np.isfinite(value) else -np.inf

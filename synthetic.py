@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from helper import CATEGORIES, INVALID_COLOR, NON_ROAD_COLOR, ROAD_COLOR
+from kitti import CATEGORIES, INVALID_COLOR, NON_ROAD_COLOR, ROAD_COLOR
 
 KITTI_SIZES = ((375, 1242), (376, 1241), (370, 1226), (370, 1224))   # (height, width)
 

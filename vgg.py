@@ -1,4 +1,5 @@
-"""The VGG16 encoder with the Udacity tensor names, built from `tf.get_variable` and `tf.nn` ops.
+"""The VGG16 encoder with the Udacity tensor names, and where its weights come from (Udacity's vgg.zip, Keras'
+ImageNet weights converted, or He initialisation).
 
 The Udacity `vgg.zip` SavedModel exposes `image_input`, `keep_prob`, `layer3_out` (pool3), `layer4_out`
 (pool4) and `layer7_out` (fc7 after dropout), takes raw 0-255 RGB pixels and keeps fc6/fc7 as convolutions.
@@ -14,6 +15,9 @@ import tempfile
 import h5py
 import numpy as np
 import tensorflow.compat.v1 as tf
+
+import downloads
+from errors import UserError, warn
 
 TAG = 'vgg16'
 # Caffe's ImageNet mean in BGR order: the ImageNet VGG16 weights expect mean-subtracted BGR input, and a
@@ -34,6 +38,16 @@ KERAS_H5 = 'vgg16_weights_tf_dim_ordering_tf_kernels.h5'
 KERAS_SCOPES = {**{f'block{block}_conv{i}': f'conv{block}_{i}' for block, depth in BLOCKS
                    for i in range(1, depth + 1)},
                 'fc1': 'fc6', 'fc2': 'fc7'}
+
+
+VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
+VGG_FILES = ('saved_model.pb', 'variables/variables.index', 'variables/variables.data-00000-of-00001')
+IMAGENET_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/vgg16/' + KERAS_H5
+# The checksum Keras publishes for that file (keras.applications.vgg16, `file_hash`); Keras gives an MD5, and no
+# checksum is published for vgg.zip, which is checked as a zip (integrity, expected files).
+IMAGENET_MD5 = '64373286793e3c8b2b4e3219cbf3544b'
+INITS = ('auto', 'udacity', 'imagenet', 'random')
+WEIGHT_NAMES = {'udacity': "Udacity's pretrained VGG16", 'imagenet': "Keras' ImageNet VGG16"}
 
 
 class ConversionError(ValueError):
@@ -229,3 +243,115 @@ def convert_keras_h5(h5_path, export_dir, info=None):
                 shutil.rmtree(staging, ignore_errors=True)
     return export_dir
 
+
+# ------------------------------------------------------------------------------------------ weight sources
+
+def vgg_is_complete(vgg_dir):
+    return all(os.path.isfile(os.path.join(vgg_dir, f)) for f in VGG_FILES)
+
+
+def vgg_instructions(data_dir, url=VGG_URL):
+    return (f'To use the pretrained VGG16, download {url} by hand and unzip it in {data_dir}/ so that '
+            f'{os.path.join(data_dir, "vgg", "saved_model.pb")} exists.')
+
+
+def maybe_download_pretrained_vgg(data_dir, url=VGG_URL):
+    """Make sure data_dir/vgg holds Udacity's VGG16 SavedModel, downloading and extracting vgg.zip if not."""
+    return downloads.download_folder(url, data_dir, 'vgg', 'a VGG16 SavedModel', VGG_FILES, vgg_is_complete,
+                                     vgg_instructions(data_dir, url))
+
+
+def keras_models_dir():
+    """Keras' download cache (`$KERAS_HOME/models`, by default ~/.keras/models)."""
+    return os.path.join(os.environ.get('KERAS_HOME') or os.path.join(os.path.expanduser('~'), '.keras'), 'models')
+
+
+def imagenet_instructions(data_dir):
+    return (f'To use the ImageNet VGG16 weights, download {IMAGENET_URL} by hand into {data_dir}/ or '
+            f'{keras_models_dir()}/, or pass --imagenet-weights PATH.')
+
+
+def maybe_download_imagenet_weights(data_dir, path=None, download_allowed=True):
+    """The path of Keras' ImageNet VGG16 weights: `path` if given, else the copy in data_dir or in Keras' cache,
+    else downloaded into data_dir from Keras' URL (checked against Keras' MD5)."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise UserError(f'--imagenet-weights {path}: ' + ('not a file' if os.path.exists(path) else 'no such file'))
+        return path
+    for folder in (data_dir, keras_models_dir()):
+        if os.path.isfile(os.path.join(folder, KERAS_H5)):
+            return os.path.join(folder, KERAS_H5)
+    if not download_allowed:
+        raise UserError(f'{KERAS_H5} is in neither {data_dir} nor {keras_models_dir()} (--no-download)\n  '
+                        + imagenet_instructions(data_dir))
+    os.makedirs(data_dir, exist_ok=True)
+    try:
+        return downloads.download(IMAGENET_URL, os.path.join(data_dir, KERAS_H5), ('md5', IMAGENET_MD5))
+    except UserError as e:
+        raise UserError(f'{e}\n  {imagenet_instructions(data_dir)}') from None
+
+
+def resolve_weights(data_dir, init='auto', vgg_dir=None, imagenet_weights=None, url=VGG_URL, download=True):
+    """(VGG16 SavedModel folder, or None for a random encoder; weights info with 'source' in udacity, imagenet,
+    random) for the flags --data-dir, --vgg-init, --vgg-dir, --imagenet-weights, --vgg-url and not --no-download.
+
+    auto: whatever the folder holds, else udacity, then imagenet, then random, warning about each failure. A
+    folder or file the user named never falls back, and a folder that holds something else is never written into.
+    """
+    named_dir, vgg_dir = vgg_dir, vgg_dir or os.path.join(data_dir, 'vgg')
+    init = 'imagenet' if init == 'auto' and imagenet_weights else init  # a named file wins
+    if init == 'random':
+        return None, {'source': 'random'}
+    if imagenet_weights:  # a file the user named: checked before anything else
+        maybe_download_imagenet_weights(data_dir, imagenet_weights)
+    if vgg_is_complete(vgg_dir):
+        return vgg_dir, _complete_folder_source(vgg_dir, init, imagenet_weights)
+    # Fail before any download on a folder that the converter or vgg.zip could not fill.
+    downloads.refuse_incomplete(vgg_dir, 'a VGG16 SavedModel', VGG_FILES)
+    if named_dir and init != 'imagenet':
+        raise UserError(f'--vgg-dir {vgg_dir}: no VGG16 SavedModel there (needs {", ".join(VGG_FILES)}); leave '
+                        '--vgg-dir out to download Udacity\'s into DATA_DIR/vgg')
+    failures = []
+    for source in ('udacity', 'imagenet') if init == 'auto' else (init,):
+        try:
+            if source == 'udacity':
+                if not download:
+                    raise UserError(f'no SavedModel in {vgg_dir} (--no-download)\n  '
+                                    + vgg_instructions(data_dir, url))
+                return maybe_download_pretrained_vgg(data_dir, url), {'source': 'udacity'}
+            h5_path = maybe_download_imagenet_weights(data_dir, imagenet_weights, download)
+            info = convert_imagenet_weights(h5_path, vgg_dir)
+            if failures:
+                warn('\n'.join(failures) + f'\nUsing the ImageNet VGG16 weights of {info["converted_from"]}.')
+            return vgg_dir, info
+        except UserError as e:
+            if init != 'auto':
+                raise
+            failures.append(f'{WEIGHT_NAMES[source]} is not available: {e}')
+    warn('\n'.join(failures) + '\nUsing a randomly initialised (He) VGG16 encoder: expect much weaker results '
+         'than with pretrained weights. See docs/data-and-weights.md.')
+    return None, {'source': 'random'}
+
+
+def _complete_folder_source(vgg_dir, init, imagenet_weights):
+    """The source info of the complete SavedModel in vgg_dir; UserError if it is not the one asked for."""
+    info = read_source(vgg_dir) or {'source': 'udacity'}
+    if init not in ('auto', info['source']):
+        other = '' if imagenet_weights else f'use --vgg-init {info["source"]}, or '
+        raise UserError(f'{vgg_dir} holds the {info["source"]} VGG16, not the {init} one: {other}choose another '
+                        '--vgg-dir')
+    if imagenet_weights and info.get('converted_from') != os.path.abspath(imagenet_weights):
+        raise UserError(f'{vgg_dir} already holds the VGG16 converted from {info.get("converted_from")}: to convert '
+                        f'{imagenet_weights}, choose another --vgg-dir or move {vgg_dir} away')
+    return info
+
+
+def convert_imagenet_weights(h5_path, vgg_dir):
+    """Convert Keras' ImageNet VGG16 weights at h5_path into a SavedModel in vgg_dir; return its source info."""
+    info = {'source': 'imagenet', 'converted_from': os.path.abspath(h5_path)}
+    print(f'converting {h5_path} into the SavedModel {vgg_dir} (once; later runs load it)', flush=True)
+    try:
+        convert_keras_h5(h5_path, vgg_dir, info)
+    except ConversionError as e:
+        raise UserError(str(e)) from None
+    return info

@@ -1,0 +1,94 @@
+"""The parts of a training batch (helper.gen_batch_function puts them together): examples read and resized once,
+image and label augmented together, one-hot labels, and a background thread that makes the next batch while the
+current step runs."""
+import queue
+import threading
+
+import numpy as np
+from tqdm import tqdm
+
+from images import resize_image, resize_nearest
+from kitti import load_pair
+from metrics import NON_ROAD, ROAD
+
+# Training augmentation: zoom up to 1.25x, brightness +-0.1 (of 1), contrast x(1 +- 0.2), gamma exp(+-0.2).
+AUGMENT_MAX_SCALE = 1.25
+AUGMENT_BRIGHTNESS = 0.1
+AUGMENT_CONTRAST = 0.2
+AUGMENT_LOG_GAMMA = 0.2
+
+
+def one_hot(classes):
+    """Class ids [..., H, W] -> float32 [..., H, W, 2] = [non-road, road]; IGNORE pixels become [0, 0]."""
+    return np.stack([classes == NON_ROAD, classes == ROAD], axis=-1).astype(np.float32)
+
+
+def load_resized(pairs, image_shape, desc='loading'):
+    """Images uint8 [N, H, W, 3] and class ids int8 [N, H, W] at image_shape (compact: kept for all epochs)."""
+    images = np.empty((len(pairs), *image_shape, 3), np.uint8)
+    classes = np.empty((len(pairs), *image_shape), np.int8)
+    for i, (image_path, label_path) in enumerate(tqdm(pairs, desc=desc, leave=False)):
+        image, label = load_pair(image_path, label_path)
+        images[i] = resize_image(image, image_shape)
+        classes[i] = resize_nearest(label, image_shape)
+    return images, classes
+
+
+def flip_scale_crop(image, classes, rng, max_scale=AUGMENT_MAX_SCALE):
+    """The same random horizontal flip and zoom (scale up to max_scale, then a random crop back to the size)
+    of uint8 image [H, W, 3] and class ids [H, W]: bilinear for the image, nearest neighbour for the labels."""
+    if rng.rand() < 0.5:
+        image, classes = image[:, ::-1], classes[:, ::-1]
+    height, width = classes.shape
+    scale = rng.uniform(1.0, max_scale)
+    big = (int(round(height * scale)), int(round(width * scale)))
+    top, left = rng.randint(0, big[0] - height + 1), rng.randint(0, big[1] - width + 1)
+    crop = (slice(top, top + height), slice(left, left + width))
+    image = resize_image(np.ascontiguousarray(image), big)[crop]
+    return image, resize_nearest(classes, big)[crop]
+
+
+def jitter_photometric(image, rng):
+    """Random brightness, contrast and gamma of a uint8 image [H, W, 3] (never of its labels)."""
+    x = image.astype(np.float32) / 255
+    x = x + rng.uniform(-AUGMENT_BRIGHTNESS, AUGMENT_BRIGHTNESS)
+    x = (x - x.mean()) * rng.uniform(1 - AUGMENT_CONTRAST, 1 + AUGMENT_CONTRAST) + x.mean()
+    x = np.clip(x, 0, 1) ** np.exp(rng.uniform(-AUGMENT_LOG_GAMMA, AUGMENT_LOG_GAMMA))
+    return np.round(x * 255).astype(np.uint8)
+
+
+def prefetch(iterable, depth=2):
+    """Iterate over iterable in a background thread, up to depth items ahead, so that making the next batch
+    (augmentation, one-hot labels) overlaps the training step: numpy, PIL and TensorFlow release the GIL in their
+    heavy work. An exception of the producer is raised in the consumer; the thread stops when the consumer does."""
+    items, stop = queue.Queue(maxsize=depth), threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for item in iterable:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as e:  # handed to the consumer, which raises it (a thread must not swallow it)
+            put((False, e))
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        while True:
+            more, item = items.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()

@@ -1,0 +1,223 @@
+"""Fixtures and helpers shared by project_tests.py and tests/: thin SavedModels with the VGG tensor names, small
+KITTI-layout folders of synthetic scenes, finished thin runs, a loopback HTTP server, zip and HDF5 makers. Each test
+runs in a graph of its own. No network, GPU, KITTI or real VGG16."""
+import http.server
+import io
+import os
+import stat
+import subprocess
+import sys
+import threading
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import main
+import synthetic
+import vgg
+from images import read_rgb, resize_image
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KITTI_DIR = os.path.join(HERE, 'data', 'data_road')
+KITTI_SAMPLES = os.path.join(HERE, '..', 'shared', 'kitti_samples')
+THIN = (4, 8, 16, 32, 32, 64)  # VGG16 channels cut down so that tests run in seconds
+SMALL_SIZES = ((70, 230), (64, 224), (72, 240))  # mixed sizes, like KITTI's, but small
+
+
+@pytest.fixture(autouse=True)
+def graph():
+    with tf.Graph().as_default() as g:
+        yield g
+
+
+@pytest.fixture(autouse=True)
+def empty_keras_cache(tmp_path_factory, monkeypatch):
+    """Keras' cache may hold the real 550 MB ImageNet weights: tests must never find (and convert) them."""
+    monkeypatch.setenv('KERAS_HOME', str(tmp_path_factory.mktemp('keras_home')))
+
+
+@pytest.fixture(scope='session')
+def thin_vgg(tmp_path_factory):
+    return vgg.save_vgg16(str(tmp_path_factory.mktemp('weights') / 'vgg'), channels=THIN)
+
+
+@pytest.fixture(scope='session')
+def small_dataset(tmp_path_factory):
+    return synthetic.make_synthetic_kitti(str(tmp_path_factory.mktemp('data') / 'road'), 12, 4, seed=1,
+                                          sizes=SMALL_SIZES, progress=False)
+
+
+def init_new_variables(sess, restored=()):
+    sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
+
+
+def thin_fcn(sess, vgg_path):
+    """Load the thin encoder, add FCN-8s and the training ops; return the tensors the tests need."""
+    image_input, keep_prob, layer3, layer4, layer7 = main.load_vgg(sess, vgg_path)
+    restored = {v.name for v in tf.global_variables()}
+    correct_label = tf.placeholder(tf.float32, [None, None, None, 2])
+    learning_rate = tf.placeholder(tf.float32, [])
+    last = main.layers(layer3, layer4, layer7, 2)
+    logits, train_op, loss = main.optimize(last, correct_label, learning_rate, 2)
+    init_new_variables(sess, restored)
+    return dict(image_input=image_input, keep_prob=keep_prob, correct_label=correct_label,
+                learning_rate=learning_rate, last=last, logits=logits, train_op=train_op, loss=loss)
+
+
+class FileServer:
+    """A loopback HTTP server for download tests: serves `files` {path: bytes} with HTTP Range support, 404 for
+    anything else. `cut` {path: n}: the first response for path stops after n bytes of its body (the headers
+    promise all of it), as a dropped connection does. `ranges=False`: a server that ignores Range headers."""
+
+    def __init__(self, files, cut=None, ranges=True):
+        files, cut, requests = dict(files), dict(cut or {}), []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                requests.append((self.path, self.headers.get('Range')))
+                body = files.get(self.path)
+                if body is None:
+                    self.send_response(404)
+                    self.send_header('Content-Length', '0')
+                    self.end_headers()
+                    return
+                start = int(self.headers['Range'][len('bytes='):-1]) if ranges and self.headers['Range'] else 0
+                if start >= len(body) > 0:
+                    self.send_response(416)
+                    self.send_header('Content-Range', f'bytes */{len(body)}')
+                    self.send_header('Content-Length', '0')
+                    self.end_headers()
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header('Content-Range', f'bytes {start}-{len(body) - 1}/{len(body)}')
+                self.send_header('Content-Length', str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:start + cut.pop(self.path, len(body))])
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = requests
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = f'http://127.0.0.1:{self.server.server_address[1]}'
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def make_zip(members):
+    """Zip bytes of members {name: bytes}; a name ending in '@link' becomes a symbolic link to its bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w') as archive:
+        for name, data in members.items():
+            if name.endswith('@link'):
+                info = zipfile.ZipInfo(name[:-len('@link')])
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                archive.writestr(info, data)
+            else:
+                archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder: to show that nothing of the user's changed."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                files[os.path.relpath(path, folder)] = f.read()
+    return files
+
+
+def vgg_zip(saved_model_dir):
+    """vgg.zip as Udacity's: the SavedModel's files under vgg/."""
+    return make_zip({os.path.join('vgg', path): data for path, data in snapshot(saved_model_dir).items()})
+
+
+def zipfile_members(body):
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def keras_layers(notop=False):
+    """Keras VGG16's layer names in order, weight-less layers included."""
+    names = ['input_1']
+    for block, depth in vgg.BLOCKS:
+        names += [f'block{block}_conv{i}' for i in range(1, depth + 1)] + [f'block{block}_pool']
+    return names if notop else names + ['flatten', 'fc1', 'fc2', 'predictions']
+
+
+def write_keras_h5(path, channels, seed, notop=False):
+    """Write random weights in the layout of Keras' `vgg16_weights_tf_dim_ordering_tf_kernels.h5` (or of its
+    `_notop` variant) with the Keras-1 weight names; return {keras layer: (kernel, bias)} in Keras' shapes."""
+    rng = np.random.default_rng(seed)
+    in_channels, weights = 3, {}
+    for (block, depth), out_channels in zip(vgg.BLOCKS, channels):
+        for i in range(1, depth + 1):
+            weights[f'block{block}_conv{i}'] = ((3, 3, in_channels, out_channels), 9 * in_channels)
+            in_channels = out_channels
+    if not notop:
+        weights['fc1'] = ((7 * 7 * channels[4], channels[5]), 7 * 7 * channels[4])
+        weights['fc2'] = ((channels[5], channels[5]), channels[5])
+        weights['predictions'] = ((channels[5], 1000), channels[5])
+    for layer, (shape, fan_in) in weights.items():  # He-scaled so that activations keep their size
+        kernel = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2 / fan_in))
+        weights[layer] = kernel, rng.uniform(-0.5, 0.5, shape[-1:]).astype(np.float32)
+    with h5py.File(path, 'w') as f:
+        f.attrs['layer_names'] = [name.encode() for name in keras_layers(notop)]
+        for layer in keras_layers(notop):
+            group = f.create_group(layer)
+            names = [f'{layer}_W_1:0', f'{layer}_b_1:0'] if layer in weights else []
+            group.attrs['weight_names'] = np.array([name.encode() for name in names], dtype='S')
+            for name, value in zip(names, weights.get(layer, ())):
+                group.create_dataset(name, data=value)
+    return weights
+
+
+def run_main(*args, cwd=HERE):
+    return subprocess.run([sys.executable, os.path.join(HERE, 'main.py'), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope='session')
+def thin_run(thin_vgg, small_dataset, tmp_path_factory):
+    """A finished run folder: 2 epochs of the thin model at 64x224 on the small dataset."""
+    runs = tmp_path_factory.mktemp('runs')
+    with tf.Graph().as_default():
+        run_dir = main.run(['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--runs-dir', str(runs),
+                            '--epochs', '2', '--batch-size', '4', '--image-shape', '64', '224',
+                            '--val-fraction', '0.25', '--no-download'])
+    assert os.path.dirname(run_dir) == str(runs)
+    return run_dir
+
+
+@pytest.fixture(scope='session')
+def optimized_run(thin_run):
+    with tf.Graph().as_default():
+        assert main.main(['optimize', '--checkpoint', thin_run, '--runs', '2']) == 0
+    return thin_run
+
+
+def sample_batch(small_dataset, shape=(64, 224)):
+    """(a test image of the small dataset, uint8 [h, w, 3]; it resized to shape, float32 [1, H, W, 3])."""
+    test_dir = os.path.join(small_dataset, 'testing', 'image_2')
+    image = read_rgb(os.path.join(test_dir, sorted(os.listdir(test_dir))[0]))
+    return image, resize_image(image, shape)[None].astype(np.float32)
+
+
+def resolve_weights(args):
+    """vgg.resolve_weights for parsed training flags, as main.run calls it."""
+    return vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights, args.vgg_url,
+                               download=not args.no_download)

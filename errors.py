@@ -1,0 +1,16 @@
+"""What the user is told: a UserError is reported as one `error:` line, never as a traceback."""
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's data, weights, flags or disk: reported as a message, never as a traceback."""
+
+
+def warn(message):
+    """A message framed so that it stands out of the progress output: a fallback the user should know about."""
+    bar = '=' * 78
+    print(f'\n{bar}\n{message}\n{bar}\n', file=sys.stderr, flush=True)
+
+
+class LossDiverged(UserError):
+    """The training loss became NaN or infinite: training stops, naming the step."""

@@ -1,0 +1,77 @@
+"""Files written safely: atomically (never half a file), JSON without NaN, and a full or read-only disk reported
+as the user's problem, naming the folder."""
+import contextlib
+import errno
+import json
+import os
+import shutil
+
+import numpy as np
+
+from errors import UserError
+
+# The OSErrors that come from the user's disk, not from a bug: no space, no permission, a read-only file system.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def atomic_write(path, data):
+    """Write data (bytes or str) through a temporary file renamed into place: a crash never leaves half a file."""
+    tmp = path + '.tmp'
+    try:
+        with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def finite_or_none(value):
+    """JSON has no NaN: a non-finite figure (no road in the split, a diverged loss) is written as null."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def write_json(path, data):
+    atomic_write(path, json.dumps(finite_or_none(data), indent=2, allow_nan=False))
+
+
+def free_bytes(path):
+    """Free space on the file system that holds path (or, if it does not exist yet, its nearest parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def folder_bytes(folder):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+
+
+def gigabytes(n):
+    return f'{n / 1e9:.2f} GB'
+
+
+def is_disk_error(error):
+    return isinstance(error, OSError) and error.errno in DISK_ERRNOS
+
+
+@contextlib.contextmanager
+def writing(folder, what='files'):
+    """Turn a full, read-only or forbidden disk while writing `what` into `folder` into a UserError naming the
+    folder (and the free space); any other OSError is a bug and keeps its traceback."""
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_error(e):
+            raise
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f'no space left on the disk of {folder} while writing {what} '
+                            f'({gigabytes(free_bytes(folder))} free): free some space and try again') from None
+        raise UserError(f'cannot write {what} into {folder}: {e.strerror}') from None

@@ -1,0 +1,89 @@
+"""Image files and pixels: reading and checking them, resizing (bilinear for pictures, nearest neighbour for
+labels), and the green road overlay."""
+import os
+
+import numpy as np
+from PIL import Image
+
+from errors import UserError
+
+CONVERTIBLE_MODES = ('RGB', 'RGBA', 'L', 'LA', 'P', 'PA', 'CMYK')  # 8-bit modes that convert to RGB exactly
+PICTURE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+OVERLAY_COLOR = (0, 255, 0)
+OVERLAY_ALPHA = 127 / 255
+
+
+def _unreadable(path, error):
+    return UserError(f'{path} cannot be read as an image ({error.__class__.__name__}: {error}); replace or remove '
+                     'it')
+
+
+def read_image(path, mode=None):
+    """The pixels of an image file, converted to PIL `mode` if given (from an 8-bit mode only); an unreadable
+    or truncated file is a UserError naming it."""
+    try:
+        with Image.open(path) as image:
+            if mode is None or image.mode == mode:
+                return np.asarray(image)
+            check_convertible(path, image.mode)
+            return np.asarray(image.convert(mode))
+    except UserError:
+        raise
+    except Exception as e:  # PIL raises many types for a bad file (OSError, SyntaxError, ...): same to the user
+        raise _unreadable(path, e) from None
+
+
+def read_rgb(path):
+    """An image file as uint8 [H, W, 3] RGB: grayscale and palette images expanded, an alpha channel dropped
+    (the dataset summary reports each conversion)."""
+    return read_image(path, 'RGB')
+
+
+def check_convertible(path, mode):
+    """PIL converts 16-bit and float images to RGB by clipping (a white picture): refuse them by name."""
+    if mode not in CONVERTIBLE_MODES:
+        raise UserError(f'{path} is a PIL mode {mode} image (not 8-bit): save it as an 8-bit RGB PNG')
+
+
+def read_header(path):
+    """(mode, (W, H)) of an image file from its header alone; UserError for a file that is not an image."""
+    try:
+        with Image.open(path) as image:
+            return image.mode, image.size
+    except Exception as e:  # as in read_image
+        raise _unreadable(path, e) from None
+
+
+def list_pictures(folder):
+    """Sorted PNG/JPEG file names in folder (any names)."""
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(PICTURE_EXTENSIONS))
+
+
+def resize_image(image, shape):
+    """Bilinear resize of uint8 [h, w, 3] to [H, W, 3]; shape is (H, W) (Pillow wants (W, H))."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def resize_nearest(array, shape):
+    """Nearest-neighbour resize of [h, w, ...] to [H, W, ...]: labels keep exactly their values."""
+    h, w = array.shape[:2]
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * h / shape[0], h - 1).astype(int)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * w / shape[1], w - 1).astype(int)
+    return array[rows[:, None], cols]
+
+
+def resize_probability(prob, shape):
+    """Bilinear resize of a float [h, w] map to [H, W]."""
+    if prob.shape == tuple(shape):
+        return prob
+    return np.asarray(Image.fromarray(prob.astype(np.float32)).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def overlay(image, prob):
+    """Green overlay (alpha 127) on uint8 [H, W, 3] where the road probability [H, W] exceeds 0.5."""
+    out = image.astype(np.float32)
+    road = prob > 0.5
+    out[road] = (1 - OVERLAY_ALPHA) * out[road] + OVERLAY_ALPHA * np.array(OVERLAY_COLOR, np.float32)
+    return np.round(out).astype(np.uint8)

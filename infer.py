@@ -1,0 +1,252 @@
+"""`main.py infer`: road overlays (and confidence maps) of images, a folder of them, or a video, with any model a
+run has: its optimized/ variants, its saved_model/, a frozen .pb or a .tflite file."""
+import argparse
+import os
+import shutil
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import tensorflow.compat.v1 as tf
+from tqdm import tqdm
+
+import files
+import inference
+import run_folder
+from errors import UserError
+from helper import predict_probability
+from images import PICTURE_EXTENSIONS, list_pictures, overlay, read_rgb
+from metrics import confidence
+from optimization import OPTIMIZED_DIR
+from precision import require_mixed_precision
+from video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
+
+
+def infer_parser():
+    parser = argparse.ArgumentParser(
+        prog='main.py infer',
+        description='Segment the road in images or a video with a trained model. Overlays are written at the '
+                    'input\'s own resolution: a PNG per image into the OUTPUT folder, or, for a video, an mp4 '
+                    'with the same frame rate. Nothing existing is overwritten; an unreadable image is skipped '
+                    'with a warning (and the command then ends with an error listing what it skipped).')
+    parser.add_argument('--model', metavar='PATH', required=True,
+                        help='a run folder (its optimized/ model of --precision if main.py optimize made one, '
+                             'else its saved_model/), an optimized/ or saved_model/ folder, a frozen .pb or a '
+                             '.tflite file')
+    parser.add_argument('--input', metavar='PATH', required=True,
+                        help='a PNG/JPEG image, a folder of them, or a video (mp4, mov, avi, mkv)')
+    parser.add_argument('--output', metavar='PATH', required=True,
+                        help='a folder for the overlays of images; an .mp4 file for a video')
+    parser.add_argument('--precision', choices=tuple(inference.PRECISION_VARIANT),
+                        help='fp32; bf16 (bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX, float16 on a '
+                             'GPU); int8 (needs main.py optimize\'s int8.tflite) [default: fp32, or a model '
+                             'file\'s own]')
+    parser.add_argument('--probabilities', action='store_true',
+                        help='also write KITTI-style confidence maps (uint8 road probability x 255) into '
+                             'OUTPUT/probabilities/ (OUTPUT_probabilities/ for a video, a PNG per frame)')
+    return parser
+
+
+def load_model(path, precision):
+    """(predictor (predict, (H, W)), what it is) for `--model path --precision precision` (None: the model's own).
+
+    path: a run folder (its optimized/ model of that precision when there is one, else its saved_model/), an
+    optimized/ folder, an exported SavedModel inside a run folder, a frozen .pb or a .tflite file."""
+    if os.path.isfile(path):
+        return _load_model_file(path, precision)
+    if not os.path.isdir(path):
+        raise UserError(f'--model {path}: no such file or folder')
+    precision = precision or 'fp32'
+    variant = inference.PRECISION_VARIANT[precision]
+    optimized = path if os.path.isfile(os.path.join(path, 'optimization.json')) else os.path.join(path,
+                                                                                                   OPTIMIZED_DIR)
+    file = os.path.join(optimized, inference.FILES[variant])
+    if os.path.isfile(file):
+        return inference.variant_predictor(variant, file), f'{file} ({variant})'
+    if os.path.isfile(os.path.join(path, 'saved_model.pb')):
+        run_dir, saved_model = os.path.dirname(os.path.abspath(path)), path
+    else:
+        run_dir, saved_model = path, os.path.join(path, run_folder.SERVING_DIR)
+    if precision == 'int8' or not os.path.isfile(os.path.join(saved_model, 'saved_model.pb')):
+        raise UserError(f'--model {path}: no {precision} model there: give a run folder, its {OPTIMIZED_DIR}/ or '
+                        f'{run_folder.SERVING_DIR}/ folder, a .pb or a .tflite file'
+                        + (' (int8 models are made by python main.py optimize --checkpoint RUN_DIR)'
+                           if precision == 'int8' else ''))
+    config = run_folder.read_config(run_dir, '--model')  # the input size the model was trained at
+    mixed = require_mixed_precision('--precision bf16') if precision == 'bf16' else None
+    return (inference.saved_model_predictor(saved_model, config['settings']['image_shape'], mixed),
+            f'{saved_model} (SavedModel{", " + mixed if mixed else ""})')
+
+
+def _load_model_file(path, precision):
+    """load_model for a .tflite or frozen .pb file."""
+    if path.endswith('.tflite'):
+        if precision:
+            raise UserError(f'--model {path}: a .tflite model has its own precision: drop --precision')
+        return inference.tflite_predictor(path), f'{path} (TFLite)'
+    if not path.endswith('.pb'):
+        raise UserError(f'--model {path}: a file must be a frozen graph (.pb) or a TFLite model (.tflite)')
+    if precision == 'int8':
+        raise UserError(f'--model {path}: int8 models are .tflite files (main.py optimize writes int8.tflite next '
+                        'to it)')
+    try:
+        graph_def = inference.read_graph_def(path)
+    except Exception as e:  # protobuf's DecodeError has no common base with OSError
+        raise UserError(f'--model {path}: not a frozen graph ({e})') from None
+    mixed = require_mixed_precision('--precision bf16') if precision == 'bf16' else None
+    return inference.graph_predictor(graph_def, mixed), f'{path} (frozen graph{", " + mixed if mixed else ""})'
+
+
+def infer_inputs(path):
+    """(video path or None, [picture paths]) of --input: a video, a PNG/JPEG, or a folder of them."""
+    if os.path.isdir(path):
+        pictures = [os.path.join(path, f) for f in list_pictures(path)]
+        if not pictures:
+            raise UserError(f'--input {path}: no PNG or JPEG files in that folder')
+        return None, pictures
+    if not os.path.isfile(path):
+        raise UserError(f'--input {path}: no such file or folder')
+    if is_video(path):
+        return path, []
+    if path.lower().endswith(PICTURE_EXTENSIONS):
+        return None, [path]
+    raise UserError(f'--input {path}: expected a PNG/JPEG image, a folder of them, or a video '
+                    f'({", ".join(VIDEO_EXTENSIONS)})')
+
+
+def output_paths(args, video, pictures):
+    """([output name per picture], [every path this command would write]); UserError if one exists already or two
+    pictures would write the same name."""
+    names = [os.path.splitext(os.path.basename(p))[0] + '.png' for p in pictures]
+    if video:
+        targets = [args.output] + ([os.path.splitext(args.output)[0] + '_probabilities'] if args.probabilities
+                                   else [])
+    else:
+        targets = [os.path.join(args.output, n) for n in names] + (
+            [os.path.join(args.output, 'probabilities', n) for n in names] if args.probabilities else [])
+    if len(set(names)) < len(names):
+        clash = next(n for n in names if names.count(n) > 1)
+        raise UserError(f'--input {args.input}: two images would both be written as {clash} (e.g. a .png and a '
+                        '.jpg of the same name); rename one')
+    existing = [t for t in targets if os.path.exists(t)]
+    if existing:
+        raise UserError(f'--output {args.output}: {existing[0]} exists'
+                        + (f' (and {len(existing) - 1} more)' if len(existing) > 1 else '')
+                        + ': choose another --output (nothing is overwritten)')
+    return names, targets
+
+
+def infer_pictures(pictures, names, output, probabilities, predictor, written):
+    """Overlays (and confidence maps) of pictures into output; every path made is appended to written. An
+    unreadable picture is skipped with a warning; returns the [(path, why)] skipped."""
+    predict, image_shape = predictor
+    os.makedirs(os.path.join(output, 'probabilities') if probabilities else output, exist_ok=True)
+    skipped = []
+    for picture, name in tqdm(list(zip(pictures, names)), desc='images', unit='image'):
+        try:
+            image = read_rgb(picture)
+        except UserError as e:  # as in training's test outputs: one bad image must not cost the others
+            tqdm.write(f'warning: skipped: {e}')
+            skipped.append((picture, str(e)))
+            continue
+        prob = predict_probability(predict, image, image_shape)
+        written.append(os.path.join(output, name))
+        iio.imwrite(written[-1], overlay(image, prob))
+        if probabilities:
+            written.append(os.path.join(output, 'probabilities', name))
+            iio.imwrite(written[-1], confidence(prob))
+    return skipped
+
+
+def infer_video(video, output, probability_dir, predictor, written):
+    """Overlay video of video at output (.mp4, same size and frame rate), and per-frame confidence maps in
+    probability_dir unless None; every path made is appended to written. Says how many frames were read when
+    the container announced more (a file cut short)."""
+    predict, image_shape = predictor
+    frames, fps, announced = read_video(video)
+    partial = output[:-len('.mp4')] + '.partial.mp4'  # renamed when complete: never half a video under its name
+    written.append(partial)
+    if probability_dir:
+        written.append(probability_dir)
+        os.makedirs(probability_dir)
+    writer, count = None, 0
+    try:
+        for frame in tqdm(frames, total=announced, desc='frames', unit='frame'):
+            frame = frame[..., :3]
+            writer = writer or video_writer(partial, fps, frame.shape[:2])
+            prob = predict_probability(predict, frame, image_shape)
+            writer.append_data(overlay(frame, prob))
+            if probability_dir:
+                iio.imwrite(os.path.join(probability_dir, f'frame_{count:06d}.png'), confidence(prob))
+            count += 1
+    except (OSError, RuntimeError, ValueError) as e:  # ffmpeg's decoding and encoding errors
+        raise UserError(f'{video}: failed at frame {count} ({type(e).__name__}: {e})') from None
+    finally:
+        if writer:
+            writer.close()
+    if writer is None:
+        raise UserError(f'{video}: no frames')
+    os.replace(partial, output)
+    # The announced count comes from the container's duration x frame rate: one frame either way is rounding.
+    if announced and count < announced - 1:
+        print(f'warning: {video}: read {count} of the {announced} frames its container announces: the file is '
+              'probably cut short (a partial download or copy); the overlay video ends there', flush=True)
+
+
+def timed(predictor, seconds):
+    """The predictor with each call's duration appended to seconds."""
+    predict, image_shape = predictor
+
+    def timed_predict(batch):
+        start = time.perf_counter()
+        prob = predict(batch)
+        seconds.append(time.perf_counter() - start)
+        return prob
+    return timed_predict, image_shape
+
+
+def infer_command(argv):
+    """`main.py infer`: road overlays (and confidence maps) of images, a folder of them, or a video."""
+    parser = infer_parser()
+    args = parser.parse_args(argv)
+    video, pictures = infer_inputs(args.input)
+    if video and not args.output.lower().endswith('.mp4'):
+        parser.error(f'--output {args.output}: the overlay of a video is an .mp4 file')
+    names, targets = output_paths(args, video, pictures)
+    try:
+        predictor, description = load_model(args.model, args.precision)
+    except (KeyError, ValueError, RuntimeError, tf.errors.OpError) as e:  # a graph or file not of this project
+        raise UserError(f'--model {args.model}: cannot be loaded as a road model of this project '
+                        f'({type(e).__name__}: {e})') from None
+    predict, image_shape = predictor
+    if None in image_shape:
+        raise UserError(f'--model {args.model}: its input size is not fixed (main.py optimize writes models at '
+                        'the size the run was trained at)')
+    start = time.perf_counter()
+    predict(np.zeros((1, *image_shape, 3), np.float32))  # a Session sets its graph up at the first run
+    print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, ready in '
+          f'{time.perf_counter() - start:.1f} s', flush=True)
+    model_seconds, written, skipped = [], [], []  # written: this command's own outputs, removed if it fails
+    start = time.perf_counter()
+    try:
+        with files.writing(os.path.dirname(os.path.abspath(args.output)) if video else args.output, 'the overlays'):
+            if video:
+                infer_video(video, args.output, targets[1] if args.probabilities else None,
+                            timed(predictor, model_seconds), written)
+            else:
+                skipped = infer_pictures(pictures, names, args.output, args.probabilities,
+                                         timed(predictor, model_seconds), written)
+    except BaseException:
+        for path in reversed(written):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        raise
+    seconds, count = time.perf_counter() - start, len(model_seconds)
+    print(f'{count} {"frame" if video else "image"}(s) in {seconds:.1f} s: {count / seconds:.2f} per second '
+          f'overall, {1000 * np.median(model_seconds) if count else 0:.1f} ms median in the model; written to '
+          f'{args.output}')
+    if skipped:
+        raise UserError(f'{len(skipped)} of {len(pictures)} image(s) could not be read and were skipped: '
+                        + '; '.join(why for _, why in skipped))

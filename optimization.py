@@ -1,0 +1,153 @@
+"""`main.py optimize`: a finished run's model made fast for inference (frozen fp32, bf16, TFLite fp16 and int8),
+each variant timed at batch 1 and scored on the validation split, into RUN_DIR/optimized/."""
+import argparse
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+from tqdm import tqdm
+
+import evaluation
+import files
+import inference
+import kitti
+import run_folder
+from errors import UserError
+from images import read_rgb, resize_image
+from precision import machine, mixed_precision
+
+OPTIMIZED_DIR = 'optimized'  # inside the run folder: main.py optimize's models and table
+LATENCY_RUNS = 20
+
+
+def optimize_parser():
+    parser = argparse.ArgumentParser(
+        prog='main.py optimize',
+        description='Make fast inference models of a finished run in RUN_DIR/optimized/: fp32.pb (frozen graph, '
+                    'Grappler-optimized), bf16.pb (auto mixed precision: oneDNN bfloat16 on CPUs with '
+                    'AVX512_BF16 or AMX, float16 on a GPU), fp16.tflite, int8_dynamic.tflite and int8.tflite '
+                    f'(full integer, calibrated on up to {inference.CALIBRATION_IMAGES} training images). Each '
+                    'is timed at batch 1 and scored on the validation split; the table goes to '
+                    'optimization.md and optimization.json. A previous optimized/ is replaced once the new '
+                    'one is complete.')
+    parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True,
+                        help='a finished run folder of main.py (its saved_model/ is what gets optimized)')
+    parser.add_argument('--runs', type=int, default=LATENCY_RUNS,
+                        help=f'timed runs per variant, after {inference.WARMUP_RUNS} warm-up runs '
+                             '[default: %(default)s]')
+    return parser
+
+
+def calibration_images(training_dir, exclude, image_shape, count=inference.CALIBRATION_IMAGES):
+    """Up to count training images (uint8 [H, W, 3] at image_shape), spread evenly over the sorted names,
+    never one of exclude (the validation split)."""
+    names = [os.path.basename(image) for image, _ in kitti.training_pairs(training_dir)]
+    names = [name for name in names if name not in set(exclude)]
+    chosen = [names[i] for i in np.linspace(0, len(names) - 1, min(count, len(names))).round().astype(int)]
+    return [resize_image(read_rgb(os.path.join(training_dir, 'image_2', name)), image_shape)
+            for name in tqdm(chosen, desc='calibration images', leave=False)]
+
+
+def measure_variant(name, predictor, examples, runs):
+    """A row of the optimization table: latency at batch 1, then KITTI MaxF and IoU on examples."""
+    row = {'variant': name, **inference.latency(predictor, runs)}
+    scores = evaluation.predictor_table(predictor, examples, desc=f'scoring {name}')['all']
+    row.update(max_f=scores['max_f'], iou=scores['iou'], iou_at_half=scores['iou_at_0.5'])
+    print(f'{name}: {row["median_ms"]:.1f} ms median, MaxF {100 * row["max_f"]:.2f}', flush=True)
+    return row
+
+
+def format_optimization_table(report):
+    """optimization.md: the variants as a Markdown table, then the skipped ones with their reasons."""
+    lines = [f'# Optimized models of {report["run"]}', '',
+             f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}. Input {report["image_shape"][0]}x'
+             f'{report["image_shape"][1]}, batch 1: latency over {report["runs"]} runs after '
+             f'{inference.WARMUP_RUNS} warm-up runs. MaxF and IoU (road, at the MaxF threshold): KITTI '
+             f'perspective-view scores on the {report["val_images"]} validation images. tflite-int8 calibrated on '
+             f'{report["calibration_images"]} training images. Command: `{report["command"]}`.', '',
+             '| variant | file | size (MB) | median (ms) | p90 (ms) | images/s | speed-up vs fp32 | MaxF (%) '
+             '| ΔMaxF (pt) | IoU (%) | ΔIoU (pt) |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for row in report['variants']:
+        lines.append(f'| {row["variant"]} | {row["file"]} | {row["size_mb"]:.1f} | {row["median_ms"]:.1f} | '
+                     f'{row["p90_ms"]:.1f} | {row["images_per_s"]:.2f} | {row["speedup"]:.2f}x | '
+                     f'{100 * row["max_f"]:.2f} | {100 * row["max_f_change"]:+.2f} | {100 * row["iou"]:.2f} | '
+                     f'{100 * row["iou_change"]:+.2f} |')
+    for row in report['skipped']:
+        lines.append(f'\nSkipped: {row["variant"]}: {row["reason"]}.')
+    return '\n'.join(lines) + '\n'
+
+
+def optimize_command(argv):
+    """`main.py optimize`: the run's model frozen, in bf16 and as TFLite fp16/int8, each timed and scored."""
+    parser = optimize_parser()
+    args = parser.parse_args(argv)
+    if args.runs < 2:
+        parser.error('--runs must be at least 2')
+    config, saved_model = run_folder.finished_run(args.checkpoint, '--checkpoint')
+    image_shape = tuple(config['settings']['image_shape'])
+    training_dir = os.path.join(config['data']['dataset'], 'training')
+    if not os.path.isdir(training_dir):
+        raise UserError(f'--checkpoint {args.checkpoint}: its dataset {training_dir} is gone (validation images '
+                        'score each variant, training images calibrate int8)')
+    val_names = config['data']['val_names']
+    examples = evaluation.load_examples(kitti.training_pairs(training_dir, val_names))
+    calibration = calibration_images(training_dir, val_names, image_shape)
+    if not calibration:
+        raise UserError(f'--checkpoint {args.checkpoint}: no training image outside the validation split to '
+                        'calibrate int8 on')
+    out_dir = os.path.join(args.checkpoint, OPTIMIZED_DIR)
+    staging = out_dir + '.partial'
+    try:
+        with files.writing(args.checkpoint, 'the optimized models'):
+            if os.path.isdir(staging):  # this command's own, from an interrupted run
+                shutil.rmtree(staging)
+            os.makedirs(staging)
+            report = optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging)
+            table = format_optimization_table(report)
+            files.atomic_write(os.path.join(staging, 'optimization.md'), table)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # about 1 GB of half-made models
+        raise
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    print(table + f'\nwritten to {out_dir}')
+
+
+def optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging):
+    """Make, time and score every variant into staging; write and return the report (optimization.json)."""
+    print(f'freezing {saved_model} at {image_shape[0]}x{image_shape[1]}', flush=True)
+    frozen = inference.freeze(saved_model, image_shape)
+    reference = measure_variant('saved_model', inference.saved_model_predictor(saved_model, image_shape),
+                                examples, args.runs)
+    reference.update(file=run_folder.SERVING_DIR, size_mb=files.folder_bytes(saved_model) / 2 ** 20)
+    rows, skipped = [], []
+    precision, why = mixed_precision()
+    for variant, file in inference.FILES.items():
+        path = os.path.join(staging, file)
+        if variant == 'bf16' and precision is None:
+            print(f'{variant}: skipped: {why}', flush=True)
+            skipped.append({'variant': variant, 'reason': why})
+            continue
+        start = time.time()
+        print(f'making {variant} (a minute or two)', flush=True)
+        files.atomic_write(path, inference.make_variant(frozen, variant, precision, calibration))
+        build_s = round(time.time() - start, 1)
+        row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs)
+        row.update(file=file, size_mb=os.path.getsize(path) / 2 ** 20, build_s=build_s)
+        if variant == 'bf16':
+            row['precision'] = why
+        rows.append(row)
+    fp32 = rows[0]
+    for row in [reference] + rows:
+        row.update(speedup=fp32['median_ms'] / row['median_ms'], max_f_change=row['max_f'] - fp32['max_f'],
+                   iou_change=row['iou'] - fp32['iou'])
+    report = {'run': args.checkpoint, 'command': ' '.join(['python main.py optimize', *argv]),
+              'machine': machine(), 'tensorflow': tf.__version__, 'image_shape': list(image_shape),
+              'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration),
+              'variants': [reference] + rows, 'skipped': skipped}
+    files.write_json(os.path.join(staging, 'optimization.json'), report)
+    return report

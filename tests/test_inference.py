@@ -1,0 +1,163 @@
+"""main.py optimize (frozen, bf16 and TFLite variants) and main.py infer (images, folders, video)."""
+import json
+import os
+import shutil
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+from PIL import Image
+
+import files
+import helper
+import inference
+import main
+import optimization
+import precision
+import run_folder
+import synthetic
+import video
+from conftest import sample_batch, snapshot
+
+
+def test_optimize_writes_every_variant_and_its_table(optimized_run):
+    out = os.path.join(optimized_run, optimization.OPTIMIZED_DIR)
+    report = json.load(open(os.path.join(out, 'optimization.json')))
+    measured = {row['variant']: row for row in report['variants']}
+    skipped = {row['variant']: row['reason'] for row in report['skipped']}
+    assert set(measured) | set(skipped) == {'saved_model', *inference.FILES} and not set(measured) & set(skipped)
+    assert ('bf16' in skipped) == (precision.mixed_precision()[0] is None) and set(skipped) <= {'bf16'}
+    for variant, row in measured.items():
+        if variant != 'saved_model':
+            assert os.path.getsize(os.path.join(out, row['file'])) / 2 ** 20 == pytest.approx(row['size_mb'])
+        assert 0 < row['median_ms'] <= row['p90_ms'] and row['runs'] == 2
+        assert row['images_per_s'] == pytest.approx(1000 / row['median_ms'])
+        assert 0 <= row['max_f'] <= 1 and 0 <= row['iou'] <= 1
+        assert row['max_f_change'] == pytest.approx(row['max_f'] - measured['fp32']['max_f'])
+        assert row['speedup'] == pytest.approx(measured['fp32']['median_ms'] / row['median_ms'])
+    assert report['image_shape'] == [64, 224] and report['val_images'] == 3 and report['calibration_images'] == 9
+    table = open(os.path.join(out, 'optimization.md')).read()
+    assert all(f'| {variant} | {row["file"]} |' in table for variant, row in measured.items())
+    assert all(f'Skipped: {variant}: {reason}' in table for variant, reason in skipped.items())
+    assert not os.path.exists(out + '.partial')
+
+
+def test_frozen_graph_gives_the_session_probabilities(optimized_run, small_dataset):
+    _, batch = sample_batch(small_dataset)
+    session, _ = inference.saved_model_predictor(os.path.join(optimized_run, run_folder.SERVING_DIR), (64, 224))
+    graph_def = inference.read_graph_def(os.path.join(optimized_run, optimization.OPTIMIZED_DIR, 'fp32.pb'))
+    frozen, frozen_shape = inference.graph_predictor(graph_def)
+    assert frozen_shape == (64, 224)
+    np.testing.assert_allclose(frozen(batch), session(batch), atol=1e-4)
+    # Variables are constants, keep_prob is folded (the image is the only input) and dropout is gone.
+    assert not {node.op for node in graph_def.node} & {'VariableV2', 'VarHandleOp', 'RandomUniform', 'Fill'}
+    assert [node.name for node in graph_def.node if node.op.startswith('Placeholder')] == [inference.INPUT]
+
+
+@pytest.mark.parametrize('variant, tolerance', [('bf16', 0.01), ('tflite-fp16', 1e-3), ('tflite-int8-dynamic', 0.01),
+                                                ('tflite-int8', 0.02)])
+def test_each_reduced_precision_variant_loads_and_gives_probabilities(optimized_run, small_dataset, variant,
+                                                                      tolerance):
+    path = os.path.join(optimized_run, optimization.OPTIMIZED_DIR, inference.FILES[variant])
+    if not os.path.exists(path):
+        pytest.skip(precision.mixed_precision()[1])
+    image, batch = sample_batch(small_dataset)
+    predict, image_shape = inference.variant_predictor(variant, path)
+    fp32, _ = inference.variant_predictor('fp32', os.path.join(optimized_run, optimization.OPTIMIZED_DIR, 'fp32.pb'))
+    prob, reference = predict(batch), fp32(batch)
+    assert image_shape == (64, 224) and prob.shape == (1, 64, 224) and prob.dtype == np.float32
+    assert reference.std() > 0.01  # the thin model's probabilities vary: agreeing with them means something
+    assert np.corrcoef(prob.ravel(), reference.ravel())[0, 1] > 0.99 and np.abs(prob - reference).max() < tolerance
+    full = helper.predict_probability(predict, image, image_shape)
+    assert full.shape == image.shape[:2] and 0 <= full.min() and full.max() <= 1
+
+
+def write_half_road_model(path, shape=(32, 64)):
+    """A frozen graph in the optimized models' format whose road is the bottom half of every image."""
+    road = np.zeros((1, *shape), np.float32)
+    road[:, shape[0] // 2:] = 1
+    with tf.Graph().as_default() as graph:
+        image = tf.placeholder(tf.float32, [1, *shape, 3], name=inference.INPUT)
+        tf.add(tf.constant(road), 0 * image[..., 0], name=inference.OUTPUT)
+    files.atomic_write(str(path), graph.as_graph_def().SerializeToString())
+    return str(path)
+
+
+def test_infer_writes_an_overlay_video_at_the_input_size_and_frame_rate(tmp_path):
+    model = write_half_road_model(tmp_path / 'half.pb')
+    rng = np.random.default_rng(0)
+    frames = [synthetic.render_scene(rng, 75, 241)[0] for _ in range(7)]  # odd sizes, as KITTI's 375x1242
+    writer = video.video_writer(str(tmp_path / 'in.mp4'), 12, (75, 241))
+    for frame in frames:
+        writer.append_data(frame)
+    writer.close()
+    out = str(tmp_path / 'out.mp4')
+    assert main.main(['infer', '--model', model, '--input', str(tmp_path / 'in.mp4'), '--output', out,
+                      '--probabilities']) == 0
+    source = np.stack(list(iio.imiter(str(tmp_path / 'in.mp4'), plugin='FFMPEG'))).astype(float)
+    overlaid = np.stack(list(iio.imiter(out, plugin='FFMPEG'))).astype(float)
+    assert overlaid.shape == source.shape == (7, 75, 241, 3)
+    assert iio.immeta(out, plugin='FFMPEG')['fps'] == 12
+    # Bottom half: half-way to OVERLAY_COLOR (green up, red and blue down); top half: untouched (up to H.264).
+    change = (overlaid - source).mean(axis=(0, 2))  # [row, channel]
+    assert (change[46:, 1] > 30).all() and (change[46:, [0, 2]] < -15).all()
+    assert (np.abs(change[:28]) < 4).all()
+    maps = sorted(os.listdir(tmp_path / 'out_probabilities'))
+    assert maps == [f'frame_{i:06d}.png' for i in range(7)]
+    confidence = iio.imread(tmp_path / 'out_probabilities' / maps[0])
+    assert confidence.dtype == np.uint8 and confidence.shape == (75, 241)
+    assert (confidence[:28] == 0).all() and (confidence[46:] == 255).all()
+    assert not os.path.exists(tmp_path / 'out.partial.mp4')
+
+
+def test_infer_writes_overlays_of_a_folder_at_each_image_size(optimized_run, small_dataset, tmp_path, capsys):
+    test_dir = os.path.join(small_dataset, 'testing', 'image_2')
+    out = str(tmp_path / 'out')
+    args = ['infer', '--model', optimized_run, '--input', test_dir, '--output', out, '--precision', 'int8',
+            '--probabilities']
+    assert main.main(args) == 0
+    assert 'int8.tflite (tflite-int8)' in capsys.readouterr().out
+    for name in os.listdir(test_dir):
+        shape = iio.imread(os.path.join(test_dir, name)).shape
+        assert iio.imread(os.path.join(out, name)).shape == shape
+        assert iio.imread(os.path.join(out, 'probabilities', name)).shape == shape[:2]
+    before = snapshot(tmp_path)
+    assert main.main(args) == 2  # nothing is overwritten
+    assert 'um_000000.png exists (and 7 more)' in capsys.readouterr().err and snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize('model, input, extra, message', [
+    ('{run}/nowhere', '{image}', [], 'no such file or folder'),
+    ('{run}/optimized/int8.tflite', '{image}', ['--precision', 'fp32'], 'has its own precision'),
+    ('{run}/saved_model', '{image}', ['--precision', 'int8'], 'python main.py optimize'),
+    ('{run}/config.json', '{image}', [], 'must be a frozen graph'),
+    ('{run}', '{run}/config.json', [], 'expected a PNG/JPEG image'),
+    ('{run}', '{run}/checkpoints', [], 'no PNG or JPEG files'),
+])
+def test_infer_refuses_what_it_cannot_use(optimized_run, small_dataset, tmp_path, capsys, model, input, extra,
+                                         message):
+    image = os.path.join(small_dataset, 'testing', 'image_2', 'um_000000.png')
+    fill = lambda text: text.format(run=optimized_run, image=image)
+    assert main.main(['infer', '--model', fill(model), '--input', fill(input), '--output', str(tmp_path / 'o'),
+                      *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err and not os.path.exists(tmp_path / 'o')
+
+
+def test_infer_refuses_foreign_models_and_clashing_names(small_dataset, tmp_path, capsys):
+    image = os.path.join(small_dataset, 'testing', 'image_2', 'um_000000.png')
+    (tmp_path / 'bad.tflite').write_bytes(b'not a flatbuffer')
+    (tmp_path / 'empty.pb').write_bytes(tf.GraphDef().SerializeToString())  # parses, but has no road model
+    for model in ('bad.tflite', 'empty.pb'):
+        assert main.main(['infer', '--model', str(tmp_path / model), '--input', image, '--output',
+                          str(tmp_path / 'o')]) == 2
+        err = capsys.readouterr().err
+        assert 'cannot be loaded as a road model' in err and 'Traceback' not in err
+    pictures = tmp_path / 'pictures'
+    pictures.mkdir()
+    shutil.copy(image, pictures / 'a.png')
+    Image.open(image).convert('RGB').save(pictures / 'a.jpg')
+    assert main.main(['infer', '--model', str(tmp_path / 'empty.pb'), '--input', str(pictures), '--output',
+                      str(tmp_path / 'o')]) == 2
+    assert 'would both be written as a.png' in capsys.readouterr().err and not os.path.exists(tmp_path / 'o')

@@ -1,0 +1,267 @@
+"""python main.py end to end: the command line, the run folder (config, metrics, checkpoints, events, export),
+resuming and a full disk."""
+import argparse
+import json
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import benchmark
+import evaluation
+import helper
+import images
+import kitti
+import infer
+import main
+import optimization
+import precision
+import run_folder
+from conftest import resolve_weights, run_main, snapshot, thin_fcn
+from errors import UserError
+
+
+def test_a_missing_dataset_is_an_error_without_traceback(tmp_path):
+    result = run_main('--dataset', str(tmp_path / 'nowhere'), '--no-download', '--runs-dir', str(tmp_path))
+    assert result.returncode == 2
+    assert 'nowhere: no such folder' in result.stderr and 'Traceback' not in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_image_shape_not_divisible_by_32_is_refused(tmp_path):
+    result = run_main('--image-shape', '100', '300', '--runs-dir', str(tmp_path))
+    assert result.returncode == 2 and 'multiples of 32' in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('flags', [['--seed', '-1'], ['--val-fraction', '1'], ['--epochs', '0'],
+                                   ['--keep-prob', '0']])
+def test_out_of_range_flags_are_refused(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_args(flags)
+    assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
+COMMAND_PARSERS = {'main.py': main.train_parser, 'main.py evaluate': evaluation.evaluate_parser,
+                   'main.py optimize': optimization.optimize_parser, 'main.py infer': infer.infer_parser,
+                   'benchmark.py': benchmark.benchmark_parser}
+
+
+@pytest.mark.parametrize('command', COMMAND_PARSERS)
+def test_every_option_of_every_command_has_a_help_text(command):
+    parser = COMMAND_PARSERS[command]()
+    options = [action for action in parser._actions if action.option_strings and action.dest != 'help']
+    assert options
+    missing = [action.option_strings[0] for action in options
+               if not action.help or not action.help.strip() or action.help == argparse.SUPPRESS]
+    assert not missing, f'{command}: options without a help text: {missing}'
+    text = parser.format_help()
+    assert all(action.option_strings[0] in text for action in options)
+
+
+@pytest.mark.parametrize('command', [[], ['evaluate'], ['optimize'], ['infer']])
+def test_help_of_each_command_prints_and_exits_cleanly(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(command + ['--help'])
+    assert exit_info.value.code == 0
+    assert ('--checkpoint' if command[:1] in (['evaluate'], ['optimize']) else '--') in capsys.readouterr().out
+
+
+def test_offline_default_falls_back_to_synthetic_scenes_and_a_random_encoder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(main.RECIPES['synthetic'], 'num_train', 6)
+    monkeypatch.setitem(main.RECIPES['synthetic'], 'num_test', 3)
+    args = main.parse_args(['--data-dir', str(tmp_path / 'data'), '--no-download'])
+    folder, source = main.resolve_dataset(args)
+    assert source == 'synthetic' and folder == str(tmp_path / 'data' / main.SYNTHETIC_DIR)
+    assert len(os.listdir(os.path.join(folder, 'training', 'gt_image_2'))) == 6
+    assert resolve_weights(args) == (None, {'source': 'random'})
+    err = capsys.readouterr().err
+    assert 'KITTI Road is not available' in err and 'data_road.zip' in err
+    assert "Udacity's pretrained VGG16 is not available" in err and 'vgg.zip' in err
+    assert "Keras' ImageNet VGG16 is not available" in err and '--imagenet-weights PATH' in err
+    assert main.resolve_dataset(args) == (folder, 'synthetic')  # made once, then reused
+
+
+def test_named_folders_never_fall_back(tmp_path, small_dataset):
+    with pytest.raises(UserError, match='no such folder'):
+        main.resolve_dataset(main.parse_args(['--dataset', str(tmp_path / 'missing')]))
+    with pytest.raises(UserError, match='no VGG16 SavedModel there'):
+        resolve_weights(main.parse_args(['--vgg-dir', str(tmp_path / 'missing'), '--no-download']))
+    assert main.resolve_dataset(main.parse_args(['--dataset', small_dataset])) == (small_dataset, 'user')
+
+
+def test_incomplete_default_folders_are_errors_not_fallbacks(tmp_path):
+    (tmp_path / 'data_road' / 'training' / 'image_2').mkdir(parents=True)
+    (tmp_path / 'vgg').mkdir()
+    (tmp_path / 'vgg' / 'saved_model.pb').write_bytes(b'')
+    before = snapshot(tmp_path)
+    args = main.parse_args(['--data-dir', str(tmp_path), '--no-download'])
+    with pytest.raises(UserError, match='data_road exists but does not hold KITTI Road.*untouched'):
+        main.resolve_dataset(args)
+    with pytest.raises(UserError, match='vgg exists but does not hold a VGG16 SavedModel.*untouched'):
+        resolve_weights(args)
+    assert snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == ['data_road', 'vgg']
+
+
+def test_end_to_end_run_writes_its_run_folder(thin_run, thin_vgg, small_dataset):
+    run_dir = thin_run
+    test_dir = os.path.join(small_dataset, 'testing', 'image_2')
+    for name in os.listdir(test_dir):
+        assert iio.imread(os.path.join(run_dir, name)).shape == iio.imread(os.path.join(test_dir, name)).shape
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert config['data']['source'] == 'user' and config['weights']['source'] == 'udacity'
+    assert config['data']['val_images'] == 3 and config['settings']['epochs'] == 2
+    history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
+    assert [h['epoch'] for h in history] == [1, 2]
+    assert all(0 <= h['val_iou_at_0.5'] <= 1 and 0 <= h['val_max_f'] <= 1 and np.isfinite(h['val_loss'])
+               and np.isfinite(h['loss']) for h in history)
+    assert set(history[-1]['val_kitti']) == {'um', 'umm', 'uu', 'all'}
+    assert np.sum(history[-1]['val_counts']['all']) == sum(np.sum(history[-1]['val_counts'][c]) for c in
+                                                         ('um', 'umm', 'uu'))
+    for plot in ('history.png', 'precision_recall.png'):
+        assert iio.imread(os.path.join(run_dir, plot)).ndim == 3
+    events = [os.path.join(run_dir, f) for f in os.listdir(run_dir) if f.startswith('events.out.tfevents')]
+    tags = {value.tag for event in tf.train.summary_iterator(events[0]) for value in event.summary.value}
+    assert {'train/loss', 'val/loss', 'val/max_f', 'val/iou_at_0.5'} <= tags
+    overlays = [tag for tag in tags if tag.startswith('val/') and tag.endswith('.png')]
+    assert sorted(kitti.category(tag[len('val/'):]) for tag in overlays) == ['um', 'umm', 'uu']  # one each
+    assert main.main(['evaluate', '--checkpoint', run_dir]) == 0  # the best epoch's weights, scored again
+    evaluated = json.load(open(os.path.join(run_dir, 'eval.json')))
+    best = max(history, key=lambda h: h['val_max_f'])
+    for category, scores in best['val_kitti'].items():
+        assert evaluated['kitti'][category] == pytest.approx(scores)
+    assert evaluated['loss'] == pytest.approx(best['val_loss'])
+    assert main.main(['evaluate', '--checkpoint', run_dir, '--dataset', small_dataset]) == 0
+    # The exported model gives the probabilities of the best checkpoint in the training graph.
+    image = images.read_rgb(os.path.join(test_dir, os.listdir(test_dir)[0]))
+    batch = images.resize_image(image, (64, 224))[None].astype(np.float32)
+    best = tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.BEST_CHECKPOINT))
+    with tf.Graph().as_default(), tf.Session() as sess:
+        net = main.build_fcn(sess, thin_vgg, 0)
+        tf.train.Saver(tf.trainable_variables()).restore(sess, best)
+        expected = sess.run(helper.road_probability(net['logits']), {net['input_image']: batch}).reshape(64, 224)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        meta = tf.saved_model.loader.load(sess, ['serve'], os.path.join(run_dir, run_folder.SERVING_DIR))
+        signature = meta.signature_def['serving_default']
+        served = sess.run(signature.outputs['road_probability'].name, {signature.inputs['image'].name: batch})
+    assert served.shape == (1, 64, 224)
+    np.testing.assert_allclose(served[0], expected, atol=1e-5)
+    assert len(json.load(open(os.path.join(run_dir, 'eval.json')))['images']) == 12
+    # A finished run cannot be resumed: its training state is deleted, the best checkpoint and export stay.
+    assert not os.path.exists(os.path.join(run_dir, run_folder.LAST_CHECKPOINT))
+    for name in os.listdir(test_dir):
+        confidence = iio.imread(os.path.join(run_dir, 'kitti', kitti.label_name(name)))
+        assert confidence.dtype == np.uint8 and confidence.shape == iio.imread(os.path.join(test_dir, name)).shape[:2]
+
+
+def test_gen_test_output_does_not_grow_the_graph(thin_vgg, small_dataset):
+    with tf.Session() as sess:
+        net = thin_fcn(sess, thin_vgg)
+        outputs = helper.gen_test_output(sess, net['logits'], net['keep_prob'], net['image_input'],
+                                         os.path.join(small_dataset, 'testing'), (64, 224))
+        name, first = next(outputs)
+        ops = len(sess.graph.get_operations())
+        rest = list(outputs)
+        again = list(helper.gen_test_output(sess, net['logits'], net['keep_prob'], net['image_input'],
+                                            os.path.join(small_dataset, 'testing'), (64, 224)))
+        assert len(sess.graph.get_operations()) == ops
+    assert len(rest) == 3 and len(again) == 4
+    assert first.shape == iio.imread(os.path.join(small_dataset, 'testing', 'image_2', name)).shape
+
+
+def test_new_run_dir_never_reuses_a_folder(tmp_path):
+    dirs = {helper.new_run_dir(str(tmp_path)) for _ in range(3)}
+    assert len(dirs) == 3
+
+
+@pytest.mark.parametrize('where', ['mid-epoch', 'validation'])
+def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset, tmp_path, monkeypatch, capsys,
+                                                        where):
+    # Without dropout: its random masks come from stateful random ops, whose streams restart in a new session.
+    flags = ['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--epochs', '2', '--batch-size', '3',
+             '--image-shape', '64', '224', '--val-fraction', '0.25', '--keep-prob', '1', '--no-download',
+             '--keep-last-checkpoint']
+    straight = main.run(flags + ['--runs-dir', str(tmp_path / 'straight')])
+    original = helper.gen_batch_function
+
+    def interrupted_at_step_4(*args, **kwargs):  # 9 training images, batch 3: in the middle of epoch 2
+        get_batches_fn, taken = original(*args, **kwargs), []
+
+        def interrupted(batch_size):
+            for batch in get_batches_fn(batch_size):
+                if len(taken) == 4:
+                    raise KeyboardInterrupt
+                taken.append(batch)
+                yield batch
+
+        return interrupted
+
+    original_validate = evaluation.make_validate_fn
+
+    def interrupted_in_epoch_2_validation(*args):
+        validate_fn, calls = original_validate(*args), []
+
+        def validate():
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return validate_fn()
+
+        return validate
+
+    if where == 'mid-epoch':
+        monkeypatch.setattr(helper, 'gen_batch_function', interrupted_at_step_4)
+    else:
+        monkeypatch.setattr(evaluation, 'make_validate_fn', interrupted_in_epoch_2_validation)
+    assert main.main(flags + ['--runs-dir', str(tmp_path / 'stopped')]) == 130
+    run_dir = str(next((tmp_path / 'stopped').iterdir()))
+    err = capsys.readouterr().err
+    stopped_at = 4 if where == 'mid-epoch' else 6  # at 6, epoch 2's checkpoint is not written: it is redone
+    assert f'interrupted at step {stopped_at}' in err and f'python main.py --resume {run_dir}' in err
+    monkeypatch.setattr(helper, 'gen_batch_function', original)
+    monkeypatch.setattr(evaluation, 'make_validate_fn', original_validate)
+    assert main.run(['--resume', run_dir]) == run_dir
+    history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
+    assert [h['epoch'] for h in history] == [1, 2]
+    resumed_at = json.load(open(os.path.join(run_dir, 'config.json')))['resumed'][0]['at_step']
+    assert resumed_at == (4 if where == 'mid-epoch' else 3)
+    a = tf.train.latest_checkpoint(os.path.join(straight, run_folder.LAST_CHECKPOINT))
+    b = tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.LAST_CHECKPOINT))
+    names = [name for name, _ in tf.train.list_variables(a)]
+    assert 'global_step' in names and 'score_fr/weights/Adam' in names
+    assert tf.train.load_variable(b, 'global_step') == 6
+    for name in names:
+        np.testing.assert_allclose(tf.train.load_variable(b, name), tf.train.load_variable(a, name),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    assert tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.BEST_CHECKPOINT))
+    with pytest.raises(UserError, match='that run finished'):
+        main.run(['--resume', run_dir])
+
+
+def test_resume_refuses_other_flags_and_folders_that_are_not_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main.parse_args(['--resume', str(tmp_path), '--epochs', '3'])
+    assert 'drop --epochs' in capsys.readouterr().err
+    with pytest.raises(UserError, match='not a run folder of this project'):
+        main.run(['--resume', str(tmp_path)])
+
+
+def bf16_training_flags(small_dataset, thin_vgg, runs_dir):
+    return ['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--runs-dir', runs_dir, '--epochs', '1',
+            '--batch-size', '4', '--image-shape', '64', '224', '--val-fraction', '0.25', '--no-download',
+            '--precision', 'bf16']
+
+
+@pytest.mark.skipif(precision.mixed_precision()[0] != 'bf16', reason=precision.mixed_precision()[1])
+def test_bf16_training_runs_where_the_cpu_has_it(thin_vgg, small_dataset, tmp_path):
+    run_dir = main.run(bf16_training_flags(small_dataset, thin_vgg, str(tmp_path / 'runs')))
+    config = json.load(open(os.path.join(run_dir, 'config.json')))
+    assert config['settings']['precision'] == 'bf16' and config['finished']
+
+
+def test_bf16_training_is_refused_where_the_cpu_lacks_it(thin_vgg, small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(precision, 'mixed_precision', lambda: (None, 'this CPU has neither AVX512_BF16 nor AMX'))
+    assert main.main(bf16_training_flags(small_dataset, thin_vgg, str(tmp_path / 'runs'))) == 2
+    assert 'this CPU has neither AVX512_BF16 nor AMX' in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'runs')  # refused before a run folder is made
