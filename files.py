@@ -54,8 +54,9 @@ def folder_bytes(folder):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
 
 
-def gigabytes(n):
-    return f'{n / 1e9:.2f} GB'
+def size_text(n):
+    """Bytes as a reader wants them: '3.4 MB', '2.61 GB'."""
+    return f'{n / 1e9:.2f} GB' if n >= 1e9 else f'{n / 1e6:.1f} MB'
 
 
 def is_disk_error(error):
@@ -73,5 +74,5 @@ def writing(folder, what='files'):
             raise
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f'no space left on the disk of {folder} while writing {what} '
-                            f'({gigabytes(free_bytes(folder))} free): free some space and try again') from None
+                            f'({size_text(free_bytes(folder))} free): free some space and try again') from None
         raise UserError(f'cannot write {what} into {folder}: {e.strerror}') from None

@@ -100,9 +100,9 @@ def warn_if_short_of_space(run_dir, checkpoints):
     needs = {last.folder: 2 * last.bytes, best.folder: 2 * best.bytes, SERVING_DIR: best.bytes}
     free = files.free_bytes(run_dir)
     if free < sum(needs.values()):
-        parts = ', '.join(f'{what} {files.gigabytes(n)}' for what, n in needs.items())
-        print(f'warning: {run_dir} has {files.gigabytes(free)} free, but this run may need '
-              f'{files.gigabytes(sum(needs.values()))} ({parts}); if the disk fills up it stops with an error and '
+        parts = ', '.join(f'{what} {files.size_text(n)}' for what, n in needs.items())
+        print(f'warning: {run_dir} has {files.size_text(free)} free, but this run may need '
+              f'{files.size_text(sum(needs.values()))} ({parts}); if the disk fills up it stops with an error and '
               'can be resumed once there is space', file=sys.stderr, flush=True)
 
 
@@ -114,26 +114,21 @@ def _out_of_disk(error):
 
 
 def save_checkpoint(checkpoint, sess, run_dir, global_step):
-    """Save a checkpoint into its folder of run_dir. A failure leaves the previous checkpoint the latest one and
-    removes what it half wrote; a full disk is a UserError naming the folder and the space a checkpoint needs."""
+    """Save a checkpoint into its folder of run_dir. A failure leaves the previous checkpoint the latest one; a
+    full disk is a UserError naming the folder and the space a checkpoint needs."""
     path = os.path.join(run_dir, checkpoint.folder)
     step = sess.run(global_step)
     try:
         os.makedirs(path, exist_ok=True)
         checkpoint.saver.save(sess, os.path.join(path, 'model'), global_step=step, write_meta_graph=False)
     except (tf.errors.OpError, OSError) as e:
-        state = tf.train.get_checkpoint_state(path)  # TensorFlow updates it only once a checkpoint is complete
-        kept = {os.path.basename(p) for p in state.all_model_checkpoint_paths} if state else set()
-        if f'model-{step}' not in kept:
-            for name in os.listdir(path):
-                if name.startswith((f'model-{step}.', f'model-{step}_temp')):
-                    target = os.path.join(path, name)
-                    shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+        # TensorFlow writes each file under a temporary name, removes it on failure, and updates the `checkpoint`
+        # state file only once a checkpoint is complete: the previous one stays the latest.
         if not _out_of_disk(e):
             raise
         latest = tf.train.latest_checkpoint(os.path.join(run_dir, LAST_CHECKPOINT))
         raise UserError(f'cannot write a checkpoint into {path}: the disk is full or not writable (a checkpoint '
-                        f'there needs {files.gigabytes(checkpoint.bytes)}, {files.gigabytes(files.free_bytes(path))} '
+                        f'there needs {files.size_text(checkpoint.bytes)}, {files.size_text(files.free_bytes(path))} '
                         f'are free). Free some space, then continue with python main.py --resume {run_dir}'
                         + (f' (from {os.path.basename(latest)})' if latest else ' (no epoch was saved yet: start '
                                                                                 'again)')) from None
@@ -254,7 +249,7 @@ def finish(run_dir, config, best, vgg_dir, layers, keep_last):
         if not _out_of_disk(e):
             raise
         raise UserError(f'cannot export the model into {serving_dir}: the disk is full or not writable '
-                        f'({files.gigabytes(files.free_bytes(run_dir))} free). Free some space, then finish the run '
+                        f'({files.size_text(files.free_bytes(run_dir))} free). Free some space, then finish the run '
                         f'with python main.py --resume {run_dir}') from None
     config['finished'] = time.strftime('%Y-%m-%d %H:%M:%S')
     write_config(run_dir, config)

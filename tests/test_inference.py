@@ -1,8 +1,10 @@
 """main.py optimize (frozen, bf16 and TFLite variants) and main.py infer (images, folders, video)."""
 import json
 import os
+import re
 import shutil
 
+import imageio
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -161,3 +163,38 @@ def test_infer_refuses_foreign_models_and_clashing_names(small_dataset, tmp_path
     assert main.main(['infer', '--model', str(tmp_path / 'empty.pb'), '--input', str(pictures), '--output',
                       str(tmp_path / 'o')]) == 2
     assert 'would both be written as a.png' in capsys.readouterr().err and not os.path.exists(tmp_path / 'o')
+
+
+def test_infer_skips_an_unreadable_image_writes_the_rest_and_says_what_it_skipped(small_dataset, tmp_path, capsys):
+    model = write_half_road_model(tmp_path / 'half.pb')
+    pictures = tmp_path / 'pictures'
+    shutil.copytree(os.path.join(small_dataset, 'testing', 'image_2'), pictures)
+    (pictures / 'umm_000000.png').write_bytes((pictures / 'umm_000000.png').read_bytes()[:300])  # cut short
+    assert main.main(['infer', '--model', model, '--input', str(pictures), '--output', str(tmp_path / 'out')]) == 2
+    captured = capsys.readouterr()
+    assert 'warning: skipped: ' in captured.err + captured.out and 'Traceback' not in captured.err
+    assert re.search(r'error: 1 of 4 image\(s\) could not be read and were skipped: \S+umm_000000.png cannot be '
+                     'read as an image', captured.err), captured.err
+    assert sorted(os.listdir(tmp_path / 'out')) == ['um_000000.png', 'um_000001.png', 'uu_000000.png']
+
+
+def test_infer_says_when_a_video_is_cut_short(tmp_path, capsys):
+    """A Matroska file cut in half (a partial download) still announces all its frames: the overlay video ends
+    at the cut, and infer says how many frames it read of how many."""
+    model = write_half_road_model(tmp_path / 'half.pb')
+    rng = np.random.default_rng(1)
+    with imageio.v2.get_writer(str(tmp_path / 'full.mkv'), format='FFMPEG', mode='I', fps=12, codec='libx264',
+                               macro_block_size=1, pixelformat='yuv444p') as writer:
+        for _ in range(24):
+            writer.append_data(synthetic.render_scene(rng, 75, 241)[0])
+    body = (tmp_path / 'full.mkv').read_bytes()
+    (tmp_path / 'cut.mkv').write_bytes(body[:len(body) // 2])
+    out = str(tmp_path / 'out.mp4')
+    assert main.main(['infer', '--model', model, '--input', str(tmp_path / 'cut.mkv'), '--output', out]) == 0
+    said = re.search(r'warning: \S+cut.mkv: read (\d+) of the 24 frames its container announces: the file is '
+                     'probably cut short', capsys.readouterr().out)
+    assert said and 0 < int(said.group(1)) < 20
+    assert len(list(iio.imiter(out, plugin='FFMPEG'))) == int(said.group(1))
+    assert main.main(['infer', '--model', model, '--input', str(tmp_path / 'full.mkv'), '--output',
+                      str(tmp_path / 'full.mp4')]) == 0
+    assert 'cut short' not in capsys.readouterr().out  # a whole file says nothing

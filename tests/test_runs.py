@@ -3,6 +3,10 @@ resuming and a full disk."""
 import argparse
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -19,7 +23,8 @@ import main
 import optimization
 import precision
 import run_folder
-from conftest import resolve_weights, run_main, snapshot, thin_fcn
+import vgg
+from conftest import HERE, resolve_weights, run_main, snapshot, thin_fcn
 from errors import UserError
 
 
@@ -265,3 +270,74 @@ def test_bf16_training_is_refused_where_the_cpu_lacks_it(thin_vgg, small_dataset
     assert main.main(bf16_training_flags(small_dataset, thin_vgg, str(tmp_path / 'runs'))) == 2
     assert 'this CPU has neither AVX512_BF16 nor AMX' in capsys.readouterr().err
     assert not os.path.exists(tmp_path / 'runs')  # refused before a run folder is made
+
+
+def namespace_with_tmpfs():
+    """Why a private tmpfs cannot be mounted here (unshare -rm: a user and mount namespace), or None if it can."""
+    if not shutil.which('unshare'):
+        return 'no unshare command to make a private mount namespace'
+    probe = subprocess.run(['unshare', '-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs /mnt'],
+                           capture_output=True, text=True, timeout=30)
+    return None if probe.returncode == 0 else f'cannot mount a private tmpfs: {probe.stderr.strip()}'
+
+
+def in_small_disk(script, tmp_path, timeout=240):
+    """Run a shell script in a private mount namespace with $RUNS a tmpfs (mounted by the script): the disk
+    fills up for real, and the namespace, its mount and its processes end with the script."""
+    result = subprocess.run(['unshare', '-rm', 'bash', '-c', script], capture_output=True, text=True,
+                            timeout=timeout, cwd=HERE, env={**os.environ, 'RUNS': str(tmp_path / 'runs'),
+                                                             'PYTHON': sys.executable})
+    return result.stdout + result.stderr
+
+
+@pytest.mark.skipif(namespace_with_tmpfs() is not None, reason=str(namespace_with_tmpfs()))
+def test_a_full_disk_stops_with_an_error_keeps_the_last_checkpoint_and_the_run_resumes(small_dataset, tmp_path):
+    # A model whose checkpoints are a few MB, so that a tmpfs can be sized to hold epoch 1 but not epoch 2's last.
+    vgg_dir = vgg.save_vgg16(str(tmp_path / 'vgg'), channels=(4, 8, 16, 32, 32, 256))
+    with tf.Session() as sess:
+        main.build_fcn(sess, vgg_dir, 0)
+        last, best = run_folder.make_checkpoints()
+    # Epoch 1 writes best + last; epoch 2 writes best (fits) and then last (needs last.bytes more: does not fit).
+    size = int(1.5 * last.bytes + best.bytes + 1.5e6)
+    assert best.bytes + 1e6 < 0.5 * last.bytes + 1.5e6 < last.bytes  # margins of about 1 MB either way
+    (tmp_path / 'runs').mkdir()
+    flags = (f'--dataset {small_dataset} --vgg-dir {vgg_dir} --runs-dir "$RUNS" --epochs 2 --batch-size 4 '
+             '--image-shape 64 224 --val-fraction 0.25 --no-download')
+    output = in_small_disk(f'''
+        mount -t tmpfs -o size={size} tmpfs "$RUNS" || exit 99
+        "$PYTHON" main.py {flags} 2>&1; echo "first exit $?"
+        run=$(ls -d "$RUNS"/*/); ls "$run/checkpoints/last"
+        mount -o remount,size=64m "$RUNS"
+        "$PYTHON" main.py --resume "$run" 2>&1; echo "second exit $?"
+        ls "$run"; cat "$run/config.json"''', tmp_path)
+    first, second = output.split('first exit ')[0], output.split('first exit ')[1]
+    assert 'may need' in first and 'warning:' in first  # the free space was checked before training
+    assert re.search(r'error: cannot write a checkpoint into \S+/checkpoints/last: the disk is full .*needs '
+                     r'[\d.]+ MB.*--resume \S+ \(from model-3\)', first), output
+    assert 'Traceback' not in output and second.startswith('2\n')
+    listing = second.split('\n')[1:4]
+    assert sorted(listing) == ['checkpoint', 'model-3.data-00000-of-00001', 'model-3.index']  # nothing half-written
+    assert 'second exit 0' in second and 'saved_model' in second and '"finished"' in second, output
+
+
+@pytest.mark.skipif(namespace_with_tmpfs() is not None, reason=str(namespace_with_tmpfs()))
+def test_a_read_only_runs_folder_is_a_clear_error(small_dataset, thin_vgg, tmp_path):
+    (tmp_path / 'runs').mkdir()
+    output = in_small_disk(f'''
+        mount -t tmpfs -o ro tmpfs "$RUNS" || exit 99
+        "$PYTHON" main.py --dataset {small_dataset} --vgg-dir {thin_vgg} --runs-dir "$RUNS"/new --no-download \
+            --image-shape 64 224 --val-fraction 0.25; echo "exit $?"''', tmp_path)
+    assert re.search(r'error: cannot write a run folder into \S+/new: Read-only file system', output), output
+    assert 'exit 2' in output and 'Traceback' not in output
+
+
+def test_a_damaged_config_is_named_when_resuming(thin_run, tmp_path):
+    run_dir = tmp_path / 'run'
+    shutil.copytree(thin_run, run_dir)
+    config = run_dir / 'config.json'
+    config.write_text(config.read_text()[:100])
+    with pytest.raises(UserError, match=f'its {re.escape(str(config))} cannot be read .*settings are unknown'):
+        main.run(['--resume', str(run_dir)])
+    config.unlink()
+    with pytest.raises(UserError, match='not a run folder of this project .it has no config.json'):
+        main.run(['--resume', str(run_dir)])
