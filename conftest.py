@@ -193,12 +193,12 @@ def run_main(*args, cwd=HERE):
 
 @pytest.fixture(scope='session')
 def thin_run(thin_vgg, small_dataset, tmp_path_factory):
-    """A finished run folder: 2 epochs of the thin model at 64x224 on the small dataset."""
+    """A finished run folder: 2 epochs of the thin model at 64x224 on the small dataset, in fp32."""
     runs = tmp_path_factory.mktemp('runs')
     with tf.Graph().as_default():
         run_dir = main.run(['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--runs-dir', str(runs),
                             '--epochs', '2', '--batch-size', '4', '--image-shape', '64', '224',
-                            '--val-fraction', '0.25', '--no-download'])
+                            '--val-fraction', '0.25', '--no-download', '--precision', 'fp32'])
     assert os.path.dirname(run_dir) == str(runs)
     return run_dir
 

@@ -13,6 +13,7 @@ import helper
 import kitti
 import metrics
 import plots
+import precision
 import run_folder
 from errors import UserError
 from images import overlay, resize_image, resize_nearest, resize_probability
@@ -114,6 +115,10 @@ def evaluate_parser():
     parser.add_argument('--dataset', metavar='DIR',
                         help='score every image of DIR/training (KITTI layout, with ground truth) instead of the '
                              'run\'s validation split')
+    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'),
+                        help='arithmetic of the network: auto = bf16 on CPUs with AVX512_BF16 or AMX, else fp32 '
+                             '[default: the precision the run validated with, so that its figures are repeated; '
+                             'auto where this machine lacks it]')
     return parser
 
 
@@ -135,7 +140,15 @@ def evaluate_command(argv, build_fcn):
     if not examples:
         raise UserError(f'{args.checkpoint}: no images to evaluate')
     image_shape = tuple(config['settings']['image_shape'])
-    with tf.Graph().as_default(), tf.Session() as sess:
+    ran = config.get('precision', {}).get('chosen', 'fp32')  # runs older than --precision auto ran fp32
+    if args.precision:
+        arithmetic, why = precision.choose(args.precision)
+    elif ran == 'bf16' and precision.mixed_precision()[0] != 'bf16':
+        arithmetic, why = precision.choose('auto')
+    else:
+        arithmetic, why = ran, 'the precision the run validated with'
+    print(f'precision {arithmetic} ({why})', flush=True)
+    with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
         net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'])
         tf.train.Saver(tf.trainable_variables()).restore(sess, best)
         validate_fn = make_validate_fn(sess, net, examples, image_shape)
@@ -147,6 +160,7 @@ def evaluate_command(argv, build_fcn):
     plot = os.path.join(args.checkpoint, 'eval_precision_recall.png')
     with files.writing(args.checkpoint, 'the evaluation'):
         files.write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],
+                                'precision': arithmetic,
                                 'images': [name for name, _, _ in examples], 'loss': record['val_loss'],
                                 'kitti': record['val_kitti'], 'counts': record['val_counts']})
         plots.plot_precision_recall(record['val_counts'], plot, f'{os.path.basename(best)}, {len(examples)} images')

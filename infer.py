@@ -12,13 +12,13 @@ from tqdm import tqdm
 
 import files
 import inference
+import precision
 import run_folder
 from errors import UserError
 from helper import predict_probability
 from images import PICTURE_EXTENSIONS, list_pictures, overlay, read_rgb
 from metrics import confidence
 from optimization import OPTIMIZED_DIR
-from precision import require_mixed_precision
 from video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
 
 
@@ -37,27 +37,29 @@ def infer_parser():
                         help='a PNG/JPEG image, a folder of them, or a video (mp4, mov, avi, mkv)')
     parser.add_argument('--output', metavar='PATH', required=True,
                         help='a folder for the overlays of images; an .mp4 file for a video')
-    parser.add_argument('--precision', choices=tuple(inference.PRECISION_VARIANT),
+    parser.add_argument('--precision', choices=('auto', *inference.PRECISION_VARIANT), default='auto',
                         help='fp32; bf16 (bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX, float16 on a '
-                             'GPU); int8 (needs main.py optimize\'s int8.tflite) [default: fp32, or a model '
-                             'file\'s own]')
+                             'GPU); int8 (needs main.py optimize\'s int8.tflite); auto = bf16 where the CPU has '
+                             'it, else fp32, and a .tflite model\'s own [default: auto]')
     parser.add_argument('--probabilities', action='store_true',
                         help='also write KITTI-style confidence maps (uint8 road probability x 255) into '
                              'OUTPUT/probabilities/ (OUTPUT_probabilities/ for a video, a PNG per frame)')
     return parser
 
 
-def load_model(path, precision):
-    """(predictor (predict, (H, W)), what it is) for `--model path --precision precision` (None: the model's own).
+def load_model(path, requested):
+    """(predictor (predict, (H, W)), what it is) for `--model path --precision requested`.
 
     path: a run folder (its optimized/ model of that precision when there is one, else its saved_model/), an
-    optimized/ folder, an exported SavedModel inside a run folder, a frozen .pb or a .tflite file."""
+    optimized/ folder, an exported SavedModel inside a run folder, a frozen .pb or a .tflite file. A SavedModel is
+    frozen when loaded: its weights become constants, which oneDNN lays out once instead of at every image.
+    auto is bf16 where the CPU has it (precision.choose), else fp32; never int8, which costs accuracy."""
     if os.path.isfile(path):
-        return _load_model_file(path, precision)
+        return _load_model_file(path, requested)
     if not os.path.isdir(path):
         raise UserError(f'--model {path}: no such file or folder')
-    precision = precision or 'fp32'
-    variant = inference.PRECISION_VARIANT[precision]
+    chosen = precision.choose('auto')[0] if requested == 'auto' else requested
+    variant = inference.PRECISION_VARIANT[chosen]
     optimized = path if os.path.isfile(os.path.join(path, 'optimization.json')) else os.path.join(path,
                                                                                                    OPTIMIZED_DIR)
     file = os.path.join(optimized, inference.FILES[variant])
@@ -67,33 +69,35 @@ def load_model(path, precision):
         run_dir, saved_model = os.path.dirname(os.path.abspath(path)), path
     else:
         run_dir, saved_model = path, os.path.join(path, run_folder.SERVING_DIR)
-    if precision == 'int8' or not os.path.isfile(os.path.join(saved_model, 'saved_model.pb')):
-        raise UserError(f'--model {path}: no {precision} model there: give a run folder, its {OPTIMIZED_DIR}/ or '
+    if chosen == 'int8' or not os.path.isfile(os.path.join(saved_model, 'saved_model.pb')):
+        raise UserError(f'--model {path}: no {chosen} model there: give a run folder, its {OPTIMIZED_DIR}/ or '
                         f'{run_folder.SERVING_DIR}/ folder, a .pb or a .tflite file'
                         + (' (int8 models are made by python main.py optimize --checkpoint RUN_DIR)'
-                           if precision == 'int8' else ''))
+                           if chosen == 'int8' else ''))
     config = run_folder.read_config(run_dir, '--model')  # the input size the model was trained at
-    mixed = require_mixed_precision('--precision bf16') if precision == 'bf16' else None
-    return (inference.saved_model_predictor(saved_model, config['settings']['image_shape'], mixed),
-            f'{saved_model} (SavedModel{", " + mixed if mixed else ""})')
+    mixed = precision.require_mixed_precision('--precision bf16') if chosen == 'bf16' else None
+    frozen = inference.freeze(saved_model, config['settings']['image_shape'])
+    return (inference.graph_predictor(frozen, mixed),
+            f'{saved_model} (SavedModel, frozen{", " + mixed if mixed else ""})')
 
 
-def _load_model_file(path, precision):
+def _load_model_file(path, requested):
     """load_model for a .tflite or frozen .pb file."""
     if path.endswith('.tflite'):
-        if precision:
+        if requested != 'auto':
             raise UserError(f'--model {path}: a .tflite model has its own precision: drop --precision')
         return inference.tflite_predictor(path), f'{path} (TFLite)'
     if not path.endswith('.pb'):
         raise UserError(f'--model {path}: a file must be a frozen graph (.pb) or a TFLite model (.tflite)')
-    if precision == 'int8':
+    if requested == 'int8':
         raise UserError(f'--model {path}: int8 models are .tflite files (main.py optimize writes int8.tflite next '
                         'to it)')
     try:
         graph_def = inference.read_graph_def(path)
     except Exception as e:  # protobuf's DecodeError has no common base with OSError
         raise UserError(f'--model {path}: not a frozen graph ({e})') from None
-    mixed = require_mixed_precision('--precision bf16') if precision == 'bf16' else None
+    chosen = precision.choose('auto')[0] if requested == 'auto' else requested
+    mixed = precision.require_mixed_precision('--precision bf16') if chosen == 'bf16' else None
     return inference.graph_predictor(graph_def, mixed), f'{path} (frozen graph{", " + mixed if mixed else ""})'
 
 

@@ -26,13 +26,13 @@ import helper
 import infer
 import kitti
 import optimization
+import precision
 import run_folder
 import synthetic
 import vgg
 from batches import prefetch
 from errors import LossDiverged, UserError, warn
 from metrics import NUM_CLASSES, max_f_key
-from precision import require_mixed_precision, session_config
 
 tf.disable_eager_execution()
 
@@ -286,10 +286,10 @@ def run(argv=None):
         vars(args).update({k: v for k, v in resume.config['settings'].items() if k in vars(args) and k != 'resume'})
     data = load_data(args, resume)  # every file read and checked before the weights, the run folder, the graph
     recipe = settings(args, data.source)
-    session_config = training_config(args.precision)
-    run_dir, config, vgg_dir = start_run(args, argv, data, recipe, resume)
+    arithmetic, why = precision.choose(args.precision)  # before the run folder: bf16 may be refused
+    run_dir, config, vgg_dir = start_run(args, argv, data, recipe, resume, (arithmetic, why))
 
-    with tf.Graph().as_default(), tf.Session(config=session_config) as sess:
+    with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
         net = build_fcn(sess, vgg_dir, args.seed)
         last, best = run_folder.make_checkpoints()
         if resume:
@@ -349,15 +349,16 @@ def load_data(args, resume):
                         epochs)
 
 
-def start_run(args, argv, data, recipe, resume):
+def start_run(args, argv, data, recipe, resume, arithmetic):
     """(run folder, its config, the VGG16 SavedModel folder or None): a new run folder with the weights resolved
-    (vgg.resolve_weights), or the resumed one; config.json written either way."""
+    (vgg.resolve_weights), or the resumed one; config.json written either way, with the (precision, why) chosen
+    for this machine."""
     if resume:
         run_dir, config = args.resume, resume.config
         vgg_dir, weights = config['weights']['vgg_dir'], config['weights']
         if vgg_dir and not vgg.vgg_is_complete(vgg_dir):
             raise UserError(f'--resume {args.resume}: its VGG16 {vgg_dir} is gone')
-        config.setdefault('resumed', []).append({'at_step': data.start_step,
+        config.setdefault('resumed', []).append({'at_step': data.start_step, 'precision': arithmetic[0],
                                                  'time': time.strftime('%Y-%m-%d %H:%M:%S')})
     else:
         vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
@@ -370,12 +371,15 @@ def start_run(args, argv, data, recipe, resume):
                      'train_images': len(data.train_names), 'val_images': len(data.val_names),
                      'val_names': data.val_names},
             'weights': {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
+            'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},
+            'machine': precision.machine(),
             'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
                          'numpy': np.__version__},
         }
     run_folder.write_config(run_dir, config)
     print(f'run folder {run_dir}: data {data.source} ({len(data.train_names)} train, {len(data.val_names)} val), '
-          f'weights {weights["source"]}, {recipe}' + (f', resuming at step {data.start_step}' if resume else ''),
+          f'weights {weights["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), {recipe}'
+          + (f', resuming at step {data.start_step}' if resume else ''),
           flush=True)
     return run_dir, config, vgg_dir
 
@@ -429,15 +433,6 @@ def settings(args, data_source):
               if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape')}
     chosen['image_shape'] = tuple(chosen['image_shape'])
     return chosen
-
-
-def training_config(precision):
-    """Session config of training at precision 'fp32' or 'bf16'; UserError where bf16 would not be fast."""
-    if precision == 'fp32':
-        return None
-    # float16 on a GPU would also need loss scaling, which this project does not do
-    require_mixed_precision('--precision bf16', allowed=('bf16',))
-    return session_config('bf16', fold_constants=False)
 
 
 # ---------------------------------------------------------------------------------------- command line
@@ -499,9 +494,11 @@ def train_parser():
     parser.add_argument('--no-augment', action='store_true',
                         help='train on the images as they are: no random flip, zoom, brightness, contrast or '
                              'gamma (validation is never augmented)')
-    parser.add_argument('--precision', choices=('fp32', 'bf16'), default='fp32',
-                        help='training arithmetic: bf16 = oneDNN bfloat16 auto mixed precision (weights and '
-                             'updates stay fp32), on CPUs with AVX512_BF16 or AMX only [default: fp32]')
+    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
+                        help='training and validation arithmetic: bf16 = oneDNN bfloat16 auto mixed precision '
+                             '(weights, Adam\'s state and the loss stay fp32), on CPUs with AVX512_BF16 or AMX only; '
+                             'auto = bf16 where the CPU has it, else fp32 (GPUs too); the choice and its reason go '
+                             'into config.json [default: auto]')
     parser.add_argument('--no-download', action='store_true',
                         help='never use the network: missing weights or KITTI fall back at once to what is on '
                              'disk')

@@ -36,6 +36,28 @@ def require_mixed_precision(flag, allowed=('bf16', 'fp16')):
     return reduced
 
 
+def choose(requested):
+    """(precision 'fp32' or 'bf16', why) for --precision requested: 'auto' is bf16 where the CPU runs it fast
+    (AVX512_BF16 or AMX) and fp32 elsewhere, GPUs included (float16 would need loss scaling in training, which
+    this project does not do); 'bf16' where the CPU cannot is a UserError."""
+    if requested == 'fp32':
+        return 'fp32', '--precision fp32'
+    if requested == 'bf16':
+        require_mixed_precision('--precision bf16', allowed=('bf16',))
+    reduced, why = mixed_precision()
+    if reduced == 'bf16':
+        return 'bf16', why
+    if reduced == 'fp16':
+        return 'fp32', 'GPU: fp32 (float16 mixed precision would need loss scaling, which this project does not do)'
+    return 'fp32', why
+
+
+def training_config(arithmetic):
+    """Session config of a training (or its validation) graph at arithmetic 'fp32' or 'bf16': TensorFlow's
+    defaults for fp32, Grappler's oneDNN auto mixed precision for bf16 (weights and updates stay fp32)."""
+    return None if arithmetic == 'fp32' else session_config(arithmetic, fold_constants=False)
+
+
 def session_config(precision=None, fold_constants=True):
     """ConfigProto for Grappler: aggressive constant folding (for inference graphs) and, for 'bf16' / 'fp16',
     auto mixed precision."""

@@ -117,6 +117,7 @@ def test_end_to_end_run_writes_its_run_folder(thin_run, thin_vgg, small_dataset)
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert config['data']['source'] == 'user' and config['weights']['source'] == 'udacity'
     assert config['data']['val_images'] == 3 and config['settings']['epochs'] == 2
+    assert config['precision'] == {'chosen': 'fp32', 'why': '--precision fp32'} and config['machine']
     history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
     assert [h['epoch'] for h in history] == [1, 2]
     assert all(0 <= h['val_iou_at_0.5'] <= 1 and 0 <= h['val_max_f'] <= 1 and np.isfinite(h['val_loss'])
@@ -263,6 +264,12 @@ def test_bf16_training_runs_where_the_cpu_has_it(thin_vgg, small_dataset, tmp_pa
     run_dir = main.run(bf16_training_flags(small_dataset, thin_vgg, str(tmp_path / 'runs')))
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert config['settings']['precision'] == 'bf16' and config['finished']
+    assert config['precision']['chosen'] == 'bf16' and 'oneDNN bfloat16' in config['precision']['why']
+    # evaluate scores in the precision the run validated with, so it repeats the run's own figures
+    assert main.main(['evaluate', '--checkpoint', run_dir]) == 0
+    evaluated = json.load(open(os.path.join(run_dir, 'eval.json')))
+    best = max(json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs'], key=lambda h: h['val_max_f'])
+    assert evaluated['precision'] == 'bf16' and evaluated['kitti']['all'] == pytest.approx(best['val_kitti']['all'])
 
 
 def test_bf16_training_is_refused_where_the_cpu_lacks_it(thin_vgg, small_dataset, tmp_path, monkeypatch, capsys):
@@ -341,3 +348,17 @@ def test_a_damaged_config_is_named_when_resuming(thin_run, tmp_path):
     config.unlink()
     with pytest.raises(UserError, match='not a run folder of this project .it has no config.json'):
         main.run(['--resume', str(run_dir)])
+
+
+@pytest.mark.parametrize('found, chosen', [(('bf16', 'CPU with AMX_BF16: oneDNN bfloat16'), 'bf16'),
+                                           ((None, 'this CPU has neither AVX512_BF16 nor AMX'), 'fp32'),
+                                           (('fp16', 'GPU: float16 auto mixed precision'), 'fp32')])
+def test_precision_auto_is_bf16_where_the_cpu_has_it_and_fp32_elsewhere(monkeypatch, found, chosen):
+    monkeypatch.setattr(precision, 'mixed_precision', lambda: found)
+    arithmetic, why = precision.choose('auto')
+    assert arithmetic == chosen and why
+    assert ('loss scaling' in why) == (found[0] == 'fp16')  # a GPU trains in fp32, and says why
+    assert precision.choose('fp32') == ('fp32', '--precision fp32')
+    assert precision.training_config('fp32') is None
+    if chosen == 'bf16':
+        assert precision.training_config('bf16').graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16
