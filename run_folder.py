@@ -222,7 +222,7 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers):
             input_image, layer3, layer4, layer7 = (graph.get_tensor_by_name(name) for name in (
                 'image_input:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0'))
         else:
-            input_image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed)
+            input_image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed, fc_as_matmul=False)
         last = layers(layer3, layer4, layer7, NUM_CLASSES)
         logits = tf.reshape(last, [-1, NUM_CLASSES], name='logits')
         road = tf.reshape(helper.road_probability(logits), tf.shape(input_image)[:3], name='road_probability')

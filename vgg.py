@@ -54,15 +54,28 @@ class ConversionError(ValueError):
     """The Keras weights file cannot be converted, or the SavedModel cannot be written; the message says why."""
 
 
-def _conv_relu(x, out_channels, kernel, name, seed):
-    """He-initialised convolution + ReLU, SAME padding, stride 1: [N, H, W, C] -> [N, H, W, out_channels]."""
+def _conv_relu(x, out_channels, kernel, name, seed, as_matmul=False):
+    """He-initialised convolution + ReLU, SAME padding, stride 1: [N, H, W, C] -> [N, H, W, out_channels].
+
+    as_matmul computes the same convolution as one matrix product of the image patches [N*H*W, k*k*C] with the
+    weights seen as [k*k*C, out] (the patches' order is the kernel's): for fc6 and fc7, whose weights are huge
+    and whose maps are small, oneDNN then reads the weights as they are instead of laying them out anew at
+    every call, forward and backward (docs/speed.md measures it).
+    """
     in_channels = x.shape[-1]
     with tf.variable_scope(name):
         weights = tf.get_variable(
             'weights', [kernel, kernel, in_channels, out_channels],
             initializer=tf.variance_scaling_initializer(2.0, 'fan_in', 'truncated_normal', seed=seed))
         biases = tf.get_variable('biases', [out_channels], initializer=tf.zeros_initializer())
-        return tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, weights, 1, 'SAME'), biases))
+        if not as_matmul:
+            return tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, weights, 1, 'SAME'), biases))
+        patches = x if kernel == 1 else tf.image.extract_patches(x, [1, kernel, kernel, 1], [1, 1, 1, 1],
+                                                                 [1, 1, 1, 1], 'SAME')
+        rows = tf.matmul(tf.reshape(patches, [-1, kernel * kernel * in_channels]),
+                         tf.reshape(weights, [-1, out_channels]))
+        shape = tf.concat([tf.shape(x)[:3], [out_channels]], axis=0)
+        return tf.nn.relu(tf.nn.bias_add(tf.reshape(rows, shape), biases))
 
 
 def _pool(x, name):
@@ -70,12 +83,14 @@ def _pool(x, name):
     return tf.nn.max_pool2d(x, 2, 2, 'SAME', name=name)
 
 
-def build_vgg16(channels=CHANNELS, seed=0):
+def build_vgg16(channels=CHANNELS, seed=0, fc_as_matmul=True):
     """Build the encoder in the default graph; return (image_input, keep_prob, layer3, layer4, layer7).
 
     image_input [N, H, W, 3] raw RGB 0-255 -> layer3_out [N, H/8, W/8, c3] (pool3),
     layer4_out [N, H/16, W/16, c4] (pool4), layer7_out [N, H/32, W/32, c_fc] (fc7 after dropout).
-    `channels` thins the network for tests; `seed` makes the He initialisation repeatable.
+    `channels` thins the network for tests; `seed` makes the He initialisation repeatable. fc_as_matmul runs
+    fc6/fc7 as matrix products of patches (faster to train, see _conv_relu); False keeps them convolutions, as
+    inference graphs want (TFLite has no patch extraction, and constant weights are laid out once anyway).
     """
     image_input = tf.placeholder(tf.float32, [None, None, None, 3], name='image_input')
     keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
@@ -86,8 +101,9 @@ def build_vgg16(channels=CHANNELS, seed=0):
             x = _conv_relu(x, out_channels, 3, f'conv{block}_{i}', seed + 10 * block + i)
         x = _pool(x, f'pool{block}')
         pools.append(x)
-    fc6 = tf.nn.dropout(_conv_relu(x, channels[5], FC6_KERNEL, 'fc6', seed + 6), rate=1 - keep_prob)
-    fc7 = tf.nn.dropout(_conv_relu(fc6, channels[5], 1, 'fc7', seed + 7), rate=1 - keep_prob)
+    fc6 = tf.nn.dropout(_conv_relu(x, channels[5], FC6_KERNEL, 'fc6', seed + 6, fc_as_matmul),
+                        rate=1 - keep_prob)
+    fc7 = tf.nn.dropout(_conv_relu(fc6, channels[5], 1, 'fc7', seed + 7, fc_as_matmul), rate=1 - keep_prob)
     layer3 = tf.identity(pools[2], name='layer3_out')
     layer4 = tf.identity(pools[3], name='layer4_out')
     layer7 = tf.identity(fc7, name='layer7_out')
@@ -119,11 +135,12 @@ def read_source(export_dir):
 
 def save_vgg16(export_dir, channels=CHANNELS, seed=0, info=None):
     """Write a He-initialised encoder as a `vgg16`-tagged SavedModel in export_dir (must not exist), with
-    `info` as its source.json when given."""
+    `info` as its source.json when given. Its fc6/fc7 are convolutions, like Udacity's: a SavedModel must also
+    export to TFLite."""
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(seed)
-        build_vgg16(channels, seed)
+        build_vgg16(channels, seed, fc_as_matmul=False)
         with tf.Session(graph=graph) as sess:
             sess.run(tf.global_variables_initializer())
             _save(sess, export_dir, info)
@@ -218,7 +235,7 @@ def convert_keras_h5(h5_path, export_dir, info=None):
     weights, channels = read_keras_h5(h5_path)
     graph = tf.Graph()
     with graph.as_default():
-        build_vgg16(channels)
+        build_vgg16(channels, fc_as_matmul=False)  # as save_vgg16's
         variables = {v.op.name: v for v in tf.global_variables()}
         parent = os.path.dirname(os.path.abspath(export_dir))
         staging = None

@@ -180,3 +180,23 @@ def test_named_weights_are_used_or_refused_never_replaced(thin_vgg, tmp_path, ca
         resolve_weights(main.parse_args(['--imagenet-weights', str(tmp_path / 'not.h5'),
                                               '--data-dir', str(tmp_path)]))
     assert sorted(os.listdir(tmp_path)) == ['not.h5']
+
+
+def test_fc6_and_fc7_as_matrix_products_are_the_same_layers_as_convolutions():
+    """The encoder built for training runs fc6/fc7 as patch-matrix products, the exported one as convolutions:
+    same variables, same outputs and gradients (up to float rounding)."""
+    images = np.random.default_rng(5).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
+    results = []
+    for as_matmul in (True, False):
+        with tf.Graph().as_default(), tf.Session() as sess:
+            image_input, keep_prob, _, _, layer7 = vgg.build_vgg16(THIN, seed=2, fc_as_matmul=as_matmul)
+            weights = [v for v in tf.trainable_variables() if v.op.name in ('fc6/weights', 'fc7/weights')]
+            mix = np.random.default_rng(6).standard_normal((2, 2, 3, THIN[5])).astype(np.float32)
+            gradients = tf.gradients(tf.reduce_sum(layer7 * mix), weights)
+            sess.run(tf.global_variables_initializer())
+            names = sorted(v.op.name for v in tf.global_variables())
+            results.append((names, sess.run([layer7, *gradients], {image_input: images})))
+    (names_a, a), (names_b, b) = results
+    assert names_a == names_b and a[0].shape == (2, 2, 3, THIN[5]) and a[0].std() > 0
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * np.abs(y).max())
