@@ -1,14 +1,19 @@
 """How fast FCN-8s runs on this machine: `python benchmark.py` prints a table and writes benchmark.json.
 
 It needs no data: a He-initialised VGG16 and generated road scenes at KITTI's size. It measures
-- the matrix-multiply ceiling of the machine (fp32 and bf16 GFLOP/s),
+- the ceiling of the machine in fp32 and bf16 GFLOP/s (the best of a few large matrix products and a VGG16-sized
+  convolution: bf16 reaches AMX only through some of oneDNN's kernels),
 - FCN-8s forward and training-step time per image at 160x576 and at KITTI's full 375x1242 (run at 384x1248, the
-  next multiples of 32, which the network needs), at batch 1 and the training batch, with the achieved GFLOP/s
-  (FLOPs counted from the graph by TensorFlow's profiler) and its share of the ceiling,
+  next multiples of 32, which the network needs), at batch 1 and the training batch, in fp32 and (where the CPU
+  has it) bf16, with the achieved GFLOP/s (FLOPs counted from the graph by TensorFlow's profiler) and its share
+  of the ceiling, and the fixed cost of a training step (the part that does not grow with the batch),
 - peak memory (RSS) of each measurement (each runs in a process of its own),
 - the input pipeline alone (images per second decoded, resized, augmented) and the training step fed by it
   against the same step on pre-loaded arrays,
 - the latency of each optimized variant (main.py optimize's models) at 160x576.
+
+`python benchmark.py --profile` shows instead where a training step's time goes, per phase (forward and loss,
+backward, Adam update) and per op type, and the forward pass in the training graph against the frozen graph.
 """
 import argparse
 import concurrent.futures
@@ -24,12 +29,14 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 import batches
+import evaluation
 import files
 import helper
 import images
 import inference
 import kitti
 import main
+import precision
 import run_folder
 import synthetic
 import vgg
@@ -62,24 +69,54 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
 
 
-def matmul_ceiling(repeats):
-    """GFLOP/s of a MATMUL_SIZE square matrix product in TensorFlow, fp32 and bf16."""
-    n, result = MATMUL_SIZE, {}
-    for dtype in (tf.float32, tf.bfloat16):
-        with tf.Graph().as_default(), tf.Session() as sess:
-            a, b = (tf.Variable(tf.cast(tf.random.uniform([n, n], seed=i), dtype)) for i in (1, 2))
-            product = tf.matmul(a, b).op  # run as an op: no copy of the result to numpy
-            sess.run(tf.global_variables_initializer())
-            seconds = seconds_per_call(lambda: sess.run(product), max(repeats, 3))
-        result[dtype.name] = 2 * n ** 3 / seconds / 1e9
+def ceiling_shapes():
+    """(name, FLOPs, build(dtype) -> op) of the products whose best speed is the machine's ceiling: square
+    matrix products (of variables, as training multiplies, and of constants, which oneDNN lays out once) and a
+    3x3 convolution of VGG16's conv4 size. bf16 reaches AMX only through oneDNN's convolution and matrix
+    kernels, and not at every shape: the best of them is the ceiling."""
+    n = MATMUL_SIZE
+    conv_input, conv_filter = (4, 40, 144, 512), (3, 3, 512, 512)
+    conv_flops = 2 * np.prod(conv_input) * np.prod(conv_filter[:3])
+
+    def random(shape, dtype, seed, constant):
+        value = np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32)
+        tensor = tf.constant(value) if constant else tf.Variable(value)
+        return tf.cast(tensor, dtype) if constant else tf.cast(tensor.read_value(), dtype)
+
+    return [
+        (f'matmul {n}x{n} (variables)', 2 * n ** 3,
+         lambda dtype: tf.matmul(random((n, n), dtype, 1, False), random((n, n), dtype, 2, False)).op),
+        (f'matmul {n}x{n} (constants)', 2 * n ** 3,
+         lambda dtype: tf.matmul(random((n, n), dtype, 1, True), random((n, n), dtype, 2, True)).op),
+        ('conv 3x3x512x512 on 4x40x144', conv_flops,
+         lambda dtype: tf.nn.conv2d(random(conv_input, dtype, 3, True), random(conv_filter, dtype, 4, True), 1,
+                                    'SAME').op),
+    ]
+
+
+def compute_ceiling(repeats):
+    """{'float32': GFLOP/s, 'bfloat16': GFLOP/s, 'shapes': {name: {dtype: GFLOP/s}}}: the best of ceiling_shapes
+    per arithmetic (bf16 only where the CPU has it)."""
+    result = {'shapes': {}}
+    dtypes = (tf.float32, tf.bfloat16) if mixed_precision()[0] == 'bf16' else (tf.float32,)
+    for name, flops, build in ceiling_shapes():
+        for dtype in dtypes:
+            with tf.Graph().as_default(), tf.Session() as sess:
+                op = build(dtype)  # run as an op: no copy of the result to numpy
+                sess.run(tf.global_variables_initializer())
+                seconds = seconds_per_call(lambda: sess.run(op), max(repeats, 3))
+            result['shapes'].setdefault(name, {})[dtype.name] = flops / seconds / 1e9
+    for dtype in dtypes:
+        result[dtype.name] = max(shape[dtype.name] for shape in result['shapes'].values())
     return result
 
 
-def fcn_graph(batch, shape, train):
-    """A graph with FCN-8s (He-initialised VGG16) for a static input [batch, H, W, 3], and, with train, its loss
-    and Adam step. Returns (graph, feeds {name: tensor}, fetch, GFLOP per call counted by the profiler)."""
+def fcn_graph(batch, shape, train, fc_as_matmul=True):
+    """A graph with FCN-8s (He-initialised VGG16, fc6/fc7 as matrix products or, as SavedModel encoders run them,
+    convolutions) for a static input [batch, H, W, 3], and, with train, its loss and Adam step. Returns (graph,
+    feeds {name: tensor}, fetch, GFLOP per call counted by the profiler)."""
     with tf.Graph().as_default():
-        _, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
+        _, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=0, fc_as_matmul=fc_as_matmul)
         last = main.layers(layer3, layer4, layer7, NUM_CLASSES)
         label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
         learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
@@ -101,25 +138,106 @@ def fcn_graph(batch, shape, train):
     return graph, feeds, fetch, flops / 1e9
 
 
-def network_speed(shape, train, repeats):
-    """Seconds per image and GFLOP per image of FCN-8s forward (or a training step) at batch 1 and TRAIN_BATCH."""
+def network_speed(shape, train, repeats, arithmetic):
+    """Seconds per image and GFLOP per image of FCN-8s forward (or a training step) at batch 1 and TRAIN_BATCH,
+    at arithmetic 'fp32' or 'bf16' (training's Session config)."""
     rows = []
     for batch in (1, TRAIN_BATCH):
         graph, feeds, fetch, gflop = fcn_graph(batch, shape, train)
-        rng = np.random.RandomState(0)
-        feed = {feeds['image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32)}
-        if train:
-            feed.update({feeds['label']: batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
-                         feeds['learning_rate']: 1e-6, feeds['keep_prob']: 0.5})
-        with tf.Session(graph=graph) as sess:
+        feed = random_feed(feeds, batch, shape, train)
+        with tf.Session(graph=graph, config=precision.training_config(arithmetic)) as sess:
             with graph.as_default():
                 sess.run(tf.global_variables_initializer())
             graph.finalize()
             seconds = seconds_per_call(lambda: sess.run(fetch, feed), repeats)
-        rows.append({'case': 'training step' if train else 'forward', 'shape': list(shape), 'batch': batch,
-                     's_per_image': seconds / batch, 'gflop_per_image': gflop / batch,
+        rows.append({'case': 'training step' if train else 'forward', 'precision': arithmetic, 'shape': list(shape),
+                     'batch': batch, 's_per_image': seconds / batch, 'gflop_per_image': gflop / batch,
                      'gflops': gflop / seconds, 'peak_rss_gb': peak_rss_gb()})
     return rows
+
+
+def random_feed(feeds, batch, shape, train, keep_prob=0.5):
+    """A feed of fcn_graph's placeholders: random pixels and (for training) random labels."""
+    rng = np.random.RandomState(0)
+    feed = {feeds['image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32)}
+    if train:
+        feed.update({feeds['label']: batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
+                     feeds['learning_rate']: 1e-6, feeds['keep_prob']: keep_prob})
+    return feed
+
+
+def fixed_step_costs(rows):
+    """{(precision, 'HxW'): seconds} of a training step that do not grow with the batch: a step costs
+    fixed + batch x per_image, so from batch 1 and TRAIN_BATCH, fixed = t1 - (tB - t1) / (B - 1)."""
+    steps = {(r['precision'], tuple(r['shape']), r['batch']): r['s_per_image'] * r['batch'] for r in rows
+             if r['case'] == 'training step'}
+    costs = {}
+    for (arithmetic, shape, batch), seconds in steps.items():
+        if batch == 1 and (arithmetic, shape, TRAIN_BATCH) in steps:
+            per_image = (steps[arithmetic, shape, TRAIN_BATCH] - seconds) / (TRAIN_BATCH - 1)
+            costs[arithmetic, f'{shape[0]}x{shape[1]}'] = seconds - per_image
+    return costs
+
+
+def step_phase(node_name):
+    """The part of a training step a node belongs to, from its name (tf.gradients and the optimizer name them)."""
+    if node_name.startswith('gradients'):
+        return 'backward'
+    if node_name.startswith('train_op') or 'Adam' in node_name or node_name.startswith(('beta1_power', 'beta2_power')):
+        return 'Adam update'
+    return 'forward and loss'
+
+
+def step_profile(shape, batch, arithmetic, fc_as_matmul, repeats):
+    """Where a training step's time goes at shape and batch: the step's wall time, and the time of its ops
+    (TensorFlow's step stats, summed over both cores' threads) per phase and per op type."""
+    graph, feeds, fetch, gflop = fcn_graph(batch, shape, train=True, fc_as_matmul=fc_as_matmul)
+    feed = random_feed(feeds, batch, shape, train=True, keep_prob=1.0)
+    with tf.Session(graph=graph, config=precision.training_config(arithmetic)) as sess:
+        with graph.as_default():
+            sess.run(tf.global_variables_initializer())
+        graph.finalize()
+        step = seconds_per_call(lambda: sess.run(fetch, feed), repeats)
+        forward = seconds_per_call(lambda: sess.run(feeds['loss'], feed), repeats)
+        trace = tf.RunMetadata()
+        sess.run(fetch, feed, options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE), run_metadata=trace)
+    phases, op_types = {}, {}
+    for device in trace.step_stats.dev_stats:
+        for node in device.node_stats:
+            label = node.timeline_label  # "name = OpType(inputs)"
+            op_type = label.split(' = ')[1].split('(')[0] if ' = ' in label else node.node_name
+            seconds = node.all_end_rel_micros / 1e6
+            phases[step_phase(node.node_name)] = phases.get(step_phase(node.node_name), 0) + seconds
+            op_types[op_type] = op_types.get(op_type, 0) + seconds
+    return {'shape': list(shape), 'batch': batch, 'precision': arithmetic, 'fc_as_matmul': fc_as_matmul,
+            'step_s': step, 'forward_loss_s': forward,
+            'gflops': gflop / step, 'phases': phases, 'op_types': dict(sorted(op_types.items(), key=lambda kv: -kv[1]))}
+
+
+def forward_comparison(shape, arithmetic, repeats, folder):
+    """Milliseconds per image of the FCN-8s forward pass at shape, in the training graph (weights are variables,
+    as validation runs it) at batch 1 and evaluation.VALIDATION_BATCH, and frozen (weights are constants, as
+    main.py optimize and infer run it) at batch 1."""
+    rows = {}
+    with tf.Graph().as_default() as graph, tf.Session(config=precision.training_config(arithmetic)) as sess:
+        image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
+        last = main.layers(layer3, layer4, layer7, NUM_CLASSES)
+        sess.run(tf.global_variables_initializer())
+        checkpoint = tf.train.Saver().save(sess, os.path.join(folder, f'forward-{arithmetic}'))
+        graph.finalize()
+        for batch in (1, evaluation.VALIDATION_BATCH):
+            pixels = np.random.RandomState(0).uniform(0, 255, (batch, *shape, 3)).astype(np.float32)
+            rows[f'training graph, batch {batch}'] = 1000 * seconds_per_call(
+                lambda: sess.run(last.op, {image: pixels}), repeats) / batch
+    saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, f'sm-{arithmetic}'),
+                                                  main.layers)
+    frozen = inference.freeze(saved_model, shape)
+    if arithmetic != 'fp32':
+        frozen = inference.grappler(frozen, arithmetic)
+    predict, _ = inference.graph_predictor(frozen)
+    pixels = np.random.RandomState(0).uniform(0, 255, (1, *shape, 3)).astype(np.float32)
+    rows['frozen, batch 1'] = 1000 * seconds_per_call(lambda: predict(pixels), repeats)
+    return {'shape': list(shape), 'precision': arithmetic, 'ms_per_image': rows}
 
 
 def make_scenes(folder):
@@ -240,16 +358,20 @@ def in_child(fn, *args):
 def format_report(report):
     ceiling = report['ceiling_gflops']
     lines = [f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}, Python {report["python"]}.',
-             f'Matrix-multiply ceiling ({MATMUL_SIZE}x{MATMUL_SIZE}): fp32 {ceiling["float32"]:.0f} GFLOP/s, '
-             f'bf16 {ceiling["bfloat16"]:.0f} GFLOP/s.', '',
-             '| FCN-8s | input | batch | s/image | images/s | GFLOP/image | GFLOP/s | of fp32 ceiling '
+             'Ceiling (best of ' + ', '.join(ceiling['shapes']) + '): ' + ', '.join(
+                 f'{name} {ceiling[dtype]:.0f} GFLOP/s' for name, dtype in (('fp32', 'float32'), ('bf16', 'bfloat16'))
+                 if dtype in ceiling) + '.', '',
+             '| FCN-8s | precision | input | batch | s/image | images/s | GFLOP/image | GFLOP/s | of its ceiling '
              '| peak RSS (GB) |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for row in report['network']:
-        lines.append(f'| {row["case"]} | {row["shape"][0]}x{row["shape"][1]} | {row["batch"]} | '
+        top = ceiling['bfloat16' if row['precision'] == 'bf16' else 'float32']
+        lines.append(f'| {row["case"]} | {row["precision"]} | {row["shape"][0]}x{row["shape"][1]} | {row["batch"]} | '
                      f'{row["s_per_image"]:.3f} | {1 / row["s_per_image"]:.2f} | {row["gflop_per_image"]:.1f} | '
-                     f'{row["gflops"]:.0f} | {100 * row["gflops"] / ceiling["float32"]:.0f}% | '
-                     f'{row["peak_rss_gb"]:.1f} |')
+                     f'{row["gflops"]:.0f} | {100 * row["gflops"] / top:.0f}% | {row["peak_rss_gb"]:.1f} |')
+    lines += ['', 'Fixed cost of a training step (the part that does not grow with the batch, from batch 1 and '
+              f'{TRAIN_BATCH}): ' + ', '.join(f'{arithmetic} at {shape} {seconds:.3f} s' for (arithmetic, shape), seconds
+                                           in fixed_step_costs(report['network']).items()) + '.']
     pipe, feed = report['input_pipeline'], report['training_feed']
     lines += ['', f'Input pipeline, one core, {pipe["images"]} generated {KITTI_SIZE[0]}x{KITTI_SIZE[1]} PNG scenes '
               f'to {SMALL[0]}x{SMALL[1]}: read and check {pipe["read_per_s"]:.1f} images/s, resize '
@@ -271,18 +393,64 @@ def format_report(report):
     return '\n'.join(lines)
 
 
+def format_profile(report, top=8):
+    """The --profile tables: per training step, its phases and its costliest op types; then forward passes."""
+    lines = [f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}.']
+    for row in report['steps']:
+        total = sum(row['op_types'].values())
+        fc = 'fc6/fc7 as matrix products' if row['fc_as_matmul'] else 'fc6/fc7 as convolutions'
+        lines += ['', f'Training step, {row["precision"]}, {fc}, {row["shape"][0]}x{row["shape"][1]}, batch {row["batch"]}: '
+                  f'{row["step_s"]:.3f} s ({row["gflops"]:.0f} GFLOP/s), forward and loss alone {row["forward_loss_s"]:.3f} '
+                  f's; op time summed over threads {total:.3f} s:', '', '| phase or op type | s | share |',
+                  '|---|---:|---:|']
+        lines += [f'| {name} | {seconds:.3f} | {100 * seconds / total:.0f}% |' for name, seconds in
+                  sorted(row['phases'].items(), key=lambda kv: -kv[1])]
+        lines += [f'| `{name}` | {seconds:.3f} | {100 * seconds / total:.0f}% |' for name, seconds in
+                  list(row['op_types'].items())[:top]]
+    lines += ['', '| forward pass, ms per image | ' + ' | '.join(report['forwards'][0]['ms_per_image']) + ' |',
+              '|---|' + '---:|' * len(report['forwards'][0]['ms_per_image'])]
+    for row in report['forwards']:
+        lines.append(f'| {row["precision"]}, {row["shape"][0]}x{row["shape"][1]} | '
+                     + ' | '.join(f'{ms:.1f}' for ms in row['ms_per_image'].values()) + ' |')
+    return '\n'.join(lines)
+
+
 def benchmark_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0] + ' Random weights and generated '
-                                                 'images: no data needed; about 8 minutes on 2 cores.')
+                                                 'images: no data needed; about 15 minutes on 2 cores (--profile: '
+                                                 'about 5).')
     parser.add_argument('--repeats', type=int, default=2,
                         help='timed runs per forward and training measurement, after one warm-up run '
                              '[default: %(default)s]')
     parser.add_argument('--variant-runs', type=int, default=10,
                         help='timed runs per optimized variant, after '
                              f'{inference.WARMUP_RUNS} warm-up runs [default: %(default)s]')
-    parser.add_argument('--output', default='benchmark.json', help='where to write the results [default: '
-                                                                   '%(default)s]')
+    parser.add_argument('--profile', action='store_true',
+                        help='instead: where a training step\'s time goes, per phase and op type (TensorFlow\'s '
+                             'step stats), at 96x320 batch 2 and 160x576 batch 4, fp32 and bf16, and the forward '
+                             'pass in the training graph against the frozen one')
+    parser.add_argument('--output',
+                        help='where to write the results [default: benchmark.json; profile.json with --profile]')
     return parser
+
+
+def profile_steps(args):
+    """The --profile report: step profiles and forward comparisons, each measured in a process of its own."""
+    arithmetics = ('fp32', 'bf16') if mixed_precision()[0] == 'bf16' else ('fp32',)
+    report = {'machine': machine(), 'tensorflow': tf.__version__, 'steps': [], 'forwards': []}
+    with tempfile.TemporaryDirectory() as folder:
+        for arithmetic in arithmetics:
+            for shape, batch in (((96, 320), 2), (SMALL, TRAIN_BATCH)):
+                for fc_as_matmul in (False, True):
+                    print(f'profiling a training step, {arithmetic}, {shape[0]}x{shape[1]}, batch {batch}, fc6/fc7 as '
+                          f'{"matrix products" if fc_as_matmul else "convolutions"} ...', flush=True)
+                    report['steps'].append(in_child(step_profile, shape, batch, arithmetic, fc_as_matmul,
+                                                    max(args.repeats, 3)))
+                print(f'forward passes, {arithmetic}, {shape[0]}x{shape[1]} ...', flush=True)
+                report['forwards'].append(in_child(forward_comparison, shape, arithmetic, max(args.repeats, 5),
+                                                   folder))
+                files.write_json(args.output, report)
+    return report
 
 
 def run_benchmark(argv=None):
@@ -290,15 +458,21 @@ def run_benchmark(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.variant_runs < 2:
         parser.error('--repeats must be at least 1 and --variant-runs at least 2')
+    args.output = args.output or ('profile.json' if args.profile else 'benchmark.json')
     start = time.time()
+    if args.profile:
+        print(format_profile(profile_steps(args)) + f'\nwritten to {args.output}')
+        return
     report = {'machine': machine(), 'tensorflow': tf.__version__, 'python': platform.python_version(),
               'date': time.strftime('%Y-%m-%d %H:%M'),
               'command': ' '.join(['python benchmark.py', *(sys.argv[1:] if argv is None else argv)])}
-    steps = [('matrix-multiply ceiling', 'ceiling_gflops', matmul_ceiling, (args.repeats,))]
+    steps = [('ceiling', 'ceiling_gflops', compute_ceiling, (args.repeats,))]
+    arithmetics = ('fp32', 'bf16') if mixed_precision()[0] == 'bf16' else ('fp32',)
     for shape in (SMALL, FULL):
         for train in (False, True):
-            steps.append((f'{"training step" if train else "forward"} at {shape[0]}x{shape[1]}', None,
-                          network_speed, (shape, train, args.repeats)))
+            for arithmetic in arithmetics:
+                steps.append((f'{"training step" if train else "forward"} at {shape[0]}x{shape[1]}, {arithmetic}',
+                              None, network_speed, (shape, train, args.repeats, arithmetic)))
     with tempfile.TemporaryDirectory() as folder:
         print('generating road scenes', flush=True)
         dataset = make_scenes(folder)

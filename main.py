@@ -8,17 +8,20 @@ dispatches `evaluate` (evaluation.py), `optimize` (optimization.py) and `infer` 
 """
 import argparse
 import collections
+import contextlib
 import itertools
 import os
 import platform
 import sys
 import time
 import zipfile
+import zlib
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
+import cluster
 import downloads
 import evaluation
 import files
@@ -113,9 +116,12 @@ def _regularized_variable(name, shape, initializer):
 def score(x, num_classes, name):
     """1x1 convolution to class scores: [N, h, w, C] -> [N, h, w, num_classes]."""
     with tf.variable_scope(name):
+        # Seeded by the graph's seed (--seed) and the layer's name, not by how many ops came before: every
+        # replica of a distributed graph then starts from the weights of a single device.
+        seed = (tf.get_default_graph().seed or 0) + zlib.crc32(name.encode()) % 2 ** 16
         weights = _regularized_variable('weights', [1, 1, x.shape[-1], num_classes],
                                         tf.variance_scaling_initializer(SCORE_INIT_GAIN ** 2, 'fan_in',
-                                                                        'truncated_normal'))
+                                                                        'truncated_normal', seed=seed))
         biases = tf.get_variable('biases', [num_classes], initializer=tf.zeros_initializer())
         return tf.nn.bias_add(tf.nn.conv2d(x, weights, 1, 'SAME'), biases)
 
@@ -165,17 +171,25 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
     (logits [N*H*W, K], train_op, cross_entropy_loss): the loss is the mean cross-entropy over valid pixels
     only; the train op minimises it plus the L2 weight decay of the new layers.
     """
-    logits = tf.reshape(nn_last_layer, [-1, num_classes], name='logits')
-    labels = tf.reshape(correct_label, [-1, num_classes])
-    valid = tf.reduce_sum(labels, axis=1)  # 1 for a labelled pixel, 0 for KITTI's black invalid area
-    pixel_loss = tf.nn.softmax_cross_entropy_with_logits_v2(labels=labels, logits=logits)
-    cross_entropy_loss = tf.divide(tf.reduce_sum(pixel_loss * valid), tf.maximum(tf.reduce_sum(valid), 1.0),
-                                   name='cross_entropy_loss')
+    logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes)
     regularization = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)
     total_loss = cross_entropy_loss + tf.add_n(regularization) if regularization else cross_entropy_loss
     train_op = tf.train.AdamOptimizer(learning_rate).minimize(
         total_loss, global_step=tf.train.get_or_create_global_step(), name='train_op')
     return logits, train_op, cross_entropy_loss
+
+
+def masked_cross_entropy(nn_last_layer, correct_label, num_classes, valid_pixels=None):
+    """(logits [N*H*W, K], the softmax cross-entropy summed over valid pixels and divided by valid_pixels):
+    a labelled pixel has a one-hot label, an invalid one (KITTI's black area) all zeros and counts nowhere.
+    valid_pixels defaults to this batch's; a replica that sees part of a batch divides by the whole batch's."""
+    logits = tf.reshape(nn_last_layer, [-1, num_classes], name='logits')
+    labels = tf.reshape(correct_label, [-1, num_classes])
+    valid = tf.reduce_sum(labels, axis=1)  # 1 for a labelled pixel, 0 for an invalid one
+    pixel_loss = tf.nn.softmax_cross_entropy_with_logits_v2(labels=labels, logits=logits)
+    valid_pixels = tf.reduce_sum(valid) if valid_pixels is None else valid_pixels
+    return logits, tf.divide(tf.reduce_sum(pixel_loss * valid), tf.maximum(valid_pixels, 1.0),
+                             name='cross_entropy_loss')
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -190,7 +204,7 @@ def learning_rate_at(step, total_steps, base, warmup_steps=WARMUP_STEPS):
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
              num_images=None, validate_fn=None, on_epoch_end=None, start_step=0, history=None, patience=None,
-             on_step=None):
+             on_step=None, run_options=None):
     """Train for `epochs` passes over get_batches_fn(batch_size) of num_images images; return one dict per epoch.
 
     num_images (when known) gives the progress bar its length and the learning rate its poly decay
@@ -203,7 +217,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     epoch; its figures are printed and recorded. on_epoch_end(history, overlays) is called after each epoch (to
     save metrics and checkpoints as training goes), on_step(step, loss) after every step. A NaN or infinite loss
     raises LossDiverged naming the step. With patience N, training stops once validation MaxF has not improved
-    for N epochs.
+    for N epochs. run_options (a RunOptions: a timeout) go with every training step.
     """
     history, step = list(history or []), start_step
     num_batches = -(-num_images // batch_size) if num_images else None
@@ -220,7 +234,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
                 step += 1
                 if learning_rate is not None:
                     feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
-                _, loss = sess.run([train_op, cross_entropy_loss], feed)
+                _, loss = sess.run([train_op, cross_entropy_loss], feed, options=run_options)
                 if not np.isfinite(loss):
                     bar.close()
                     raise LossDiverged(f'the training loss became {loss} at step {step} (epoch {epoch}): training '
@@ -272,40 +286,35 @@ def build_fcn(sess, vgg_dir, seed):
     sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
     return dict(input_image=input_image, keep_prob=keep_prob, correct_label=correct_label,
                 learning_rate=learning_rate, logits=logits, train_op=train_op,
-                cross_entropy_loss=cross_entropy_loss)
+                cross_entropy_loss=cross_entropy_loss, train_loss=cross_entropy_loss)
 
 
 # ------------------------------------------------------------------------------------------------ the job
 
 def run(argv=None):
     """The whole job, as in Udacity's project: data, weights, graph, training, outputs; with --resume, the rest
-    of a stopped run. Returns the run folder."""
+    of a stopped run. On several devices or machines (cluster.py) the same job, with one writer: the chief.
+    Returns the run folder (None on the other workers)."""
     args = parse_args(argv)
+    workers = cluster.from_environment()  # a bad TF_CONFIG stops here, before anything is read or written
     resume = run_folder.load_run(args.resume) if args.resume else None
     if resume:  # the run's own settings
         vars(args).update({k: v for k, v in resume.config['settings'].items() if k in vars(args) and k != 'resume'})
     data = load_data(args, resume)  # every file read and checked before the weights, the run folder, the graph
     recipe = settings(args, data.source)
     arithmetic, why = precision.choose(args.precision)  # before the run folder: bf16 may be refused
-    run_dir, config, vgg_dir = start_run(args, argv, data, recipe, resume, (arithmetic, why))
+    run_dir, config, vgg_dir = start_run(args, argv, data, recipe, resume, (arithmetic, why), workers)
 
-    with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
-        net = build_fcn(sess, vgg_dir, args.seed)
-        last, best = run_folder.make_checkpoints()
-        if resume:
-            last.saver.restore(sess, resume.checkpoint)
-        run_folder.warn_if_short_of_space(run_dir, (last, best))
-        validate_fn = evaluation.make_validate_fn(sess, net, data.val_examples, recipe['image_shape'])
-        on_step, on_epoch_end = run_folder.epoch_recorder(sess, run_dir, (last, best), data.history)
-        sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
-        num_batches = -(-len(data.train_names) // recipe['batch_size'])
-        with run_folder.checkpoint_on_interrupt(sess, last, run_dir, tf.train.get_global_step(), num_batches):
-            history = train_nn(sess, data.epochs, recipe['batch_size'], data.get_batches_fn, net['train_op'],
-                               net['cross_entropy_loss'], net['input_image'], net['correct_label'],
-                               net['keep_prob'], net['learning_rate'], keep_prob_value=recipe['keep_prob'],
-                               learning_rate_value=recipe['learning_rate'], num_images=len(data.train_names),
-                               validate_fn=validate_fn, on_epoch_end=on_epoch_end, start_step=data.start_step,
-                               history=data.history, patience=args.patience, on_step=on_step)
+    session_config = cluster.session_config(workers, precision.training_config(arithmetic))
+    with tf.Graph().as_default(), tf.Session(workers.target, config=session_config) as sess:
+        if workers.strategy is None:
+            net = build_fcn(sess, vgg_dir, args.seed)
+        else:
+            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, layers, masked_cross_entropy)
+        history, best = train(sess, net, args, data, recipe, run_dir, resume, workers)
+        if not workers.chief:
+            print(f'task {workers.described["task"]} finished training; the chief writes the outputs', flush=True)
+            return None
         best_checkpoint = restore_best(sess, best, run_dir, history)
         with files.writing(run_dir, 'the test-set outputs'):
             helper.save_inference_samples(args.runs_dir, args.data_dir, sess, recipe['image_shape'], net['logits'],
@@ -316,6 +325,34 @@ def run(argv=None):
     print(f'overlays, kitti/ confidence maps, checkpoints/best, {run_folder.SERVING_DIR}/, config.json and '
           f'metrics.json written to {run_dir}')
     return run_dir
+
+
+def train(sess, net, args, data, recipe, run_dir, resume, workers):
+    """train_nn with validation after each epoch and, on the chief, the run folder's records and checkpoints
+    as training goes; every worker validates, so that all stop together. Returns (history, best Checkpoint)."""
+    last, best = run_folder.make_checkpoints()
+    if resume:
+        last.saver.restore(sess, resume.checkpoint)
+    validate_fn = evaluation.make_validate_fn(sess, net, data.val_examples, recipe['image_shape'])
+    if workers.chief:
+        run_folder.warn_if_short_of_space(run_dir, (last, best))
+        on_step, on_epoch_end = run_folder.epoch_recorder(sess, run_dir, (last, best), data.history)
+        stopping = run_folder.checkpoint_on_interrupt(sess, last, run_dir, tf.train.get_global_step(),
+                                                      -(-len(data.train_names) // recipe['batch_size']))
+    else:
+        on_step, on_epoch_end, stopping = None, None, contextlib.nullcontext()
+    get_batches_fn = cluster.padded(data.get_batches_fn, workers.replicas) if workers.replicas > 1 else \
+        data.get_batches_fn
+    sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
+    with stopping, cluster.reporting_lost_workers(workers):
+        history = train_nn(sess, data.epochs, recipe['batch_size'], get_batches_fn, net['train_op'],
+                           net['train_loss'], net['input_image'], net['correct_label'], net['keep_prob'],
+                           net['learning_rate'], keep_prob_value=recipe['keep_prob'],
+                           learning_rate_value=recipe['learning_rate'], num_images=len(data.train_names),
+                           validate_fn=validate_fn, on_epoch_end=on_epoch_end, start_step=data.start_step,
+                           history=data.history, patience=args.patience, on_step=on_step,
+                           run_options=cluster.run_options(workers, args.worker_timeout))
+    return history, best
 
 
 def load_data(args, resume):
@@ -349,21 +386,22 @@ def load_data(args, resume):
                         epochs)
 
 
-def start_run(args, argv, data, recipe, resume, arithmetic):
+def start_run(args, argv, data, recipe, resume, arithmetic, workers):
     """(run folder, its config, the VGG16 SavedModel folder or None): a new run folder with the weights resolved
     (vgg.resolve_weights), or the resumed one; config.json written either way, with the (precision, why) chosen
-    for this machine."""
+    for this machine and the cluster. Only the chief writes: the other workers get (None, None, vgg_dir)."""
     if resume:
         run_dir, config = args.resume, resume.config
         vgg_dir, weights = config['weights']['vgg_dir'], config['weights']
         if vgg_dir and not vgg.vgg_is_complete(vgg_dir):
             raise UserError(f'--resume {args.resume}: its VGG16 {vgg_dir} is gone')
         config.setdefault('resumed', []).append({'at_step': data.start_step, 'precision': arithmetic[0],
+                                                 'cluster': workers.described,
                                                  'time': time.strftime('%Y-%m-%d %H:%M:%S')})
     else:
         vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
                                                args.vgg_url, download=not args.no_download)
-        run_dir = helper.new_run_dir(args.runs_dir)
+        run_dir = helper.new_run_dir(args.runs_dir) if workers.chief else None
         config = {
             'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
             'settings': {**vars(args), **recipe},
@@ -373,12 +411,16 @@ def start_run(args, argv, data, recipe, resume, arithmetic):
             'weights': {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
             'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},
             'machine': precision.machine(),
+            'cluster': workers.described,
             'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
                          'numpy': np.__version__},
         }
+    if not workers.chief:
+        return None, None, vgg_dir
     run_folder.write_config(run_dir, config)
     print(f'run folder {run_dir}: data {data.source} ({len(data.train_names)} train, {len(data.val_names)} val), '
-          f'weights {weights["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), {recipe}'
+          f'weights {weights["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), '
+          f'{workers.described["strategy"]} ({workers.replicas} replica(s), {workers.workers} worker(s)), {recipe}'
           + (f', resuming at step {data.start_step}' if resume else ''),
           flush=True)
     return run_dir, config, vgg_dir
@@ -502,6 +544,11 @@ def train_parser():
     parser.add_argument('--no-download', action='store_true',
                         help='never use the network: missing weights or KITTI fall back at once to what is on '
                              'disk')
+    parser.add_argument('--worker-timeout', type=float, default=cluster.STEP_TIMEOUT_S, metavar='SECONDS',
+                        help='training on several machines (TF_CONFIG): how long a step waits for the other '
+                             'workers before this one stops with an error naming the tasks that are gone; raise it '
+                             'when a step, or the chief\'s checkpoints at an epoch\'s end, take longer '
+                             '[default: %(default)g]')
     parser.add_argument('--keep-last-checkpoint', action='store_true',
                         help='keep checkpoints/last (weights and Adam\'s moments, about 3x the model\'s size) when '
                              'the run finishes; a finished run cannot be resumed, so by default it is deleted')
@@ -526,6 +573,8 @@ def parse_args(argv=None):
     for name in ('epochs', 'batch_size'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be at least 1')
+    if args.worker_timeout <= 0:
+        parser.error('--worker-timeout must be positive')
     if args.patience is not None and args.patience < 1:
         parser.error('--patience must be at least 1')
     if args.keep_prob is not None and not 0 < args.keep_prob <= 1:

@@ -15,6 +15,8 @@ import tempfile
 import h5py
 import numpy as np
 import tensorflow.compat.v1 as tf
+from tensorflow.core.framework import variable_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 
 import downloads
 from errors import UserError, warn
@@ -83,7 +85,7 @@ def _pool(x, name):
     return tf.nn.max_pool2d(x, 2, 2, 'SAME', name=name)
 
 
-def build_vgg16(channels=CHANNELS, seed=0, fc_as_matmul=True):
+def build_vgg16(channels=CHANNELS, seed=0, fc_as_matmul=True, image_input=None, keep_prob=None):
     """Build the encoder in the default graph; return (image_input, keep_prob, layer3, layer4, layer7).
 
     image_input [N, H, W, 3] raw RGB 0-255 -> layer3_out [N, H/8, W/8, c3] (pool3),
@@ -91,9 +93,12 @@ def build_vgg16(channels=CHANNELS, seed=0, fc_as_matmul=True):
     `channels` thins the network for tests; `seed` makes the He initialisation repeatable. fc_as_matmul runs
     fc6/fc7 as matrix products of patches (faster to train, see _conv_relu); False keeps them convolutions, as
     inference graphs want (TFLite has no patch extraction, and constant weights are laid out once anyway).
+    image_input and keep_prob are placeholders named as Udacity's unless given (each replica's share of a batch).
     """
-    image_input = tf.placeholder(tf.float32, [None, None, None, 3], name='image_input')
-    keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
+    if image_input is None:
+        image_input = tf.placeholder(tf.float32, [None, None, None, 3], name='image_input')
+    if keep_prob is None:
+        keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
     x = tf.reverse(image_input, axis=[-1]) - tf.constant(MEAN_BGR, tf.float32)  # RGB -> mean-free BGR
     pools = []
     for (block, depth), out_channels in zip(BLOCKS, channels):
@@ -108,6 +113,61 @@ def build_vgg16(channels=CHANNELS, seed=0, fc_as_matmul=True):
     layer4 = tf.identity(pools[3], name='layer4_out')
     layer7 = tf.identity(fc7, name='layer7_out')
     return image_input, keep_prob, layer3, layer4, layer7
+
+
+def saved_model_encoder(export_dir):
+    """encoder(images, keep_prob) -> (layer3, layer4, layer7): the `vgg16` SavedModel's graph imported onto
+    variables that encoder creates with tf.get_variable (zero-initialised: restore_saved_model_weights fills
+    them), where the SavedModel's loader would make variables of its own that no strategy can mirror.
+
+    The graph is cut to what the three outputs need; each read of a SavedModel variable becomes a read of ours.
+    Works for Udacity's SavedModel (reference variables) and this module's (resource variables) alike.
+    """
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, 'saved_model.pb'), 'rb') as f:
+        saved_model.ParseFromString(f.read())
+    meta = next(m for m in saved_model.meta_graphs if TAG in m.meta_info_def.tags)
+    nodes = {node.name: node for node in meta.graph_def.node}
+    variables = [name for name, node in nodes.items() if node.op in ('VariableV2', 'VarHandleOp')]
+    outputs = ['layer3_out', 'layer4_out', 'layer7_out']
+    graph_def = tf.graph_util.extract_sub_graph(meta.graph_def, outputs)
+    reads = {node.name: node.input[0] for node in graph_def.node  # resource variables: read through ReadVariableOp
+             if node.op == 'ReadVariableOp' and node.input[0] in variables}
+    # Sorted: every worker must create the variables in the same order (their collectives pair up by it).
+    needed = sorted(name for name in variables if name in {node.name for node in graph_def.node})
+    kept = tf.GraphDef(versions=graph_def.versions, library=graph_def.library)
+    kept.node.extend(node for node in graph_def.node if node.name not in set(needed) and node.name not in reads)
+    trainable = {v.variable_name.split(':')[0] for v in _variable_defs(meta, 'trainable_variables')}
+
+    def encoder(images, keep_prob):
+        ours = {name: tf.get_variable(name, tf.TensorShape(nodes[name].attr['shape'].shape),
+                                      tf.as_dtype(nodes[name].attr['dtype'].type), tf.zeros_initializer(),
+                                      trainable=name in trainable) for name in needed}
+        input_map = {'image_input:0': images, 'keep_prob:0': keep_prob}
+        input_map.update({f'{read}:0': tf.identity(ours[variable]) for read, variable in reads.items()})
+        input_map.update({f'{name}:0': tf.identity(ours[name]) for name in needed  # reference variables
+                          if nodes[name].op == 'VariableV2'})
+        return tf.import_graph_def(kept, input_map=input_map, return_elements=[f'{o}:0' for o in outputs],
+                                   name='vgg16')
+    return encoder
+
+
+def _variable_defs(meta, collection):
+    """The VariableDef protos of a MetaGraphDef's collection."""
+    defs = []
+    for raw in meta.collection_def[collection].bytes_list.value:
+        variable = variable_pb2.VariableDef()
+        variable.ParseFromString(raw)
+        defs.append(variable)
+    return defs
+
+
+def restore_saved_model_weights(sess, export_dir):
+    """Fill the default graph's variables named as the `vgg16` SavedModel's (saved_model_encoder's) with its
+    weights; a strategy's Saver fills every replica's copy."""
+    checkpoint = os.path.join(export_dir, 'variables', 'variables')
+    names = {name for name, _ in tf.train.list_variables(checkpoint)}
+    tf.train.Saver([v for v in tf.global_variables() if v.op.name in names]).restore(sess, checkpoint)
 
 
 def _save(sess, export_dir, info):

@@ -57,10 +57,13 @@ def test_frozen_graph_gives_the_session_probabilities(optimized_run, small_datas
     assert [node.name for node in graph_def.node if node.op.startswith('Placeholder')] == [inference.INPUT]
 
 
-@pytest.mark.parametrize('variant, tolerance', [('bf16', 0.01), ('tflite-fp16', 1e-3), ('tflite-int8-dynamic', 0.01),
-                                                ('tflite-int8', 0.02)])
+# Full int8 quantizes the activations too: on the thin 2-epoch model, whose probabilities span a narrow range, its
+# correlation with fp32 has been 0.985 to 0.99+ depending on the initial weights.
+@pytest.mark.parametrize('variant, tolerance, correlation', [('bf16', 0.01, 0.99), ('tflite-fp16', 1e-3, 0.99),
+                                                             ('tflite-int8-dynamic', 0.01, 0.99),
+                                                             ('tflite-int8', 0.02, 0.98)])
 def test_each_reduced_precision_variant_loads_and_gives_probabilities(optimized_run, small_dataset, variant,
-                                                                      tolerance):
+                                                                      tolerance, correlation):
     path = os.path.join(optimized_run, optimization.OPTIMIZED_DIR, inference.FILES[variant])
     if not os.path.exists(path):
         pytest.skip(precision.mixed_precision()[1])
@@ -70,7 +73,8 @@ def test_each_reduced_precision_variant_loads_and_gives_probabilities(optimized_
     prob, reference = predict(batch), fp32(batch)
     assert image_shape == (64, 224) and prob.shape == (1, 64, 224) and prob.dtype == np.float32
     assert reference.std() > 0.01  # the thin model's probabilities vary: agreeing with them means something
-    assert np.corrcoef(prob.ravel(), reference.ravel())[0, 1] > 0.99 and np.abs(prob - reference).max() < tolerance
+    assert np.corrcoef(prob.ravel(), reference.ravel())[0, 1] > correlation
+    assert np.abs(prob - reference).max() < tolerance
     full = helper.predict_probability(predict, image, image_shape)
     assert full.shape == image.shape[:2] and 0 <= full.min() and full.max() <= 1
 
