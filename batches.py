@@ -9,7 +9,6 @@ from tqdm import tqdm
 
 from images import resize_image, resize_nearest
 from kitti import load_pair
-from metrics import NON_ROAD, ROAD
 
 # Training augmentation: zoom up to 1.25x, brightness +-0.1 (of 1), contrast x(1 +- 0.2), gamma exp(+-0.2).
 AUGMENT_MAX_SCALE = 1.25
@@ -18,13 +17,15 @@ AUGMENT_CONTRAST = 0.2
 AUGMENT_LOG_GAMMA = 0.2
 
 
-def one_hot(classes):
-    """Class ids [..., H, W] -> float32 [..., H, W, 2] = [non-road, road]; IGNORE pixels become [0, 0]."""
-    return np.stack([classes == NON_ROAD, classes == ROAD], axis=-1).astype(np.float32)
+def one_hot(classes, num_classes=2):
+    """Class ids [..., H, W] -> float32 [..., H, W, num_classes]; IGNORE pixels (negative ids) become all zeros.
+    With two classes, channel 0 is non-road and channel 1 road, as Udacity's labels."""
+    return (np.asarray(classes)[..., None] == np.arange(num_classes)).astype(np.float32)
 
 
-def load_resized(pairs, image_shape, desc='loading'):
-    """Images uint8 [N, H, W, 3] and class ids int8 [N, H, W] at image_shape (compact: kept for all epochs)."""
+def load_resized(pairs, image_shape, load_pair=load_pair, desc='loading'):
+    """Images uint8 [N, H, W, 3] and class ids int8 [N, H, W] at image_shape (compact: kept for all epochs) of
+    (image path, label path) pairs read by load_pair (KITTI's, or a datasets.Layout's)."""
     images = np.empty((len(pairs), *image_shape, 3), np.uint8)
     classes = np.empty((len(pairs), *image_shape), np.int8)
     for i, (image_path, label_path) in enumerate(tqdm(pairs, desc=desc, leave=False)):

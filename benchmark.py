@@ -17,10 +17,12 @@ backward, Adam update) and per op type, and the forward pass in the training gra
 """
 import argparse
 import concurrent.futures
+import json
 import multiprocessing
 import os
 import platform
 import resource
+import socket
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 import batches
+import cluster
 import evaluation
 import files
 import helper
@@ -240,6 +243,66 @@ def forward_comparison(shape, arithmetic, repeats, folder):
     return {'shape': list(shape), 'precision': arithmetic, 'ms_per_image': rows}
 
 
+def replicated_speed(workers, shape, batch, repeats, arithmetic):
+    """Images per second of training steps of the full FCN-8s (He-initialised encoder built in code) at shape
+    and global batch, replicated by a cluster.Cluster; and the bytes all-reduced per step (every gradient)."""
+    with tf.Graph().as_default(), tf.Session(workers.target, config=cluster.session_config(
+            workers, precision.training_config(arithmetic))) as sess:
+        net = cluster.build_replicated_fcn(sess, workers, None, 0, main.layers, main.masked_cross_entropy)
+        gradient_bytes = sum(v.shape.num_elements() * v.dtype.base_dtype.size for v in tf.trainable_variables())
+        sess.graph.finalize()
+        rng = np.random.RandomState(0)
+        feed = {net['input_image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32),
+                net['correct_label']: batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
+                net['learning_rate']: 1e-6}
+        options = cluster.run_options(workers, cluster.START_TIMEOUT_S)
+        seconds = seconds_per_call(lambda: sess.run(net['train_op'], feed, options=options), repeats)
+    return {'images_per_s': batch / seconds, 'step_s': seconds, 'allreduce_mb': gradient_bytes / 2 ** 20}
+
+
+def one_device_speed(shape, batch, repeats, arithmetic):
+    """Images per second of the single-device training step (main.build_fcn's graph) at shape and batch."""
+    with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
+        net = main.build_fcn(sess, None, 0)
+        sess.graph.finalize()
+        rng = np.random.RandomState(0)
+        feed = {net['input_image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32),
+                net['correct_label']: batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
+                net['learning_rate']: 1e-6}
+        seconds = seconds_per_call(lambda: sess.run(net['train_op'], feed), repeats)
+    return {'images_per_s': batch / seconds, 'step_s': seconds}
+
+
+def two_cpu_devices_speed(shape, batch, repeats, arithmetic):
+    return replicated_speed(cluster.local(['/cpu:0', '/cpu:1']), shape, batch, repeats, arithmetic)
+
+
+def worker_speed(tf_config, shape, batch, repeats, arithmetic):
+    """replicated_speed in a worker process of the TF_CONFIG cluster (loopback ports)."""
+    os.environ['TF_CONFIG'] = tf_config  # read by TensorFlow's cluster resolver
+    return replicated_speed(cluster.multi_worker(tf_config), shape, batch, repeats, arithmetic)
+
+
+def scaling(shape, batch, repeats, arithmetic):
+    """Training throughput on one device, on two CPU devices in one process (MirroredStrategy) and in two worker
+    processes on loopback (MultiWorkerMirroredStrategy), each in processes of their own. On one machine's two
+    cores the replicas share the cores: this measures the strategies' overhead, not a speed-up."""
+    rows = {'one device': in_child(one_device_speed, shape, batch, repeats, arithmetic),
+            'two CPU devices, one process': in_child(two_cpu_devices_speed, shape, batch, repeats, arithmetic)}
+    sockets = [socket.socket() for _ in range(2)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    addresses = [f'127.0.0.1:{s.getsockname()[1]}' for s in sockets]
+    for s in sockets:
+        s.close()
+    configs = [json.dumps({'cluster': {'worker': addresses}, 'task': {'type': 'worker', 'index': i}}) for i in (0, 1)]
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn')) as pool:
+        jobs = [pool.submit(worker_speed, config, shape, batch, repeats, arithmetic) for config in configs]
+        rows['two worker processes, loopback'] = jobs[0].result(timeout=1800)
+        jobs[1].result(timeout=600)
+    return {'shape': list(shape), 'batch': batch, 'precision': arithmetic, 'rows': rows}
+
+
 def make_scenes(folder):
     """PIPELINE_IMAGES generated road scenes at KITTI's size, in KITTI's layout; the dataset folder."""
     return synthetic.make_synthetic_kitti(os.path.join(folder, 'road'), PIPELINE_IMAGES, 1, seed=0,
@@ -372,6 +435,14 @@ def format_report(report):
     lines += ['', 'Fixed cost of a training step (the part that does not grow with the batch, from batch 1 and '
               f'{TRAIN_BATCH}): ' + ', '.join(f'{arithmetic} at {shape} {seconds:.3f} s' for (arithmetic, shape), seconds
                                            in fixed_step_costs(report['network']).items()) + '.']
+    scale = report['scaling']
+    first = next(iter(scale['rows'].values()))
+    lines += ['', f'| training, {scale["precision"]}, {scale["shape"][0]}x{scale["shape"][1]}, global batch '
+              f'{scale["batch"]} | step (s) | images/s | vs one device |', '|---|---:|---:|---:|']
+    lines += [f'| {name} | {row["step_s"]:.2f} | {row["images_per_s"]:.2f} | '
+              f'{row["images_per_s"] / first["images_per_s"]:.2f}x |' for name, row in scale['rows'].items()]
+    lines.append(f'All-reduced per step: {scale["rows"]["two CPU devices, one process"]["allreduce_mb"]:.0f} MB '
+                 '(the fp32 gradients of every trainable variable).')
     pipe, feed = report['input_pipeline'], report['training_feed']
     lines += ['', f'Input pipeline, one core, {pipe["images"]} generated {KITTI_SIZE[0]}x{KITTI_SIZE[1]} PNG scenes '
               f'to {SMALL[0]}x{SMALL[1]}: read and check {pipe["read_per_s"]:.1f} images/s, resize '
@@ -478,7 +549,8 @@ def run_benchmark(argv=None):
         dataset = make_scenes(folder)
         steps += [('input pipeline', 'input_pipeline', input_pipeline, (dataset, SMALL)),
                   ('training step fed by the input pipeline', 'training_feed', training_feed,
-                   (dataset, SMALL, args.repeats))]
+                   (dataset, SMALL, args.repeats)),
+                  ('scaling over replicas', 'scaling', scaling, (SMALL, TRAIN_BATCH, args.repeats, 'fp32'))]
         report['network'] = []
         for title, key, fn, fn_args in steps:
             print(f'{title} ...', flush=True)

@@ -190,7 +190,7 @@ def encoder_builder(vgg_dir, seed):
     return vgg.saved_model_encoder(vgg_dir)
 
 
-def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entropy):
+def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entropy, num_classes=NUM_CLASSES):
     """FCN-8s trained by cluster's strategy in sess's graph, every replica on its share of each batch, every
     variable initialised (the chief's initial values broadcast to all; the encoder's weights from vgg_dir).
 
@@ -204,7 +204,7 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entr
     with strategy.scope():
         tf.set_random_seed(seed)
         input_image = tf.placeholder(tf.float32, [None, None, None, 3], name='input_image')
-        correct_label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
+        correct_label = tf.placeholder(tf.float32, [None, None, None, num_classes], name='correct_label')
         learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
         keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
 
@@ -213,10 +213,10 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entr
             share = tf.shape(images)[0] // context.num_replicas_in_sync  # batches are padded to a multiple
             first = context.replica_id_in_sync_group * share
             decay_before = len(tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES))
-            nn_last_layer = layers(*encoder(images[first:first + share], keep_prob), NUM_CLASSES)
+            nn_last_layer = layers(*encoder(images[first:first + share], keep_prob), num_classes)
             # This replica's own decay terms: replicas are built one after the other, each adding its own.
             decay = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)[decay_before:]
-            _, loss = masked_cross_entropy(nn_last_layer, labels[first:first + share], NUM_CLASSES,
+            _, loss = masked_cross_entropy(nn_last_layer, labels[first:first + share], num_classes,
                                            valid_pixels=tf.reduce_sum(labels))
             total = loss + tf.add_n(decay) / context.num_replicas_in_sync if decay else loss
             train_op = tf.train.AdamOptimizer(learning_rate).minimize(
@@ -229,8 +229,8 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entr
         # Validation and test outputs: the same network on this worker's own copy of the weights, whole batches.
         with tf.device(strategy.extended.worker_devices[0]), \
                 tf.variable_scope(tf.get_variable_scope(), reuse=True):
-            nn_last_layer = layers(*encoder(input_image, keep_prob), NUM_CLASSES)
-            logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, NUM_CLASSES)
+            nn_last_layer = layers(*encoder(input_image, keep_prob), num_classes)
+            logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes)
     with reporting_lost_workers(cluster):  # the chief's initial values go to every worker here
         sess.run(tf.global_variables_initializer(), options=run_options(cluster, START_TIMEOUT_S))
     if vgg_dir:

@@ -1,5 +1,7 @@
-"""Scoring a road model on labelled images, KITTI style: the one scoring loop behind validation during training,
-`main.py evaluate` (this module's command) and the accuracy columns of `main.py optimize`."""
+"""Scoring a segmentation model on labelled images: KITTI's road figures (MaxF, AP, IoU per category) for road
+models, the confusion matrix's figures (per-class and mean IoU, pixel and class accuracy) for scene parsing.
+The one scoring loop behind validation during training, `main.py evaluate` (this module's command) and the
+accuracy columns of `main.py optimize`."""
 import argparse
 import os
 
@@ -8,6 +10,7 @@ import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
 import batches
+import datasets
 import files
 import helper
 import kitti
@@ -16,18 +19,23 @@ import plots
 import precision
 import run_folder
 from errors import UserError
-from images import overlay, resize_image, resize_nearest, resize_probability
+from images import class_overlay, overlay, resize_image, resize_nearest, resize_probabilities, resize_probability
 
 # Validation images per forward pass; a forward pass needs far less memory than a training step of the same
-# batch, so this fits wherever training fits. At 96x320 on 2 cores of an AMD EPYC (Zen 4), bf16: 108 ms per image
-# one at a time, 66 ms eight at a time, 79 ms for the frozen graph (python benchmark.py --profile prints it).
+# batch, so this fits wherever training fits. The weights' conversion for oneDNN (and to bfloat16) is paid once
+# per forward pass: docs/speed.md measures one image at a time against eight.
 VALIDATION_BATCH = 8
 
 
-def load_examples(pairs):
+def load_examples(pairs, load_pair=kitti.load_pair):
     """[(name, uint8 image [h, w, 3], int8 classes [h, w])] of (image path, label path) pairs, read and checked."""
-    return [(os.path.basename(image), *kitti.load_pair(image, label))
+    return [(os.path.basename(image), *load_pair(image, label))
             for image, label in tqdm(pairs, desc='loading', leave=False)]
+
+
+def is_road(classes):
+    """Whether a model of these classes is a road model, scored as KITTI scores road."""
+    return tuple(classes) == datasets.ROAD_CLASSES
 
 
 def network_batches(examples, image_shape, batch_size):
@@ -39,72 +47,116 @@ def network_batches(examples, image_shape, batch_size):
             for i in range(0, len(examples), batch_size)]
 
 
-def score_examples(run_model, examples, net_batches, image_shape, desc='scoring'):
-    """Run a model over examples and pool its KITTI counts per category: the project's one scoring loop.
+def score_examples(run_model, examples, net_batches, image_shape, layout, desc='scoring'):
+    """Run a model over examples and pool its counts per category: the project's one scoring loop.
 
-    run_model(images [b, H, W, 3], labels [b, H, W, 2]) -> (road probability, b*H*W values; the mean loss over
-    the batch's valid pixels, or None), for the network_batches of examples at image_shape (H, W). Each
-    probability is scored at its image's own size (resized back bilinearly). Returns {'hists': {category:
-    [2, LEVELS] counts}, 'loss': the mean loss over all valid pixels or None, 'overlays': {name: overlay} of the
-    first image of each category}.
+    run_model(images [b, H, W, 3], labels [b, H, W, K]) -> (probabilities: the road's, b*H*W values, for a road
+    model, else every class's, b*H*W*K; the mean loss over the batch's valid pixels, or None), for the
+    network_batches of examples at image_shape (H, W); layout: a datasets.Layout (classes, palette, category).
+    Each probability map is scored at its image's own size (resized back bilinearly). Returns {'hists':
+    {category: counts}, 'loss': the mean loss over all valid pixels or None, 'overlays': {name: overlay} of
+    the first image of each category}; counts are [2, LEVELS] (true class, confidence level) for a road model,
+    else the confusion matrix [K, K].
     """
+    road, num_classes = is_road(layout.classes), len(layout.classes)
     hists, loss_sum, valid, overlays = {}, 0.0, 0, {}
     position = iter(examples)
     for net_images, net_classes in tqdm(net_batches, desc=desc, leave=False):
-        probs, loss = run_model(net_images.astype(np.float32), batches.one_hot(net_classes))
+        probs, loss = run_model(net_images.astype(np.float32), batches.one_hot(net_classes, num_classes))
         if loss is not None:
             pixels = int((net_classes >= 0).sum())  # the loss is a mean over these
             loss_sum, valid = loss_sum + float(loss) * pixels, valid + pixels
-        for prob in np.reshape(probs, (len(net_images), *image_shape)):
+        shape = (len(net_images), *image_shape) if road else (len(net_images), *image_shape, num_classes)
+        for prob in np.reshape(probs, shape):
             name, image, classes = next(position)
-            prob = resize_probability(prob, image.shape[:2])
-            category = kitti.category(name)
-            hists[category] = hists.get(category, 0) + metrics.fast_hist(classes, metrics.confidence(prob),
-                                                                         metrics.NUM_CLASSES, metrics.LEVELS)
-            if not any(kitti.category(n) == category for n in overlays):
-                overlays[name] = overlay(image, prob)
+            category = layout.category(name)
+            if road:
+                prob = resize_probability(prob, image.shape[:2])
+                hist = metrics.fast_hist(classes, metrics.confidence(prob), metrics.NUM_CLASSES, metrics.LEVELS)
+            else:
+                prob = np.argmax(resize_probabilities(prob, image.shape[:2]), axis=-1)
+                hist = metrics.fast_hist(classes, prob, num_classes)
+            hists[category] = hists.get(category, 0) + hist
+            if not any(layout.category(n) == category for n in overlays):
+                overlays[name] = overlay(image, prob) if road else class_overlay(image, prob, layout.palette)
     return {'hists': hists, 'loss': loss_sum / max(valid, 1) if valid else None, 'overlays': overlays}
 
 
-def validation_record(scores):
-    """The figures of a score_examples result as a metrics.json record: val_loss, the headline figures of the
-    pooled counts, the KITTI table per category (val_kitti) and the counts behind every curve (val_counts)."""
+def validation_record(scores, layout):
+    """The figures of a score_examples result as a metrics.json record, with val_score, the figure the best
+    epoch is chosen on. Road: val_loss, the headline KITTI figures of the pooled counts, the KITTI table per
+    category (val_kitti) and the counts behind every curve (val_counts); val_score is MaxF. Scene parsing:
+    val_loss, mean IoU, pixel and mean class accuracy, per-class IoU and accuracy (val_classes) and the
+    confusion matrix (val_confusion); val_score is the mean IoU."""
+    if not is_road(layout.classes):
+        confusion = sum(scores['hists'].values())
+        figures = metrics.segmentation_scores(confusion)
+        return {'val_loss': scores['loss'], 'val_mean_iou': figures['mean_iou'],
+                'val_pixel_accuracy': figures['pixel_accuracy'], 'val_mean_accuracy': figures['mean_accuracy'],
+                'val_score': figures['mean_iou'],
+                'val_classes': {name: {'iou': iou, 'accuracy': accuracy} for name, iou, accuracy in
+                                zip(layout.classes, figures['iou'], figures['accuracy'])},
+                'val_confusion': confusion.tolist()}
     table = metrics.kitti_table(scores['hists'])
     counts = {category: hist.tolist() for category, hist in sorted(scores['hists'].items())}
     counts['all'] = sum(scores['hists'].values()).tolist()
     return {'val_loss': scores['loss'], 'val_iou_at_0.5': table['all']['iou_at_0.5'],
             'val_max_f': table['all']['max_f'], 'val_road_recall': table['all']['recall_at_0.5'],
-            'val_non_road_as_road': table['all']['fpr_at_0.5'], 'val_kitti': table, 'val_counts': counts}
+            'val_non_road_as_road': table['all']['fpr_at_0.5'], 'val_score': table['all']['max_f'],
+            'val_kitti': table, 'val_counts': counts}
 
 
-def make_validate_fn(sess, net, examples, image_shape):
+def make_validate_fn(sess, net, examples, image_shape, layout):
     """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])]: () ->
     (validation_record, overlays {name: uint8 image} of one image per category).
 
-    net holds build_fcn's tensors. The loss is taken at the network's input size (the mean over all valid pixels),
-    the KITTI counts at each image's own size. VALIDATION_BATCH images go through the network at once: the
-    weights' conversion for oneDNN (and to bfloat16) is then paid once per batch, not once per image.
+    net holds build_fcn's tensors, layout the dataset's datasets.Layout. The loss is taken at the network's input
+    size (the mean over all valid pixels), the counts at each image's own size. VALIDATION_BATCH images go
+    through the network at once.
     """
-    road_prob = helper.road_probability(net['logits'])
+    probabilities = (helper.road_probability if is_road(layout.classes) else helper.class_probabilities)(
+        net['logits'])
     net_batches = network_batches(examples, image_shape, VALIDATION_BATCH)  # once: the same images every epoch
 
     def run_model(image, labels):
-        return sess.run([road_prob, net['cross_entropy_loss']],
+        return sess.run([probabilities, net['cross_entropy_loss']],
                         {net['input_image']: image, net['correct_label']: labels, net['keep_prob']: 1.0})
 
     def validate_fn():
-        scores = score_examples(run_model, examples, net_batches, image_shape, desc='validation')
-        return validation_record(scores), scores['overlays']
+        scores = score_examples(run_model, examples, net_batches, image_shape, layout, desc='validation')
+        record = validation_record(scores, layout)
+        if not is_road(layout.classes):
+            tqdm.write(format_class_table(record))
+        return record, scores['overlays']
 
     return validate_fn
 
 
-def predictor_table(predictor, examples, desc='scoring'):
-    """KITTI table (metrics.kitti_table) of an inference.py predictor (predict, (H, W)) on examples."""
+def predictor_scores(predictor, examples, layout, desc='scoring'):
+    """{'score': the figure models are compared on (MaxF, or mean IoU), 'iou': road IoU at the MaxF threshold,
+    or mean IoU} of an inference.py predictor (predict, (H, W)) on examples."""
     predict, image_shape = predictor
     scores = score_examples(lambda images, _: (predict(images), None), examples,
-                            network_batches(examples, image_shape, 1), image_shape, desc)
-    return metrics.kitti_table(scores['hists'])
+                            network_batches(examples, image_shape, 1), image_shape, layout, desc)
+    record = validation_record(scores, layout)
+    if is_road(layout.classes):
+        return {'score': record['val_max_f'], 'iou': record['val_kitti']['all']['iou']}
+    return {'score': record['val_mean_iou'], 'iou': record['val_mean_iou']}
+
+
+def format_class_table(record):
+    """Per-class IoU and accuracy, then the means, in percent."""
+    lines = [f'{"class":16}{"IoU":>9}{"accuracy":>10}']
+    for name, figures in record['val_classes'].items():
+        lines.append(f'{name:16}{100 * figures["iou"]:9.2f}{100 * figures["accuracy"]:10.2f}')
+    lines.append(f'{"mean":16}{100 * record["val_mean_iou"]:9.2f}{100 * record["val_mean_accuracy"]:10.2f}   pixel '
+                 f'accuracy {100 * record["val_pixel_accuracy"]:.2f}')
+    return '\n'.join(lines)
+
+
+def format_record_table(record):
+    """The validation table of a record: KITTI's for a road model, per class for scene parsing."""
+    return format_kitti_table(record['val_kitti']) if 'val_kitti' in record else format_class_table(record)
 
 
 def format_kitti_table(table):
@@ -121,13 +173,13 @@ def format_kitti_table(table):
 def evaluate_parser():
     parser = argparse.ArgumentParser(
         prog='main.py evaluate',
-        description='Score a trained run (its best checkpoint by validation MaxF) with the KITTI road metrics, '
-                    'per category and pooled, at each image\'s original resolution; print a table and write '
-                    'RUN_DIR/eval.json and RUN_DIR/eval_precision_recall.png.')
+        description='Score a trained run (its best checkpoint) at each image\'s original resolution: KITTI\'s road '
+                    'figures per category and pooled for a road model, per-class and mean IoU and accuracies for '
+                    'scene parsing; print a table and write RUN_DIR/eval.json and a plot.')
     parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True, help='a run folder of main.py')
     parser.add_argument('--dataset', metavar='DIR',
-                        help='score every image of DIR/training (KITTI layout, with ground truth) instead of the '
-                             'run\'s validation split')
+                        help='score the labelled images of DIR (KITTI: all of training/; Cityscapes and CamVid: '
+                             'val and whatever test images have labels) instead of the run\'s validation split')
     parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'),
                         help='arithmetic of the network: auto = bf16 on CPUs with AVX512_BF16 or AMX, else fp32 '
                              '[default: the precision the run validated with, so that its figures are repeated; '
@@ -135,23 +187,35 @@ def evaluate_parser():
     return parser
 
 
+def evaluation_examples(args, config):
+    """(layout, examples) evaluate scores: the run's validation split, or the labelled images of --dataset."""
+    classes = config['settings'].get('classes', 'all')
+    if args.dataset:
+        if not os.path.isdir(args.dataset):
+            raise UserError(f'--dataset {args.dataset}: no such folder')
+        layout = datasets.open_layout(args.dataset, classes)
+        labelled = layout.train if layout.kind == 'kitti' else (layout.val or []) + layout.test
+        pairs = [(image, label) for _, image, label in labelled if label]
+    else:
+        layout = datasets.open_layout(config['data']['dataset'], classes)
+        by_name = {name: (image, label) for name, image, label in layout.train + (layout.val or [])}
+        pairs = [by_name[name] for name in config['data']['val_names']]
+    if tuple(layout.classes) != tuple(config['data'].get('classes', datasets.ROAD_CLASSES)):
+        raise UserError(f'--dataset {args.dataset}: its classes ({", ".join(layout.classes)}) are not the run\'s')
+    return layout, load_examples(pairs, layout.load_pair)
+
+
 def evaluate_command(argv, build_fcn):
-    """`main.py evaluate`: KITTI scores of a run's best checkpoint, printed and written to eval.json.
-    build_fcn(sess, vgg_dir, seed) -> tensors by name is main's graph builder."""
+    """`main.py evaluate`: the scores of a run's best checkpoint, printed and written to eval.json.
+    build_fcn(sess, vgg_dir, seed, num_classes) -> tensors by name is main's graph builder."""
     args = evaluate_parser().parse_args(argv)
     config = run_folder.read_config(args.checkpoint, '--checkpoint')
     best = tf.train.latest_checkpoint(os.path.join(args.checkpoint, run_folder.BEST_CHECKPOINT))
     if best is None:
         raise UserError(f'{args.checkpoint}: no best checkpoint yet (one is saved after the first epoch)')
-    if args.dataset:
-        if not os.path.isdir(os.path.join(args.dataset, 'training')):
-            raise UserError(f'--dataset {args.dataset}: no training/ folder (image_2 and gt_image_2) there')
-        pairs = kitti.training_pairs(os.path.join(args.dataset, 'training'))
-    else:
-        pairs = kitti.training_pairs(os.path.join(config['data']['dataset'], 'training'), config['data']['val_names'])
-    examples = load_examples(pairs)
+    layout, examples = evaluation_examples(args, config)
     if not examples:
-        raise UserError(f'{args.checkpoint}: no images to evaluate')
+        raise UserError(f'{args.checkpoint}: no labelled images to evaluate')
     image_shape = tuple(config['settings']['image_shape'])
     ran = config.get('precision', {}).get('chosen', 'fp32')  # runs older than --precision auto ran fp32
     if args.precision:
@@ -162,19 +226,23 @@ def evaluate_command(argv, build_fcn):
         arithmetic, why = ran, 'the precision the run validated with'
     print(f'precision {arithmetic} ({why})', flush=True)
     with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
-        net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'])
+        net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'], len(layout.classes))
         tf.train.Saver(tf.trainable_variables()).restore(sess, best)
-        validate_fn = make_validate_fn(sess, net, examples, image_shape)
+        validate_fn = make_validate_fn(sess, net, examples, image_shape, layout)
         sess.graph.finalize()
         record, _ = validate_fn()
-    print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"}, KITTI road scores '
-          f'(perspective view, %):\n' + format_kitti_table(record['val_kitti']))
+    print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"} (%):\n'
+          + format_record_table(record))
     path = os.path.join(args.checkpoint, 'eval.json')
-    plot = os.path.join(args.checkpoint, 'eval_precision_recall.png')
+    plot = os.path.join(args.checkpoint, 'eval_precision_recall.png' if is_road(layout.classes) else 'eval_class_iou.png')
+    title = f'{os.path.basename(best)}, {len(examples)} images'
     with files.writing(args.checkpoint, 'the evaluation'):
         files.write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],
-                                'precision': arithmetic,
-                                'images': [name for name, _, _ in examples], 'loss': record['val_loss'],
-                                'kitti': record['val_kitti'], 'counts': record['val_counts']})
-        plots.plot_precision_recall(record['val_counts'], plot, f'{os.path.basename(best)}, {len(examples)} images')
+                                'precision': arithmetic, 'images': [name for name, _, _ in examples],
+                                'loss': record['val_loss'], **{key[4:]: value for key, value in record.items()
+                                                               if key.startswith('val_') and key != 'val_loss'}})
+        if is_road(layout.classes):
+            plots.plot_precision_recall(record['val_counts'], plot, title)
+        else:
+            plots.plot_class_iou(record['val_classes'], plot, title)
     print(f'written to {path} and {plot}')

@@ -1,5 +1,6 @@
 """Udacity's data functions, with their names and signatures: the pretrained VGG16, the training batches, and the
-test-set outputs (road overlays and KITTI confidence maps written into a new run folder)."""
+test-set outputs (road overlays and KITTI confidence maps written into a new run folder; for scene parsing, class
+overlays and label images)."""
 import os
 import time
 
@@ -13,7 +14,7 @@ import files
 import kitti
 import vgg
 from errors import UserError
-from images import overlay, read_rgb, resize_image, resize_probability
+from images import class_overlay, legend, overlay, read_rgb, resize_image, resize_probabilities, resize_probability
 from metrics import ROAD, confidence
 
 
@@ -22,17 +23,19 @@ def maybe_download_pretrained_vgg(data_dir, url=vgg.VGG_URL):
     return vgg.maybe_download_pretrained_vgg(data_dir, url)
 
 
-def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch=0, augment=False):
+def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch=0, augment=False, pairs=None,
+                       load_pair=kitti.load_pair, num_classes=2):
     """Generator factory over data_folder (KITTI `training` layout) at image_shape (H, W).
 
     Every image and label is read, checked and resized here, once, so that a bad file stops the job before any
-    training. get_batches_fn(batch_size) yields (images [B, H, W, 3] raw RGB 0-255, labels [B, H, W, 2]) in a
+    training. get_batches_fn(batch_size) yields (images [B, H, W, 3] raw RGB 0-255, labels [B, H, W, K]) in a
     new order on every call, seeded by (seed, epoch), epochs counted from first_epoch (a resumed run's).
     `names` restricts it to those image names (the training split). With augment, each example is flipped,
     zoomed and jittered at random, seeded by (seed, epoch, batch) so that a resumed run sees the same batches.
+    Another layout's (image path, label path) pairs come as pairs, read by its load_pair, with K = num_classes.
     """
-    pairs = kitti.training_pairs(data_folder, names)
-    images, classes = batches.load_resized(pairs, image_shape)
+    pairs = kitti.training_pairs(data_folder, names) if pairs is None else pairs
+    images, classes = batches.load_resized(pairs, image_shape, load_pair)
     epoch = first_epoch
 
     def get_batches_fn(batch_size):
@@ -48,7 +51,7 @@ def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch
                             for image, labels in zip(batch_images, batch_classes)]
                 batch_images = np.stack([batches.jitter_photometric(image, rng) for image, _ in examples])
                 batch_classes = np.stack([labels for _, labels in examples])
-            yield batch_images.astype(np.float32), batches.one_hot(batch_classes)
+            yield batch_images.astype(np.float32), batches.one_hot(batch_classes, num_classes)
 
     return get_batches_fn
 
@@ -60,6 +63,15 @@ def road_probability(logits):
         return logits.graph.get_tensor_by_name(name + ':0')
     except KeyError:
         return tf.identity(tf.nn.softmax(logits)[:, ROAD], name=name)
+
+
+def class_probabilities(logits):
+    """Softmax class probabilities [N*H*W, K] of 2-D logits, built once per logits tensor."""
+    name = logits.op.name + '_class_probabilities'
+    try:
+        return logits.graph.get_tensor_by_name(name + ':0')
+    except KeyError:
+        return tf.nn.softmax(logits, name=name)
 
 
 def predict_probability(predict, image, image_shape):
@@ -75,17 +87,34 @@ def predict_road(sess, road_prob, keep_prob, image_pl, image, image_shape):
                                image_shape)
 
 
-def test_predictions(sess, logits, keep_prob, image_pl, data_folder, image_shape):
-    """Yield (name, uint8 image [h, w, 3], road probability [h, w]) for every image of data_folder/image_2."""
-    road_prob = road_probability(logits)
+def predict_classes(predict, image, image_shape, num_classes):
+    """Class ids int [h, w] of one uint8 image [h, w, 3]: predict (float32 [1, H, W, 3] -> the class
+    probabilities, H*W*K values) runs at image_shape (H, W); the probabilities are resized back, then argmax."""
+    probs = np.reshape(predict(resize_image(image, image_shape)[None].astype(np.float32)), (*image_shape, num_classes))
+    return np.argmax(resize_probabilities(probs, image.shape[:2]), axis=-1)
+
+
+def test_images(data_folder):
+    """[(name, path)] of KITTI's test images, data_folder/image_2."""
     image_dir = os.path.join(data_folder, 'image_2')
-    for name in kitti.list_images(image_dir):
+    return [(name, os.path.join(image_dir, name)) for name in kitti.list_images(image_dir)]
+
+
+def test_predictions(sess, logits, keep_prob, image_pl, data_folder, image_shape, images=None, num_classes=2):
+    """Yield (name, uint8 image [h, w, 3], prediction [h, w]) for every test image: data_folder/image_2, or images
+    [(name, path)] when given. The prediction is the road probability of a road model, else class ids."""
+    probabilities = road_probability(logits) if num_classes == 2 else class_probabilities(logits)
+    for name, path in test_images(data_folder) if images is None else images:
         try:
-            image = read_rgb(os.path.join(image_dir, name))
+            image = read_rgb(path)
         except UserError as e:  # one bad test image must not cost the trained model's other outputs
             tqdm.write(f'warning: skipped: {e}')
             continue
-        yield name, image, predict_road(sess, road_prob, keep_prob, image_pl, image, image_shape)
+        if num_classes == 2:
+            yield name, image, predict_road(sess, probabilities, keep_prob, image_pl, image, image_shape)
+        else:
+            predict = lambda batch: sess.run(probabilities, {image_pl: batch, keep_prob: 1.0})  # noqa: E731
+            yield name, image, predict_classes(predict, image, image_shape, num_classes)
 
 
 def gen_test_output(sess, logits, keep_prob, image_pl, data_folder, image_shape):
@@ -110,20 +139,42 @@ def new_run_dir(runs_dir):
 
 
 def save_inference_samples(runs_dir, data_dir, sess, image_shape, logits, keep_prob, input_image,
-                           test_folder=None, output_dir=None, kitti_dir=None):
+                           test_folder=None, output_dir=None, kitti_dir=None, images=None,
+                           kitti_name=kitti.label_name):
     """Write an overlay PNG per test image into output_dir (default: a new folder under runs_dir) and, with
-    kitti_dir, its KITTI confidence map kitti_dir/<cat>_road_<id>.png (uint8 road probability x 255).
+    kitti_dir, its KITTI confidence map kitti_dir/<kitti_name(name)> (uint8 road probability x 255; KITTI names
+    it <cat>_road_<id>.png).
 
-    The test images are test_folder/image_2 (default data_dir/data_road/testing/image_2). Returns output_dir.
+    The test images are test_folder/image_2 (default data_dir/data_road/testing/image_2), or images [(name,
+    path)]. Returns output_dir.
     """
-    test_folder = test_folder or os.path.join(data_dir, 'data_road', 'testing')
+    if images is None:
+        test_folder = test_folder or os.path.join(data_dir, 'data_road', 'testing')
+        images = test_images(test_folder)
     output_dir = output_dir or new_run_dir(runs_dir)
     if kitti_dir:
         os.makedirs(kitti_dir, exist_ok=True)
-    total = len(kitti.list_images(os.path.join(test_folder, 'image_2')))
-    predictions = test_predictions(sess, logits, keep_prob, input_image, test_folder, image_shape)
-    for name, image, prob in tqdm(predictions, total=total, desc='test overlays'):
-        iio.imwrite(os.path.join(output_dir, name), overlay(image, prob))
+    predictions = test_predictions(sess, logits, keep_prob, input_image, test_folder, image_shape, images)
+    for name, image, prob in tqdm(predictions, total=len(images), desc='test overlays'):
+        iio.imwrite(os.path.join(output_dir, png_name(name)), overlay(image, prob))
         if kitti_dir:
-            iio.imwrite(os.path.join(kitti_dir, kitti.label_name(name)), confidence(prob))
+            iio.imwrite(os.path.join(kitti_dir, kitti_name(name)), confidence(prob))
     return output_dir
+
+
+def save_class_samples(sess, image_shape, logits, keep_prob, input_image, images, classes, palette, encode,
+                       output_dir):
+    """Scene parsing's test outputs: per test image of images [(name, path)] an overlay in its classes'
+    palette colours (output_dir/<name>.png), its label image output_dir/labels/<name>.png (class ids encoded
+    by encode, as the dataset's benchmark reads them), and legend.png, the palette's key."""
+    os.makedirs(os.path.join(output_dir, 'labels'), exist_ok=True)
+    iio.imwrite(os.path.join(output_dir, 'legend.png'), legend(classes, palette))
+    predictions = test_predictions(sess, logits, keep_prob, input_image, None, image_shape, images, len(classes))
+    for name, image, predicted in tqdm(predictions, total=len(images), desc='test outputs'):
+        iio.imwrite(os.path.join(output_dir, png_name(name)), class_overlay(image, predicted, palette))
+        iio.imwrite(os.path.join(output_dir, 'labels', png_name(name)), encode(predicted))
+
+
+def png_name(name):
+    """An output's name: the test image's, with .png."""
+    return os.path.splitext(name)[0] + '.png'

@@ -1,9 +1,9 @@
 """Image files and pixels: reading and checking them, resizing (bilinear for pictures, nearest neighbour for
-labels), and the green road overlay."""
+labels), the green road overlay, class-coloured overlays and their legend."""
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from errors import UserError
 
@@ -11,6 +11,7 @@ CONVERTIBLE_MODES = ('RGB', 'RGBA', 'L', 'LA', 'P', 'PA', 'CMYK')  # 8-bit modes
 PICTURE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 OVERLAY_COLOR = (0, 255, 0)
 OVERLAY_ALPHA = 127 / 255
+CLASS_ALPHA = 0.5  # scene-parsing overlays: half the picture, half its classes' colours
 
 
 def _unreadable(path, error):
@@ -87,3 +88,31 @@ def overlay(image, prob):
     road = prob > 0.5
     out[road] = (1 - OVERLAY_ALPHA) * out[road] + OVERLAY_ALPHA * np.array(OVERLAY_COLOR, np.float32)
     return np.round(out).astype(np.uint8)
+
+
+def resize_probabilities(probs, shape):
+    """Bilinear resize of per-class maps float [h, w, K] to [H, W, K]."""
+    if probs.shape[:2] == tuple(shape):
+        return probs
+    return np.stack([resize_probability(probs[..., k], shape) for k in range(probs.shape[-1])], axis=-1)
+
+
+def class_overlay(image, classes, palette, alpha=CLASS_ALPHA):
+    """uint8 [H, W, 3] with each pixel blended (alpha) with the palette colour of its class id [H, W]; ids
+    outside the palette (ignored pixels) are left as they are."""
+    colours = np.asarray(palette, np.float32)
+    known = (classes >= 0) & (classes < len(colours))
+    out = image.astype(np.float32)
+    out[known] = (1 - alpha) * out[known] + alpha * colours[classes[known]]
+    return np.round(out).astype(np.uint8)
+
+
+def legend(names, palette, row=20, width=220):
+    """A legend image uint8 [row x len(names), width, 3]: each class's colour swatch and name, on white."""
+    picture = Image.new('RGB', (width, row * len(names)), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    for i, (name, colour) in enumerate(zip(names, palette)):
+        draw.rectangle([4, i * row + 3, 4 + 2 * row, (i + 1) * row - 3], fill=tuple(int(c) for c in colour),
+                       outline=(0, 0, 0))
+        draw.text((12 + 2 * row, i * row + 4), name, fill=(0, 0, 0))
+    return np.asarray(picture)

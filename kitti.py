@@ -15,6 +15,7 @@ KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 KITTI_FOLDERS = ('training/image_2', 'training/gt_image_2', 'testing/image_2')
 CATEGORIES = ('um', 'umm', 'uu')
 ROAD_COLOR, NON_ROAD_COLOR, INVALID_COLOR = (255, 0, 255), (255, 0, 0), (0, 0, 0)
+VAL_STRETCH = 10  # frames: the longest stretch of consecutive frames held out together for validation
 IMAGE_NAME = re.compile(r'^(um|umm|uu)_(\d{6})\.png$')
 ROAD_LABEL_NAME = re.compile(r'^(um|umm|uu)_road_(\d{6})\.png$')
 
@@ -176,14 +177,25 @@ def dataset_summary(dataset, source, scan):
     return '\n'.join(lines)
 
 
-def split_train_val(names, val_fraction, seed):
-    """Seeded split of image names into (train, val), stratified by category; both sorted."""
+def split_train_val(names, val_fraction, seed, category_of=category):
+    """Seeded split of image names into (train, val), stratified by category (category_of a name), both sorted.
+
+    The validation images of a category are whole stretches of up to VAL_STRETCH consecutive frames (names
+    sorted): neighbouring frames of a drive look alike, so a split of single random frames would score the
+    model on near-copies of its training images and overstate its quality.
+    """
     rng = np.random.RandomState(seed)
     train, val = [], []
-    for cat in CATEGORIES:
-        members = [n for n in names if category(n) == cat]
-        rng.shuffle(members)
+    for cat in sorted({category_of(n) for n in names}):
+        members = sorted(n for n in names if category_of(n) == cat)
         n_val = int(round(len(members) * val_fraction))
-        val += members[:n_val]
-        train += members[n_val:]
+        stretch = max(1, min(VAL_STRETCH, n_val))
+        blocks = [members[i:i + stretch] for i in range(0, len(members), stretch)]
+        held = []
+        for block in rng.permutation(len(blocks)):
+            if len(held) >= n_val:
+                break
+            held += blocks[block][:n_val - len(held)]
+        val += held
+        train += [n for n in members if n not in set(held)]
     return sorted(train), sorted(val)

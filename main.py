@@ -14,7 +14,6 @@ import os
 import platform
 import sys
 import time
-import zipfile
 import zlib
 
 import numpy as np
@@ -22,7 +21,7 @@ import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
 import cluster
-import downloads
+import datasets
 import evaluation
 import files
 import helper
@@ -31,11 +30,10 @@ import kitti
 import optimization
 import precision
 import run_folder
-import synthetic
 import vgg
 from batches import prefetch
-from errors import LossDiverged, UserError, warn
-from metrics import NUM_CLASSES, max_f_key
+from errors import LossDiverged, UserError
+from metrics import NUM_CLASSES, score_key
 
 tf.disable_eager_execution()
 
@@ -67,13 +65,15 @@ RECIPES = {
     'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
     'synthetic': dict(image_shape=(96, 320), epochs=4, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
                       num_train=270, num_test=30),
+    # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 and CamVid's 360x480 halved or less.
+    'cityscapes': dict(image_shape=(256, 512), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
+    'camvid': dict(image_shape=(352, 480), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
 }
-SYNTHETIC_DIR = 'synthetic_road'
 
 # The training data of a run: where it comes from, the split, the batches, the validation examples, and where
 # training starts (0, or a resumed run's step with the records of its finished epochs) and ends.
-TrainingData = collections.namedtuple('TrainingData', 'dataset source train_names val_names get_batches_fn '
-                                                      'val_examples start_step history epochs')
+TrainingData = collections.namedtuple('TrainingData', 'dataset source layout train_names val_names '
+                                                      'get_batches_fn val_examples start_step history epochs')
 
 
 # ------------------------------------------------------------------------------------------------- network
@@ -216,8 +216,8 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     validate_fn() -> (dict of validation figures such as val_max_f, {name: overlay image}) runs after each
     epoch; its figures are printed and recorded. on_epoch_end(history, overlays) is called after each epoch (to
     save metrics and checkpoints as training goes), on_step(step, loss) after every step. A NaN or infinite loss
-    raises LossDiverged naming the step. With patience N, training stops once validation MaxF has not improved
-    for N epochs. run_options (a RunOptions: a timeout) go with every training step.
+    raises LossDiverged naming the step. With patience N, training stops once the validation score (MaxF; mean
+    IoU for scene parsing) has not improved for N epochs. run_options (a RunOptions: a timeout) go with every training step.
     """
     history, step = list(history or []), start_step
     num_batches = -(-num_images // batch_size) if num_images else None
@@ -254,22 +254,23 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
         print(' '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in record.items()
                        if not isinstance(v, (dict, list))), flush=True)
         if patience and validate_fn is not None:
-            best = max(history, key=max_f_key)
+            best = max(history, key=score_key)
             record['early_stop'] = epoch - best['epoch'] >= patience
         if on_epoch_end is not None:
             on_epoch_end(history, overlays)
         if record.get('early_stop'):
-            print(f'early stop: validation MaxF has not improved for {patience} epoch(s) since epoch '
+            print(f'early stop: the validation score has not improved for {patience} epoch(s) since epoch '
                   f'{best["epoch"]}', flush=True)
             break
     return history
 
 
-def build_fcn(sess, vgg_dir, seed):
+def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES):
     """FCN-8s with its training ops in sess's graph, every variable initialised: the VGG16 SavedModel in vgg_dir
-    (or, for None, a He-initialised one seeded by seed), then layers and optimize. Returns the tensors by name."""
+    (or, for None, a He-initialised one seeded by seed), then layers and optimize for num_classes. Returns the
+    tensors by name."""
     tf.set_random_seed(seed)
-    correct_label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
+    correct_label = tf.placeholder(tf.float32, [None, None, None, num_classes], name='correct_label')
     learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
     if vgg_dir:
         try:
@@ -281,8 +282,8 @@ def build_fcn(sess, vgg_dir, seed):
     else:
         input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed)
         restored = set()
-    nn_last_layer = layers(layer3, layer4, layer7, NUM_CLASSES)
-    logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, NUM_CLASSES)
+    nn_last_layer = layers(layer3, layer4, layer7, num_classes)
+    logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, num_classes)
     sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
     return dict(input_image=input_image, keep_prob=keep_prob, correct_label=correct_label,
                 learning_rate=learning_rate, logits=logits, train_op=train_op,
@@ -301,30 +302,44 @@ def run(argv=None):
     if resume:  # the run's own settings
         vars(args).update({k: v for k, v in resume.config['settings'].items() if k in vars(args) and k != 'resume'})
     data = load_data(args, resume)  # every file read and checked before the weights, the run folder, the graph
-    recipe = settings(args, data.source)
+    recipe = settings(args, data.source, data.layout.kind)
     arithmetic, why = precision.choose(args.precision)  # before the run folder: bf16 may be refused
     run_dir, config, vgg_dir = start_run(args, argv, data, recipe, resume, (arithmetic, why), workers)
 
     session_config = cluster.session_config(workers, precision.training_config(arithmetic))
     with tf.Graph().as_default(), tf.Session(workers.target, config=session_config) as sess:
+        num_classes = len(data.layout.classes)
         if workers.strategy is None:
-            net = build_fcn(sess, vgg_dir, args.seed)
+            net = build_fcn(sess, vgg_dir, args.seed, num_classes)
         else:
-            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, layers, masked_cross_entropy)
+            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, layers, masked_cross_entropy,
+                                               num_classes)
         history, best = train(sess, net, args, data, recipe, run_dir, resume, workers)
         if not workers.chief:
             print(f'task {workers.described["task"]} finished training; the chief writes the outputs', flush=True)
             return None
         best_checkpoint = restore_best(sess, best, run_dir, history)
-        with files.writing(run_dir, 'the test-set outputs'):
-            helper.save_inference_samples(args.runs_dir, args.data_dir, sess, recipe['image_shape'], net['logits'],
-                                          net['keep_prob'], net['input_image'],
-                                          test_folder=os.path.join(data.dataset, 'testing'), output_dir=run_dir,
-                                          kitti_dir=os.path.join(run_dir, 'kitti'))
-    run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, layers, args.keep_last_checkpoint)
-    print(f'overlays, kitti/ confidence maps, checkpoints/best, {run_folder.SERVING_DIR}/, config.json and '
-          f'metrics.json written to {run_dir}')
+        save_test_outputs(sess, net, data.layout, recipe['image_shape'], run_dir)
+    run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, layers, args.keep_last_checkpoint, num_classes)
+    print(f'test-set outputs, checkpoints/best, {run_folder.SERVING_DIR}/, config.json and metrics.json written to '
+          f'{run_dir}')
     return run_dir
+
+
+def save_test_outputs(sess, net, layout, image_shape, run_dir):
+    """Overlays of the test images and, for a road model, KITTI's confidence maps in kitti/ (named as KITTI
+    names them, or like the test image for the other layouts); for scene parsing, class overlays, labels/ in the
+    dataset's encoding and the legend."""
+    images = [(name, path) for name, path, _ in layout.test]
+    with files.writing(run_dir, 'the test-set outputs'):
+        if layout.encode is None:
+            helper.save_inference_samples(None, None, sess, image_shape, net['logits'], net['keep_prob'],
+                                          net['input_image'], output_dir=run_dir,
+                                          kitti_dir=os.path.join(run_dir, 'kitti'), images=images,
+                                          kitti_name=kitti.label_name if layout.kind == 'kitti' else helper.png_name)
+        else:
+            helper.save_class_samples(sess, image_shape, net['logits'], net['keep_prob'], net['input_image'], images,
+                                      layout.classes, layout.palette, layout.encode, run_dir)
 
 
 def train(sess, net, args, data, recipe, run_dir, resume, workers):
@@ -333,7 +348,7 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
     last, best = run_folder.make_checkpoints()
     if resume:
         last.saver.restore(sess, resume.checkpoint)
-    validate_fn = evaluation.make_validate_fn(sess, net, data.val_examples, recipe['image_shape'])
+    validate_fn = evaluation.make_validate_fn(sess, net, data.val_examples, recipe['image_shape'], data.layout)
     if workers.chief:
         run_folder.warn_if_short_of_space(run_dir, (last, best))
         on_step, on_epoch_end = run_folder.epoch_recorder(sess, run_dir, (last, best), data.history)
@@ -356,22 +371,29 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
 
 
 def load_data(args, resume):
-    """The run's TrainingData: the dataset (resume's, or resolve_dataset's) summarised, split, and every training
-    and validation file read and checked."""
+    """The run's TrainingData: the dataset (resume's, or resolve_dataset's) summarised, split (its own validation
+    split, or stretches of frames held out), and every training and validation file read and checked."""
     if resume:
         dataset, source = resume.config['data']['dataset'], resume.config['data']['source']
         if not os.path.isdir(dataset):
             raise UserError(f'--resume {args.resume}: its dataset {dataset} is gone')
     else:
         dataset, source = resolve_dataset(args)
-    print(kitti.dataset_summary(dataset, source, kitti.scan_dataset(dataset)), flush=True)
-    recipe = settings(args, source)
-    training_dir = os.path.join(dataset, 'training')
-    names = [os.path.basename(image) for image, _ in kitti.training_pairs(training_dir)]
-    train_names, val_names = kitti.split_train_val(names, args.val_fraction, args.seed)
+    if datasets.detect(dataset) == 'kitti':  # checks KITTI's folders, names and pairs first
+        print(kitti.dataset_summary(dataset, source, kitti.scan_dataset(dataset)), flush=True)
+    layout = datasets.open_layout(dataset, args.classes)
+    if layout.kind != 'kitti':
+        print(datasets.summary(layout, source), flush=True)
+    recipe = settings(args, source, layout.kind)
+    pairs = {name: (image, label) for name, image, label in layout.train + (layout.val or [])}
+    if layout.val is None:
+        train_names, val_names = kitti.split_train_val([n for n, _, _ in layout.train], args.val_fraction, args.seed,
+                                                       layout.category)
+    else:
+        train_names, val_names = [n for n, _, _ in layout.train], [n for n, _, _ in layout.val]
     if not train_names or not val_names:
         raise UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
-                        f'{len(val_names)} validation images of {len(names)}: both need at least one')
+                        f'{len(val_names)} validation images of {len(pairs)}: both need at least one')
     if resume and val_names != resume.config['data']['val_names']:
         raise UserError(f'--resume {args.resume}: {dataset} has changed since the run started (its validation '
                         'split is no longer the same)')
@@ -379,11 +401,13 @@ def load_data(args, resume):
     finished_epochs = start_step // -(-len(train_names) // recipe['batch_size'])
     history = [h for h in history if h['epoch'] <= finished_epochs]  # the records of checkpointed epochs
     epochs = history[-1]['epoch'] if history and history[-1].get('early_stop') else recipe['epochs']
-    get_batches_fn = helper.gen_batch_function(training_dir, recipe['image_shape'], train_names, seed=args.seed,
-                                               first_epoch=finished_epochs, augment=not args.no_augment)
-    val_examples = evaluation.load_examples(kitti.training_pairs(training_dir, val_names))
-    return TrainingData(dataset, source, train_names, val_names, get_batches_fn, val_examples, start_step, history,
-                        epochs)
+    get_batches_fn = helper.gen_batch_function(dataset, recipe['image_shape'], seed=args.seed,
+                                               first_epoch=finished_epochs, augment=not args.no_augment,
+                                               pairs=[pairs[n] for n in train_names], load_pair=layout.load_pair,
+                                               num_classes=len(layout.classes))
+    val_examples = evaluation.load_examples([pairs[n] for n in val_names], layout.load_pair)
+    return TrainingData(dataset, source, layout, train_names, val_names, get_batches_fn, val_examples, start_step,
+                        history, epochs)
 
 
 def start_run(args, argv, data, recipe, resume, arithmetic, workers):
@@ -405,7 +429,8 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
         config = {
             'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
             'settings': {**vars(args), **recipe},
-            'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset),
+            'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset), 'layout': data.layout.kind,
+                     'classes': list(data.layout.classes),
                      'train_images': len(data.train_names), 'val_images': len(data.val_names),
                      'val_names': data.val_names},
             'weights': {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
@@ -428,49 +453,28 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
 
 def restore_best(sess, best, run_dir, history):
     """Restore the best epoch's weights into sess (the run's model from here on), print its KITTI table, and
-    return the checkpoint; UserError when no epoch had a finite validation MaxF."""
+    return the checkpoint; UserError when no epoch had a finite validation score."""
     checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, best.folder))
     if checkpoint is None:
-        raise UserError('no epoch had a finite validation MaxF (a validation split without road or without '
+        raise UserError('no epoch had a finite validation score (a validation split without road or without '
                         f'non-road pixels?): no best model; see {os.path.join(run_dir, "metrics.json")}')
     best.saver.restore(sess, checkpoint)
-    record = max(history, key=max_f_key)
-    print(f'validation, KITTI road scores (perspective view, %) of the best epoch, {record["epoch"]}:\n'
-          + evaluation.format_kitti_table(record['val_kitti']), flush=True)
+    record = max(history, key=score_key)
+    print(f'validation scores (%) of the best epoch, {record["epoch"]}:\n' + evaluation.format_record_table(record),
+          flush=True)
     return checkpoint
 
 
 def resolve_dataset(args):
-    """(dataset folder, source) where source is 'kitti', 'user' or 'synthetic' (the offline fallback)."""
-    if args.dataset:
-        if os.path.isfile(args.dataset):
-            raise UserError(f'--dataset {args.dataset} is a file: it must be a KITTI-layout folder'
-                            + (' (unzip it first)' if zipfile.is_zipfile(args.dataset) else ''))
-        if not os.path.isdir(args.dataset):
-            raise UserError(f'--dataset {args.dataset}: no such folder')
-        return args.dataset, 'user'
-    road_dir = os.path.join(args.data_dir, 'data_road')
-    if not kitti.kitti_is_present(road_dir):  # an incomplete KITTI folder is to be fixed, not replaced
-        downloads.refuse_incomplete(road_dir, 'KITTI Road', kitti.KITTI_FOLDERS)
-    try:
-        if args.no_download and not kitti.kitti_is_present(road_dir):
-            raise UserError(f'it is not in {road_dir} (--no-download)\n  '
-                            + kitti.kitti_instructions(args.data_dir, args.kitti_url))
-        return kitti.maybe_download_kitti(args.data_dir, args.kitti_url), 'kitti'
-    except UserError as e:
-        recipe = RECIPES['synthetic']
-        folder = os.path.join(args.data_dir, SYNTHETIC_DIR)
-        warn(f'KITTI Road is not available: {e}\nTraining on generated road scenes instead: {folder} '
-             f'({recipe["num_train"]} training, {recipe["num_test"]} test images). See docs/data-and-weights.md.')
-        if not os.path.isdir(folder):
-            with files.writing(args.data_dir, 'the generated road scenes'):
-                synthetic.make_synthetic_kitti(folder, recipe['num_train'], recipe['num_test'], seed=0)
-        return folder, 'synthetic'
+    """(dataset folder, source 'kitti', 'user' or 'synthetic') of the training flags: datasets.resolve."""
+    synthetic_recipe = RECIPES['synthetic']
+    return datasets.resolve(args.dataset, args.data_dir, args.kitti_url, not args.no_download,
+                            (synthetic_recipe['num_train'], synthetic_recipe['num_test']))
 
 
-def settings(args, data_source):
-    """The effective training settings: the recipe of the data source, overridden by the flags given."""
-    recipe = RECIPES['synthetic' if data_source == 'synthetic' else 'kitti']
+def settings(args, data_source, kind='kitti'):
+    """The effective training settings: the recipe of the data source and layout, overridden by the flags given."""
+    recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
               if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape')}
     chosen['image_shape'] = tuple(chosen['image_shape'])
@@ -525,13 +529,18 @@ def train_parser():
     parser.add_argument('--image-shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='network input size, multiples of 32; images are resized to it and predictions '
                              'back to each image\'s own size [default: 160 576; 96 320 synthetic]')
+    parser.add_argument('--classes', choices=datasets.CLASS_CHOICES, default='all',
+                        help='what to segment in a Cityscapes or CamVid --dataset: "all" its classes (19 for '
+                             'Cityscapes, 11 for CamVid), or "road" against everything labelled, scored as KITTI '
+                             'scores road; KITTI Road is always road [default: all]')
     parser.add_argument('--val-fraction', type=float, default=0.1,
                         help='fraction of each category (um/umm/uu) held out for validation, never trained '
                              'on [default: 0.1]')
     parser.add_argument('--seed', type=int, default=0,
                         help='seeds the split, shuffling and initialisation [default: 0]')
     parser.add_argument('--patience', type=int,
-                        help='stop early when validation MaxF has not improved for this many epochs '
+                        help='stop early when the validation score (MaxF; mean IoU for scene parsing) has not '
+                             'improved for this many epochs '
                              '[default: off, train all epochs]')
     parser.add_argument('--no-augment', action='store_true',
                         help='train on the images as they are: no random flip, zoom, brightness, contrast or '

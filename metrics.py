@@ -106,7 +106,31 @@ def kitti_table(hists):
     return table
 
 
-def max_f_key(record):
-    """A record's validation MaxF for comparisons, -inf when missing or not finite (nan never wins a max)."""
-    value = record.get('val_max_f')
+def score_key(record):
+    """A record's validation score for comparisons (val_score: MaxF for a road model, mean IoU for scene parsing;
+    val_max_f in records older than val_score), -inf when missing or not finite (nan never wins a max)."""
+    value = record.get('val_score', record.get('val_max_f'))
     return value if value is not None and np.isfinite(value) else -np.inf
+
+
+# ------------------------------------------------------------------------------------------------ many classes
+
+def segmentation_scores(hist):
+    """Scene-parsing figures of a confusion matrix [K, K] (rows: true class, columns: predicted; ignored pixels
+    left out, as fast_hist leaves them), computed as the Cityscapes benchmark's scripts compute them.
+
+    Per class: IoU = TP / (TP + FP + FN) and accuracy (recall) = TP / (TP + FN), nan for a class that neither
+    occurs nor is predicted (IoU) or does not occur (accuracy). mean_iou and mean_accuracy average the classes
+    that are not nan; pixel_accuracy = all correct pixels / all pixels.
+    """
+    hist = np.asarray(hist, np.float64)
+    tp = np.diag(hist)
+    truth, predicted = hist.sum(axis=1), hist.sum(axis=0)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = np.where(truth + predicted - tp > 0, tp / (truth + predicted - tp), np.nan)
+        accuracy = np.where(truth > 0, tp / truth, np.nan)
+    total = hist.sum()
+    return {'iou': iou.tolist(), 'accuracy': accuracy.tolist(),
+            'mean_iou': float(np.nanmean(iou)) if np.isfinite(iou).any() else float('nan'),
+            'mean_accuracy': float(np.nanmean(accuracy)) if np.isfinite(accuracy).any() else float('nan'),
+            'pixel_accuracy': float(tp.sum() / total) if total else float('nan')}

@@ -9,10 +9,10 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
+import datasets
 import evaluation
 import files
 import inference
-import kitti
 import run_folder
 from errors import UserError
 from images import read_rgb, resize_image
@@ -40,22 +40,20 @@ def optimize_parser():
     return parser
 
 
-def calibration_images(training_dir, exclude, image_shape, count=inference.CALIBRATION_IMAGES):
-    """Up to count training images (uint8 [H, W, 3] at image_shape), spread evenly over the sorted names,
-    never one of exclude (the validation split)."""
-    names = [os.path.basename(image) for image, _ in kitti.training_pairs(training_dir)]
-    names = [name for name in names if name not in set(exclude)]
-    chosen = [names[i] for i in np.linspace(0, len(names) - 1, min(count, len(names))).round().astype(int)]
-    return [resize_image(read_rgb(os.path.join(training_dir, 'image_2', name)), image_shape)
-            for name in tqdm(chosen, desc='calibration images', leave=False)]
+def calibration_images(layout, exclude, image_shape, count=inference.CALIBRATION_IMAGES):
+    """Up to count training images of a datasets.Layout (uint8 [H, W, 3] at image_shape), spread evenly over the
+    sorted names, never one of exclude (the validation split)."""
+    paths = [path for name, path, _ in sorted(layout.train) if name not in set(exclude)]
+    chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
+    return [resize_image(read_rgb(path), image_shape) for path in tqdm(chosen, desc='calibration images', leave=False)]
 
 
-def measure_variant(name, predictor, examples, runs):
-    """A row of the optimization table: latency at batch 1, then KITTI MaxF and IoU on examples."""
+def measure_variant(name, predictor, examples, runs, layout):
+    """A row of the optimization table: latency at batch 1, then the score (KITTI MaxF, or mean IoU) and IoU on
+    examples."""
     row = {'variant': name, **inference.latency(predictor, runs)}
-    scores = evaluation.predictor_table(predictor, examples, desc=f'scoring {name}')['all']
-    row.update(max_f=scores['max_f'], iou=scores['iou'], iou_at_half=scores['iou_at_0.5'])
-    print(f'{name}: {row["median_ms"]:.1f} ms median, MaxF {100 * row["max_f"]:.2f}', flush=True)
+    row.update(evaluation.predictor_scores(predictor, examples, layout, desc=f'scoring {name}'))
+    print(f'{name}: {row["median_ms"]:.1f} ms median, score {100 * row["score"]:.2f}', flush=True)
     return row
 
 
@@ -64,16 +62,16 @@ def format_optimization_table(report):
     lines = [f'# Optimized models of {report["run"]}', '',
              f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}. Input {report["image_shape"][0]}x'
              f'{report["image_shape"][1]}, batch 1: latency over {report["runs"]} runs after '
-             f'{inference.WARMUP_RUNS} warm-up runs. MaxF and IoU (road, at the MaxF threshold): KITTI '
-             f'perspective-view scores on the {report["val_images"]} validation images. tflite-int8 calibrated on '
+             f'{inference.WARMUP_RUNS} warm-up runs. {report["score_name"]} and IoU ({report["iou_name"]}) on the '
+             f'{report["val_images"]} validation images. tflite-int8 calibrated on '
              f'{report["calibration_images"]} training images. Command: `{report["command"]}`.', '',
-             '| variant | file | size (MB) | median (ms) | p90 (ms) | images/s | speed-up vs fp32 | MaxF (%) '
-             '| ΔMaxF (pt) | IoU (%) | ΔIoU (pt) |',
+             f'| variant | file | size (MB) | median (ms) | p90 (ms) | images/s | speed-up vs fp32 | '
+             f'{report["score_name"]} (%) | Δ (pt) | IoU (%) | ΔIoU (pt) |',
              '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for row in report['variants']:
         lines.append(f'| {row["variant"]} | {row["file"]} | {row["size_mb"]:.1f} | {row["median_ms"]:.1f} | '
                      f'{row["p90_ms"]:.1f} | {row["images_per_s"]:.2f} | {row["speedup"]:.2f}x | '
-                     f'{100 * row["max_f"]:.2f} | {100 * row["max_f_change"]:+.2f} | {100 * row["iou"]:.2f} | '
+                     f'{100 * row["score"]:.2f} | {100 * row["score_change"]:+.2f} | {100 * row["iou"]:.2f} | '
                      f'{100 * row["iou_change"]:+.2f} |')
     for row in report['skipped']:
         lines.append(f'\nSkipped: {row["variant"]}: {row["reason"]}.')
@@ -88,13 +86,15 @@ def optimize_command(argv):
         parser.error('--runs must be at least 2')
     config, saved_model = run_folder.finished_run(args.checkpoint, '--checkpoint')
     image_shape = tuple(config['settings']['image_shape'])
-    training_dir = os.path.join(config['data']['dataset'], 'training')
-    if not os.path.isdir(training_dir):
-        raise UserError(f'--checkpoint {args.checkpoint}: its dataset {training_dir} is gone (validation images '
+    dataset = config['data']['dataset']
+    if not os.path.isdir(dataset):
+        raise UserError(f'--checkpoint {args.checkpoint}: its dataset {dataset} is gone (validation images '
                         'score each variant, training images calibrate int8)')
+    layout = datasets.open_layout(dataset, config['settings'].get('classes', 'all'))
     val_names = config['data']['val_names']
-    examples = evaluation.load_examples(kitti.training_pairs(training_dir, val_names))
-    calibration = calibration_images(training_dir, val_names, image_shape)
+    by_name = {name: (image, label) for name, image, label in layout.train + (layout.val or [])}
+    examples = evaluation.load_examples([by_name[name] for name in val_names], layout.load_pair)
+    calibration = calibration_images(layout, val_names, image_shape)
     if not calibration:
         raise UserError(f'--checkpoint {args.checkpoint}: no training image outside the validation split to '
                         'calibrate int8 on')
@@ -105,7 +105,7 @@ def optimize_command(argv):
             if os.path.isdir(staging):  # this command's own, from an interrupted run
                 shutil.rmtree(staging)
             os.makedirs(staging)
-            report = optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging)
+            report = optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging, layout)
             table = format_optimization_table(report)
             files.atomic_write(os.path.join(staging, 'optimization.md'), table)
     except BaseException:
@@ -117,12 +117,12 @@ def optimize_command(argv):
     print(table + f'\nwritten to {out_dir}')
 
 
-def optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging):
+def optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging, layout):
     """Make, time and score every variant into staging; write and return the report (optimization.json)."""
     print(f'freezing {saved_model} at {image_shape[0]}x{image_shape[1]}', flush=True)
     frozen = inference.freeze(saved_model, image_shape)
     reference = measure_variant('saved_model', inference.saved_model_predictor(saved_model, image_shape),
-                                examples, args.runs)
+                                examples, args.runs, layout)
     reference.update(file=run_folder.SERVING_DIR, size_mb=files.folder_bytes(saved_model) / 2 ** 20)
     rows, skipped = [], []
     precision, why = mixed_precision()
@@ -136,18 +136,20 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
         print(f'making {variant} (a minute or two)', flush=True)
         files.atomic_write(path, inference.make_variant(frozen, variant, precision, calibration))
         build_s = round(time.time() - start, 1)
-        row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs)
+        row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs, layout)
         row.update(file=file, size_mb=os.path.getsize(path) / 2 ** 20, build_s=build_s)
         if variant == 'bf16':
             row['precision'] = why
         rows.append(row)
     fp32 = rows[0]
     for row in [reference] + rows:
-        row.update(speedup=fp32['median_ms'] / row['median_ms'], max_f_change=row['max_f'] - fp32['max_f'],
+        row.update(speedup=fp32['median_ms'] / row['median_ms'], score_change=row['score'] - fp32['score'],
                    iou_change=row['iou'] - fp32['iou'])
     report = {'run': args.checkpoint, 'command': ' '.join(['python main.py optimize', *argv]),
               'machine': machine(), 'tensorflow': tf.__version__, 'image_shape': list(image_shape),
               'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration),
+              'score_name': 'MaxF' if evaluation.is_road(layout.classes) else 'mean IoU',
+              'iou_name': 'road, at the MaxF threshold' if evaluation.is_road(layout.classes) else 'mean over classes',
               'variants': [reference] + rows, 'skipped': skipped}
     files.write_json(os.path.join(staging, 'optimization.json'), report)
     return report

@@ -1,5 +1,5 @@
-"""PNG plots of a run, from what metrics.json holds: loss and MaxF per epoch, and the precision-recall curves
-of the last validation per category."""
+"""PNG plots of a run, from what metrics.json holds: loss and the validation score per epoch, and of the last
+validation the precision-recall curves per category (road models) or the IoU of every class (scene parsing)."""
 import matplotlib
 
 matplotlib.use('Agg')  # files only: no display on a training machine
@@ -9,16 +9,23 @@ import numpy as np  # noqa: E402
 import metrics  # noqa: E402
 
 
+# The validation figures drawn per epoch, where the records have them: (key, legend).
+HISTORY_SCORES = (('val_max_f', 'MaxF'), ('val_iou_at_0.5', 'road IoU at 0.5'), ('val_mean_iou', 'mean IoU'),
+                  ('val_pixel_accuracy', 'pixel accuracy'))
+
+
 def plot_history(history, path):
-    """Training and validation loss, and validation MaxF and road IoU at 0.5, per epoch."""
+    """Training and validation loss, and the validation scores (MaxF and road IoU at 0.5, or mean IoU and pixel
+    accuracy), per epoch."""
     epochs = [h['epoch'] for h in history]
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(epochs, [h['loss'] for h in history], 'o-', label='training')
     loss_ax.plot(epochs, [h.get('val_loss') for h in history], 's-', label='validation')
     loss_ax.set(xlabel='epoch', ylabel='cross-entropy', title='loss')
-    score_ax.plot(epochs, [h.get('val_max_f') for h in history], 'o-', label='MaxF')
-    score_ax.plot(epochs, [h.get('val_iou_at_0.5') for h in history], 's-', label='road IoU at 0.5')
-    score_ax.set(xlabel='epoch', title='validation (KITTI, perspective view)')
+    for key, label in HISTORY_SCORES:
+        if any(key in h for h in history):
+            score_ax.plot(epochs, [h.get(key) for h in history], 'o-', label=label)
+    score_ax.set(xlabel='epoch', title='validation')
     for ax in (loss_ax, score_ax):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -38,6 +45,21 @@ def plot_precision_recall(counts, path, title='validation'):
     ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1.01), ylim=(0, 1.01), title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc='lower left')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_class_iou(classes, path, title='validation'):
+    """A bar per class of its IoU, from {class name: {'iou': ...}} (nan: the class neither occurs nor is predicted)."""
+    names = list(classes)
+    ious = [classes[name]['iou'] if classes[name]['iou'] is not None else np.nan for name in names]
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names) + 1), 4))
+    ax.bar(range(len(names)), np.nan_to_num(ious), color='tab:blue')
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha='right')
+    ax.set(ylabel='IoU', ylim=(0, 1), title=f'{title}: mean IoU {100 * np.nanmean(ious):.1f} %')
+    ax.grid(alpha=0.3, axis='y')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -22,9 +22,11 @@ import helper
 import plots
 import vgg
 from errors import LossDiverged, UserError
-from metrics import NUM_CLASSES, max_f_key
+from metrics import NUM_CLASSES, score_key
 
 LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'  # inside the run folder
+# The validation figures drawn in TensorBoard, where a record has them (road models, or scene parsing).
+SCALARS = ('val_max_f', 'val_iou_at_0.5', 'val_mean_iou', 'val_pixel_accuracy', 'val_mean_accuracy')
 SERVING_DIR = 'saved_model'  # inside the run folder: the best model with a serving signature
 
 # A stopped run to continue: its config.json, the path of its last checkpoint, that checkpoint's global step,
@@ -175,30 +177,34 @@ def epoch_recorder(sess, run_dir, checkpoints, history):
     last, best = checkpoints
     writer = tf.summary.FileWriter(run_dir)
     global_step = tf.train.get_global_step()
-    best_f = max(map(max_f_key, history), default=-np.inf)
+    best_score = max(map(score_key, history), default=-np.inf)
 
     def on_step(step, loss):
         writer.add_summary(scalar_summary({'train/loss': loss}), step)
 
     def on_epoch_end(epochs, overlays):
-        nonlocal best_f
+        nonlocal best_score
         record, step = epochs[-1], sess.run(global_step)
         writer.add_summary(scalar_summary({'epoch/loss': record['loss'], 'val/loss': record['val_loss'],
-                                           'val/max_f': record['val_max_f'],
-                                           'val/iou_at_0.5': record['val_iou_at_0.5']}), step)
+                                           **{f'val/{key[4:]}': record[key] for key in SCALARS if key in record}}),
+                           step)
         for name, image in overlays.items():
             writer.add_summary(image_summary(f'val/{name}', image), step)
         writer.flush()
         with files.writing(run_dir, 'the plots and metrics.json'):
             plots.plot_history(epochs, os.path.join(run_dir, 'history.png'))
-            plots.plot_precision_recall(record['val_counts'], os.path.join(run_dir, 'precision_recall.png'),
-                                        f'validation, epoch {record["epoch"]}')
+            if 'val_counts' in record:
+                plots.plot_precision_recall(record['val_counts'], os.path.join(run_dir, 'precision_recall.png'),
+                                            f'validation, epoch {record["epoch"]}')
+            else:
+                plots.plot_class_iou(record['val_classes'], os.path.join(run_dir, 'class_iou.png'),
+                                     f'validation, epoch {record["epoch"]}')
         # Committed in this order so that an interruption anywhere leaves a consistent run: a best checkpoint
         # without its record is saved again when the epoch is redone, and a record whose last checkpoint is
         # missing is dropped on resume (history is cut at the checkpoint's step).
-        if max_f_key(record) > best_f:
+        if score_key(record) > best_score:
             save_checkpoint(best, sess, run_dir, global_step)
-            best_f = max_f_key(record)
+            best_score = score_key(record)
         with files.writing(run_dir, 'metrics.json'):
             files.write_json(os.path.join(run_dir, 'metrics.json'), {'epochs': epochs})
         save_checkpoint(last, sess, run_dir, global_step)
@@ -208,12 +214,12 @@ def epoch_recorder(sess, run_dir, checkpoints, history):
 
 # ------------------------------------------------------------------------------------------- the end of a run
 
-def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers):
+def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, num_classes=NUM_CLASSES):
     """Write the model of checkpoint as a SavedModel (tag `serve`) whose `serving_default` signature maps
     `image` [N, H, W, 3] raw RGB 0-255 (H, W multiples of 32: the run's image_shape is what it was trained at)
-    to `road_probability` [N, H, W]: inference without this project's code. A fresh graph, without training
-    ops: the VGG16 of vgg_dir (None: a He-initialised one, seeded) and layers, main's decoder; export_dir must
-    not exist."""
+    to `road_probability` [N, H, W] for a road model, else to `class_probabilities` [N, H, W, num_classes]:
+    inference without this project's code. A fresh graph, without training ops: the VGG16 of vgg_dir (None: a
+    He-initialised one, seeded) and layers, main's decoder; export_dir must not exist."""
     with tf.Graph().as_default(), tf.Session() as sess:
         if vgg_dir:
             # Udacity's keep_prob is a placeholder without a default: fixed at 1.0, serving needs only the image.
@@ -223,12 +229,16 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers):
                 'image_input:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0'))
         else:
             input_image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed, fc_as_matmul=False)
-        last = layers(layer3, layer4, layer7, NUM_CLASSES)
-        logits = tf.reshape(last, [-1, NUM_CLASSES], name='logits')
-        road = tf.reshape(helper.road_probability(logits), tf.shape(input_image)[:3], name='road_probability')
+        last = layers(layer3, layer4, layer7, num_classes)
+        logits = tf.reshape(last, [-1, num_classes], name='logits')
+        if num_classes == NUM_CLASSES:
+            outputs = {'road_probability': tf.reshape(helper.road_probability(logits), tf.shape(input_image)[:3],
+                                                      name='road_probability')}
+        else:
+            outputs = {'class_probabilities': tf.reshape(helper.class_probabilities(logits), tf.shape(last),
+                                                         name='class_probabilities')}
         tf.train.Saver(tf.trainable_variables()).restore(sess, checkpoint)
-        signature = tf.saved_model.signature_def_utils.predict_signature_def({'image': input_image},
-                                                                            {'road_probability': road})
+        signature = tf.saved_model.signature_def_utils.predict_signature_def({'image': input_image}, outputs)
         builder = tf.saved_model.Builder(export_dir)
         builder.add_meta_graph_and_variables(sess, [tf.saved_model.tag_constants.SERVING],
                                              signature_def_map={'serving_default': signature})
@@ -236,14 +246,14 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers):
     return export_dir
 
 
-def finish(run_dir, config, best, vgg_dir, layers, keep_last):
+def finish(run_dir, config, best, vgg_dir, layers, keep_last, num_classes=NUM_CLASSES):
     """Export the best checkpoint as RUN_DIR/saved_model, mark the run finished in config.json and, unless
     keep_last, delete checkpoints/last: a finished run cannot be resumed, so its training state is dead weight."""
     serving_dir = os.path.join(run_dir, SERVING_DIR)
     if os.path.isdir(serving_dir):  # this run's own, from an export that was interrupted
         shutil.rmtree(serving_dir)
     try:
-        export_serving_model(best, vgg_dir, config['settings']['seed'], serving_dir, layers)
+        export_serving_model(best, vgg_dir, config['settings']['seed'], serving_dir, layers, num_classes)
     except (tf.errors.OpError, OSError) as e:
         shutil.rmtree(serving_dir, ignore_errors=True)
         if not _out_of_disk(e):

@@ -1,4 +1,4 @@
-"""Seeded synthetic road scenes in the KITTI Road dataset layout.
+"""Seeded synthetic road scenes in the KITTI Road dataset layout, and the same scenes in CamVid's with its classes.
 
 The offline stand-in for KITTI Road (the default when KITTI cannot be had) and the tests' data.
 
@@ -18,13 +18,23 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import camvid
 from kitti import CATEGORIES, INVALID_COLOR, NON_ROAD_COLOR, ROAD_COLOR
 
 KITTI_SIZES = ((375, 1242), (376, 1241), (370, 1226), (370, 1224))   # (height, width)
 
 LABEL_NON_ROAD, LABEL_ROAD, LABEL_INVALID = 0, 1, 2   # indices into GT_COLOURS
 GT_COLOURS = np.array((NON_ROAD_COLOR, ROAD_COLOR, INVALID_COLOR), dtype=np.uint8)
-SPLIT_IDS = {'training': 0, 'testing': 1}   # part of each image's seed
+SPLIT_IDS = {'training': 0, 'testing': 1, 'validation': 2}   # part of each image's seed
+# The scene's surfaces as CamVid's classes, for the multi-class set (make_synthetic_camvid): fields, lawns and
+# distant tree lines are vegetation like trees; kerbs and gravel are pavement; both carriageways are road.
+SCENE_CLASS = {'sky': camvid.CLASSES.index('Sky'), 'building': camvid.CLASSES.index('Building'),
+               'tree': camvid.CLASSES.index('Tree'), 'pavement': camvid.CLASSES.index('Pavement'),
+               'road': camvid.ROAD, 'car': camvid.CLASSES.index('Car')}
+SURFACE_CLASS = {'skyline': 'tree', 'ground': 'tree', 'grass': 'tree', 'gravel': 'pavement', 'kerb': 'pavement',
+                 'sidewalk': 'pavement', 'asphalt': 'road', 'marking': 'road'}
+CAMVID_SIZE = (360, 480)   # (height, width) of SegNet's CamVid images
+CAMVID_SEQUENCES = ('0001TP', '0006R0', '0016E5', 'Seq05VD')
 
 # --- Camera and road geometry (image fractions unless the name says otherwise) ---
 HORIZON_RANGE = (0.35, 0.55)          # horizon row / height
@@ -172,6 +182,7 @@ class _Scene:
         self.rng, self.height, self.width = rng, height, width
         self.img = np.empty((height, width, 3), np.float32)
         self.label = np.full((height, width), LABEL_NON_ROAD, np.uint8)
+        self.scene = np.full((height, width), SCENE_CLASS['sky'], np.uint8)  # CamVid class ids
         # One grain field serves every material: materials never overlap, so reuse is invisible.
         self.grain = rng.standard_normal((height, width), dtype=np.float32)
         self.horizon = rng.uniform(*HORIZON_RANGE) * height
@@ -223,6 +234,7 @@ class _Scene:
         if kind in PATCHES:
             tone += PATCHES[kind] * self._patches(idx)
         self.img.reshape(-1, 3)[idx] = np.asarray(colour, np.float32) * tone[:, None]
+        self.scene.reshape(-1)[idx] = SCENE_CLASS[SURFACE_CLASS[kind]]
         if label is not None:
             self.label.reshape(-1)[idx] = label
 
@@ -423,6 +435,7 @@ def _draw_building(s, side, t):
         wall[windows] = _pick(rng, WINDOW_COLOURS)
     s.img[box] = wall
     s.label[box] = LABEL_NON_ROAD
+    s.scene[box] = SCENE_CLASS['building']
 
 
 def _place_trees(s):
@@ -442,6 +455,7 @@ def _draw_tree(s, side, t):
     if trunk is not None:
         s.img[trunk] = _pick(rng, TRUNK_COLOURS)
         s.label[trunk] = LABEL_NON_ROAD
+        s.scene[trunk] = SCENE_CLASS['tree']
     rx = ppm * rng.uniform(*CANOPY_RADIUS_M)
     ry = rx * rng.uniform(*CANOPY_ASPECT)
     cy = ground - trunk_h - CANOPY_DROP * ry
@@ -454,6 +468,7 @@ def _draw_tree(s, side, t):
     canopy = fx ** 2 + fy ** 2 < 1.0 + CANOPY_RAGGEDNESS * _smooth_noise(rng, shape, CANOPY_CELLS)
     s.img[box][canopy] = _pick(rng, TREE_COLOURS) * (1.0 + GRAIN['canopy'] * s.grain[box][canopy])[:, None]
     s.label[box][canopy] = LABEL_NON_ROAD
+    s.scene[box][canopy] = SCENE_CLASS['tree']
 
 
 def _place_vehicles(s):
@@ -491,6 +506,7 @@ def _draw_vehicle(s, t, u):
     shape = ~(_in_span(fy, CABIN_ROWS) & ((fx < CABIN_INSET) | (fx > 1 - CABIN_INSET)))
     s.img[box][shape] = body[shape]
     s.label[box][shape] = LABEL_NON_ROAD
+    s.scene[box][shape] = SCENE_CLASS['car']
 
 
 def _draw_objects(s, objects):
@@ -517,6 +533,19 @@ def _apply_camera(s):
 def render_scene(rng, height, width):
     """One synthetic road scene. rng: numpy.random.Generator. Returns (image, gt): image uint8 [H, W, 3] RGB,
     gt uint8 [H, W, 3] using only the three KITTI colours (road, non-road, invalid)."""
+    s = _render(rng, height, width)
+    return s.image, GT_COLOURS[s.label]
+
+
+def render_scene_classes(rng, height, width):
+    """The scene of render_scene(rng, height, width) with its CamVid classes: (image uint8 [H, W, 3], class ids
+    uint8 [H, W] in 0-10)."""
+    s = _render(rng, height, width)
+    return s.image, s.scene
+
+
+def _render(rng, height, width):
+    """The painted _Scene, its camera applied: s.image uint8, s.label (KITTI's three), s.scene (CamVid ids)."""
     s = _Scene(rng, height, width)
     _draw_sky(s)
     _draw_skyline(s)
@@ -527,7 +556,8 @@ def render_scene(rng, height, width):
     _draw_lane_markings(s)
     _draw_shadows(s)
     _draw_objects(s, _place_buildings(s) + _place_trees(s) + _place_vehicles(s))
-    return _apply_camera(s), GT_COLOURS[s.label]
+    s.image = _apply_camera(s)
+    return s
 
 
 def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, progress=True):
@@ -553,5 +583,28 @@ def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, p
         iio.imwrite(os.path.join(partial, split, 'image_2', f'{category}_{idx:06d}.png'), image)
         if split == 'training':
             iio.imwrite(os.path.join(partial, split, 'gt_image_2', f'{category}_road_{idx:06d}.png'), gt)
+    os.replace(partial, root)
+    return root
+
+
+def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVID_SIZE, progress=True):
+    """Write a multi-class set of the same scenes in CamVid's SegNet layout to root (which must not exist) and
+    return root: train/, val/, test/ images and trainannot/, valannot/, testannot/ class ids 0-10 (uint8 PNG),
+    named like CamVid's (<sequence>_<index>.png, over four sequences). Seeded per image like
+    make_synthetic_kitti, written to a sibling folder and renamed when complete."""
+    if os.path.exists(root):
+        raise FileExistsError(f'{root} already exists')
+    partial = root.rstrip(os.sep) + '.partial'
+    shutil.rmtree(partial, ignore_errors=True)
+    splits = {'train': ('training', num_train), 'val': ('validation', num_val), 'test': ('testing', num_test)}
+    for split in splits:
+        for folder in (split, camvid.SPLITS[split]):
+            os.makedirs(os.path.join(partial, folder))
+    jobs = [(split, i) for split, (_, count) in splits.items() for i in range(count)]
+    for split, i in tqdm(jobs, desc='synthetic CamVid scenes', unit='img', disable=not progress):
+        name = f'{CAMVID_SEQUENCES[i % len(CAMVID_SEQUENCES)]}_{i // len(CAMVID_SEQUENCES):06d}.png'
+        image, classes = render_scene_classes(np.random.default_rng([seed, SPLIT_IDS[splits[split][0]], i]), *size)
+        iio.imwrite(os.path.join(partial, split, name), image)
+        iio.imwrite(os.path.join(partial, camvid.SPLITS[split], name), classes)
     os.replace(partial, root)
     return root

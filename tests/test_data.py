@@ -186,13 +186,19 @@ def test_shuffling_is_seeded_and_changes_per_epoch(small_dataset):
     assert not np.array_equal(a1, a2)
 
 
-def test_validation_split_is_seeded_stratified_and_disjoint():
+def test_validation_split_is_seeded_stratified_disjoint_and_made_of_stretches_of_frames():
     names = [f'{cat}_{i:06d}.png' for cat, n in (('um', 95), ('umm', 96), ('uu', 98)) for i in range(n)]
     train, val = kitti.split_train_val(names, 0.1, seed=0)
     assert not set(train) & set(val) and sorted(train + val) == sorted(names)
     assert [sum(kitti.category(n) == c for n in val) for c in kitti.CATEGORIES] == [10, 10, 10]
+    for cat in kitti.CATEGORIES:  # 10 frames each: one stretch of 10 consecutive frames, not 10 random ones
+        frames = sorted(int(n[-10:-4]) for n in val if kitti.category(n) == cat)
+        assert frames == list(range(frames[0], frames[0] + 10)) and frames[0] % kitti.VAL_STRETCH == 0
     assert kitti.split_train_val(names, 0.1, seed=0) == (train, val)
     assert kitti.split_train_val(names, 0.1, seed=1)[1] != val
+    many = [f'uu_{i:06d}.png' for i in range(400)]  # 40 held out: four stretches of 10
+    held = sorted(int(n[-10:-4]) for n in kitti.split_train_val(many, 0.1, seed=3)[1])
+    assert len(held) == 40 and sum(b - a != 1 for a, b in zip(held, held[1:])) <= 3
 
 
 @pytest.mark.skipif(not os.path.isdir(KITTI_SAMPLES), reason='no real KITTI samples beside the project')

@@ -35,10 +35,11 @@ def test_optimize_writes_every_variant_and_its_table(optimized_run):
             assert os.path.getsize(os.path.join(out, row['file'])) / 2 ** 20 == pytest.approx(row['size_mb'])
         assert 0 < row['median_ms'] <= row['p90_ms'] and row['runs'] == 2
         assert row['images_per_s'] == pytest.approx(1000 / row['median_ms'])
-        assert 0 <= row['max_f'] <= 1 and 0 <= row['iou'] <= 1
-        assert row['max_f_change'] == pytest.approx(row['max_f'] - measured['fp32']['max_f'])
+        assert 0 <= row['score'] <= 1 and 0 <= row['iou'] <= 1
+        assert row['score_change'] == pytest.approx(row['score'] - measured['fp32']['score'])
         assert row['speedup'] == pytest.approx(measured['fp32']['median_ms'] / row['median_ms'])
     assert report['image_shape'] == [64, 224] and report['val_images'] == 3 and report['calibration_images'] == 9
+    assert report['score_name'] == 'MaxF'
     table = open(os.path.join(out, 'optimization.md')).read()
     assert all(f'| {variant} | {row["file"]} |' in table for variant, row in measured.items())
     assert all(f'Skipped: {variant}: {reason}' in table for variant, reason in skipped.items())

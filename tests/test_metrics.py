@@ -58,3 +58,24 @@ def test_confidence_maps_are_rounded_uint8_and_half_is_road():
     levels = metrics.confidence(np.array([0.0, 0.5, 0.499, 1.0, 1.2]))
     np.testing.assert_array_equal(levels, [0, 128, 127, 255, 255])
     assert levels.dtype == np.uint8 and metrics.LEVEL_AT_HALF == 128
+
+
+def test_segmentation_scores_of_a_hand_made_confusion_matrix():
+    """Three classes; rows are the truth, columns the prediction:
+
+        [[3, 1, 0],    class 0: TP 3, FN 1, FP 0 + 2 = 2: IoU 3 / 6 = 0.5, accuracy 3 / 4
+         [0, 4, 0],    class 1: TP 4, FN 0, FP 1:         IoU 4 / 5 = 0.8, accuracy 1
+         [2, 0, 0]]    class 2: TP 0, FN 2, FP 0:         IoU 0,           accuracy 0
+
+    mean IoU (0.5 + 0.8 + 0) / 3 = 0.4333, pixel accuracy 7 / 10, mean accuracy (0.75 + 1 + 0) / 3 = 0.5833.
+    A fourth class that neither occurs nor is predicted is nan and left out of the means.
+    """
+    hist = np.array([[3, 1, 0, 0], [0, 4, 0, 0], [2, 0, 0, 0], [0, 0, 0, 0]])
+    scores = metrics.segmentation_scores(hist)
+    np.testing.assert_allclose(scores['iou'], [0.5, 0.8, 0.0, np.nan])
+    np.testing.assert_allclose(scores['accuracy'], [0.75, 1.0, 0.0, np.nan])
+    assert scores['mean_iou'] == pytest.approx(1.3 / 3) and scores['pixel_accuracy'] == pytest.approx(0.7)
+    assert scores['mean_accuracy'] == pytest.approx(1.75 / 3)
+    labels = np.array([[0, 0, 0, 0, 1], [1, 1, 1, 2, 2], [-1, -1, 3, 3, 3]])  # -1: void, never counted
+    pred = np.array([[0, 0, 0, 1, 1], [1, 1, 1, 0, 0], [2, 2, 3, 3, 3]])
+    np.testing.assert_array_equal(metrics.fast_hist(labels, pred, 4)[:3, :3], hist[:3, :3])

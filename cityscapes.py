@@ -1,0 +1,89 @@
+"""Cityscapes (fine annotations): its layout, image/label pairing by name, and its classes from the dataset's own
+reference code, `cityscapesscripts`' labels table: the 19 evaluation classes (trainIds), everything else
+ignored; or, for road-only training, road against every labelled pixel, void ignored."""
+import os
+
+import numpy as np
+from cityscapesscripts.helpers.labels import labels as LABELS
+
+from errors import UserError
+from metrics import IGNORE
+
+IMAGE_SUFFIX, LABEL_SUFFIX = '_leftImg8bit.png', '_gtFine_labelIds.png'
+SPLITS = ('train', 'val', 'test')
+# The 19 classes Cityscapes evaluates, in trainId order, with their colours (cityscapesscripts' table).
+EVAL_LABELS = sorted((label for label in LABELS if 0 <= label.trainId < 255), key=lambda label: label.trainId)
+CLASSES = tuple(label.name for label in EVAL_LABELS)
+PALETTE = tuple(label.color for label in EVAL_LABELS)
+ROAD_ID = next(label.id for label in LABELS if label.name == 'road')
+VOID_IDS = tuple(label.id for label in LABELS if label.category == 'void')
+
+
+def is_cityscapes(folder):
+    return os.path.isdir(os.path.join(folder, 'leftImg8bit', 'train')) and \
+        os.path.isdir(os.path.join(folder, 'gtFine', 'train'))
+
+
+def missing_parts(folder):
+    """What a Cityscapes folder lacks, for the error that lists the layouts."""
+    return [part for part in ('leftImg8bit/train', 'gtFine/train') if not os.path.isdir(os.path.join(folder, part))]
+
+
+def decoder(road_only):
+    """labelIds uint8 [H, W] -> class ids int8 [H, W] (IGNORE where not evaluated): a lookup table over the ids
+    0-255; ids that are no Cityscapes label map to a sentinel that decode_label reports."""
+    table = np.full(256, -2, np.int16)  # -2: not a Cityscapes label id
+    for label in LABELS:
+        if label.id < 0:  # 'license plate' has id -1: never in a labelIds image
+            continue
+        if road_only:
+            table[label.id] = IGNORE if label.id in VOID_IDS else int(label.id == ROAD_ID)
+        else:
+            table[label.id] = label.trainId if 0 <= label.trainId < 255 else IGNORE
+    return table
+
+
+def decode_label(path, label_ids, table):
+    """Class ids int8 [H, W] of a labelIds image; UserError naming the file and the ids that are no label."""
+    if label_ids.ndim != 2:
+        raise UserError(f'{path}: a Cityscapes *_gtFine_labelIds.png has one channel (label ids), this one has '
+                        f'{label_ids.shape[-1]}')
+    classes = table[label_ids]
+    if (classes == -2).any():
+        unknown = sorted(int(i) for i in np.unique(label_ids[classes == -2]))
+        raise UserError(f'{path} has label ids {unknown} that no Cityscapes label has (0-33): is it a '
+                        '*_gtFine_labelIds.png?')
+    return classes.astype(np.int8)
+
+
+def label_ids(classes):
+    """Class ids [H, W] (trainIds) -> the labelIds the Cityscapes benchmark server reads, uint8 [H, W]."""
+    table = np.zeros(256, np.uint8)
+    for label in EVAL_LABELS:
+        table[label.trainId] = label.id
+    return table[np.asarray(classes, np.int64) % 256]
+
+
+def split_pairs(folder, split):
+    """[(name, image path, label path or None)] of a split, every city, sorted, paired by name; UserError for a
+    label missing from a split that has labels."""
+    image_root = os.path.join(folder, 'leftImg8bit', split)
+    label_root = os.path.join(folder, 'gtFine', split)
+    if not os.path.isdir(image_root):
+        return []
+    pairs = []
+    for city in sorted(os.listdir(image_root)):
+        for file in sorted(os.listdir(os.path.join(image_root, city))):
+            if file.endswith(IMAGE_SUFFIX):
+                label = os.path.join(label_root, city, file[:-len(IMAGE_SUFFIX)] + LABEL_SUFFIX)
+                pairs.append((file, os.path.join(image_root, city, file), label))
+    missing = [(image, label) for _, image, label in pairs if not os.path.isfile(label)]
+    if split != 'test' and missing:
+        raise UserError(f'{missing[0][0]} has no label: {missing[0][1]} is missing ({len(missing)} of {len(pairs)} '
+                        f'{split} images lack theirs)')
+    return [(name, image, label if os.path.isfile(label) else None) for name, image, label in pairs]
+
+
+def category(name):
+    """A Cityscapes image's city, from its name (frankfurt_000000_000294_leftImg8bit.png -> frankfurt)."""
+    return name.split('_')[0]

@@ -1,0 +1,128 @@
+"""Where the training data comes from and how it is laid out: a --dataset folder of the user's in one of the three
+layouts the project reads (KITTI Road, Cityscapes, CamVid), KITTI Road in the data folder (downloaded when
+missing), or, offline, road scenes generated in KITTI's layout (the fallback, said loudly)."""
+import collections
+import functools
+import os
+import zipfile
+
+import camvid
+import cityscapes
+import downloads
+import files
+import kitti
+import synthetic
+from errors import UserError, warn
+from images import OVERLAY_COLOR, read_header, read_image, read_rgb
+
+SYNTHETIC_DIR = 'synthetic_road'  # inside the data folder
+
+
+def resolve(dataset, data_dir, kitti_url, download, synthetic_images):
+    """(dataset folder, source) where source is 'user' (dataset, a folder the user named: never replaced), 'kitti'
+    (data_dir/data_road, downloaded from kitti_url if download allows) or 'synthetic' (data_dir/synthetic_road,
+    generated once with synthetic_images = (training, test) images)."""
+    if dataset:
+        if os.path.isfile(dataset):
+            raise UserError(f'--dataset {dataset} is a file: it must be a KITTI-layout folder'
+                            + (' (unzip it first)' if zipfile.is_zipfile(dataset) else ''))
+        if not os.path.isdir(dataset):
+            raise UserError(f'--dataset {dataset}: no such folder')
+        return dataset, 'user'
+    road_dir = os.path.join(data_dir, 'data_road')
+    if not kitti.kitti_is_present(road_dir):  # an incomplete KITTI folder is to be fixed, not replaced
+        downloads.refuse_incomplete(road_dir, 'KITTI Road', kitti.KITTI_FOLDERS)
+    try:
+        if not download and not kitti.kitti_is_present(road_dir):
+            raise UserError(f'it is not in {road_dir} (--no-download)\n  ' + kitti.kitti_instructions(data_dir, kitti_url))
+        return kitti.maybe_download_kitti(data_dir, kitti_url), 'kitti'
+    except UserError as e:
+        folder = os.path.join(data_dir, SYNTHETIC_DIR)
+        warn(f'KITTI Road is not available: {e}\nTraining on generated road scenes instead: {folder} '
+             f'({synthetic_images[0]} training, {synthetic_images[1]} test images). See docs/data-and-weights.md.')
+        if not os.path.isdir(folder):
+            with files.writing(data_dir, 'the generated road scenes'):
+                synthetic.make_synthetic_kitti(folder, *synthetic_images, seed=0)
+        return folder, 'synthetic'
+
+
+# ------------------------------------------------------------------------------------------- three layouts
+
+# A dataset folder as the training reads it. kind: 'kitti', 'cityscapes' or 'camvid'; classes: the class names,
+# class id = position (road-only: ('non-road', 'road')); palette: their colours for overlays; train, val, test:
+# [(name, image path, label path or None)] (val None: split from train by the caller); category(name): the
+# drive, city or sequence an image belongs to; load_pair(image path, label path) -> (uint8 image [H, W, 3], int8
+# class ids [H, W], IGNORE where not evaluated), checked; encode(class ids [H, W]) -> the label image the
+# dataset's benchmark reads (None for a road model, whose outputs are KITTI's confidence maps).
+Layout = collections.namedtuple('Layout', 'kind root classes palette train val test category load_pair encode')
+ROAD_CLASSES = ('non-road', 'road')
+ROAD_PALETTE = ((0, 0, 0), OVERLAY_COLOR)
+CLASS_CHOICES = ('all', 'road')
+KINDS = {'kitti': 'KITTI Road (training/image_2, training/gt_image_2, testing/image_2)',
+         'cityscapes': 'Cityscapes (leftImg8bit/{train,val,test}/CITY/*_leftImg8bit.png, '
+                       'gtFine/{train,val}/CITY/*_gtFine_labelIds.png)',
+         'camvid': 'CamVid as SegNet distributes it (train/, trainannot/, val/, valannot/, test/, testannot/)'}
+
+
+def detect(folder):
+    """'kitti', 'cityscapes' or 'camvid' by the folders there; UserError naming the three layouts and what each
+    lacks."""
+    if cityscapes.is_cityscapes(folder):
+        return 'cityscapes'
+    if camvid.is_camvid(folder):
+        return 'camvid'
+    if os.path.isdir(os.path.join(folder, 'training')) or os.path.isdir(os.path.join(folder, 'data_road')):
+        return 'kitti'  # kitti.scan_dataset names what is missing of it
+    lacks = {'kitti': [f for f in kitti.KITTI_FOLDERS if not os.path.isdir(os.path.join(folder, f))],
+             'cityscapes': cityscapes.missing_parts(folder), 'camvid': camvid.missing_parts(folder)}
+    raise UserError(f'{folder} is in none of the layouts this project reads: '
+                    + '; '.join(f'{KINDS[kind]}: no {", ".join(parts)}' for kind, parts in lacks.items()))
+
+
+def open_layout(folder, classes='all'):
+    """The Layout of a dataset folder; classes 'road' makes any layout a road / non-road one (void ignored)."""
+    kind = detect(folder)
+    if kind == 'kitti':
+        pairs = [(os.path.basename(image), image, label)
+                 for image, label in kitti.training_pairs(os.path.join(folder, 'training'))]
+        test_dir = os.path.join(folder, 'testing', 'image_2')
+        test = [(name, os.path.join(test_dir, name), None) for name in kitti.list_images(test_dir)]
+        return Layout(kind, folder, ROAD_CLASSES, ROAD_PALETTE, pairs, None, test, kitti.category, kitti.load_pair,
+                      None)
+    module = cityscapes if kind == 'cityscapes' else camvid
+    road_only = classes == 'road'
+    table = module.decoder(road_only)
+    splits = {split: module.split_pairs(folder, split) for split in ('train', 'val', 'test')}
+    if not splits['train']:
+        raise UserError(f'{folder}: its {kind} train split holds no images: nothing to train on')
+    return Layout(kind, folder, ROAD_CLASSES if road_only else module.CLASSES,
+                  ROAD_PALETTE if road_only else module.PALETTE, splits['train'], splits['val'] or None,
+                  splits['test'], module.category, functools.partial(load_label_pair, module.decode_label, table),
+                  None if road_only else module.label_ids)
+
+
+def load_label_pair(decode_label, table, image_path, label_path):
+    """(uint8 image [H, W, 3], int8 class ids [H, W]) of an image and its one-channel label image, checked."""
+    image = read_rgb(image_path)
+    mode, _ = read_header(label_path)
+    if mode not in ('L', 'P'):
+        raise UserError(f'{label_path} is a PIL mode {mode} image: labels must be one-channel images of label '
+                        'ids (labels are never converted: a guessed id would be a wrong label)')
+    label_ids = read_image(label_path)
+    if label_ids.shape[:2] != image.shape[:2]:
+        raise UserError(f'{label_path} is {label_ids.shape[1]}x{label_ids.shape[0]} but its image is '
+                        f'{image.shape[1]}x{image.shape[0]}: a label must match its image pixel for pixel')
+    return image, decode_label(label_path, label_ids, table)
+
+
+def summary(layout, source):
+    """A few lines about a Cityscapes or CamVid layout: classes, images per split and category."""
+    lines = [f'dataset {layout.root} ({source}, {layout.kind}, {len(layout.classes)} classes: '
+             f'{", ".join(layout.classes)})']
+    for split in ('train', 'val', 'test'):
+        examples = getattr(layout, split) or []
+        categories = collections.Counter(layout.category(name) for name, _, _ in examples)
+        labelled = sum(label is not None for _, _, label in examples)
+        lines.append(f'{split:6} {len(examples):6d} images ({labelled} labelled) in {len(categories)} '
+                     f'{"cities" if layout.kind == "cityscapes" else "sequences"}')
+    return '\n'.join(lines)
