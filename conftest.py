@@ -11,6 +11,7 @@ import threading
 import zipfile
 
 import h5py
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
@@ -221,3 +222,41 @@ def resolve_weights(args):
     """vgg.resolve_weights for parsed training flags, as main.run calls it."""
     return vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights, args.vgg_url,
                                download=not args.no_download)
+
+
+@pytest.fixture(scope='session')
+def small_camvid(tmp_path_factory):
+    """The synthetic scenes in CamVid's layout: 8 train, 4 val, 3 test images of 64x96 (class ids 0-10)."""
+    return synthetic.make_synthetic_camvid(str(tmp_path_factory.mktemp('data') / 'camvid'), 8, 4, 3, seed=1,
+                                           size=(64, 96), progress=False)
+
+
+# CamVid classes of the synthetic scenes -> Cityscapes label ids (road, sidewalk, building, vegetation, sky, car).
+CAMVID_TO_CITYSCAPES = {3: 7, 4: 8, 1: 11, 5: 21, 0: 23, 8: 26}
+
+
+def make_cityscapes(root, counts=(('train', 'aachen', 3), ('train', 'bochum', 3), ('val', 'frankfurt', 3),
+                                  ('test', 'berlin', 2)), size=(64, 128), seed=2):
+    """A tiny Cityscapes-layout folder of synthetic scenes: leftImg8bit/<split>/<city>/*_leftImg8bit.png and
+    gtFine/<split>/<city>/*_gtFine_labelIds.png (none for test); a band of 'ego vehicle' (id 1, void) at the
+    bottom of each label, as Cityscapes has."""
+    rng = np.random.default_rng(seed)
+    for split, city, count in counts:
+        for folder in ('leftImg8bit', 'gtFine'):
+            os.makedirs(os.path.join(root, folder, split, city), exist_ok=True)
+        for i in range(count):
+            image, classes = synthetic.render_scene_classes(rng, *size)
+            ids = np.zeros(size, np.uint8)
+            for camvid_class, label_id in CAMVID_TO_CITYSCAPES.items():
+                ids[classes == camvid_class] = label_id
+            ids[-4:] = 1
+            stem = f'{city}_{i:06d}_000019'
+            iio.imwrite(os.path.join(root, 'leftImg8bit', split, city, f'{stem}_leftImg8bit.png'), image)
+            if split != 'test':
+                iio.imwrite(os.path.join(root, 'gtFine', split, city, f'{stem}_gtFine_labelIds.png'), ids)
+    return str(root)
+
+
+@pytest.fixture(scope='session')
+def small_cityscapes(tmp_path_factory):
+    return make_cityscapes(tmp_path_factory.mktemp('data') / 'cityscapes')
