@@ -2,9 +2,12 @@
 layouts the project reads (KITTI Road, Cityscapes, CamVid), KITTI Road in the data folder (downloaded when
 missing), or, offline, road scenes generated in KITTI's layout (the fallback, said loudly)."""
 import collections
+import colorsys
 import functools
 import os
 import zipfile
+
+import numpy as np
 
 import camvid
 import cityscapes
@@ -126,3 +129,15 @@ def summary(layout, source):
         lines.append(f'{split:6} {len(examples):6d} images ({labelled} labelled) in {len(categories)} '
                      f'{"cities" if layout.kind == "cityscapes" else "sequences"}')
     return '\n'.join(lines)
+
+
+def class_table(kind, num_classes):
+    """(class names, palette, encode) of a scene-parsing model of num_classes classes trained on a layout of kind
+    (None: unknown, as for a model file outside its run folder: told by the count, 19 Cityscapes', 11 CamVid's);
+    a count of neither gets numbered classes, colours spread over the hue circle, and raw ids."""
+    for module in (cityscapes, camvid):
+        if kind in (None, module.__name__) and len(module.CLASSES) == num_classes:
+            return module.CLASSES, module.PALETTE, module.label_ids
+    hues = np.linspace(0, 1, num_classes, endpoint=False)
+    palette = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.8, 0.9)) for h in hues]
+    return tuple(f'class {i}' for i in range(num_classes)), palette, lambda classes: np.asarray(classes, np.uint8)

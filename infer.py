@@ -1,5 +1,6 @@
-"""`main.py infer`: road overlays (and confidence maps) of images, a folder of them, or a video, with any model a
-run has: its optimized/ variants, its saved_model/, a frozen .pb or a .tflite file."""
+"""`main.py infer`: overlays (road green, or each class in its colour) and confidence maps or label images of
+images, a folder of them, or a video, with any model a run has: its optimized/ variants, its saved_model/, a
+frozen .pb or a .tflite file."""
 import argparse
 import os
 import shutil
@@ -10,13 +11,14 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
+import datasets
 import files
 import inference
 import precision
 import run_folder
 from errors import UserError
-from helper import predict_probability
-from images import PICTURE_EXTENSIONS, list_pictures, overlay, read_rgb
+from helper import predict_classes, predict_probability
+from images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
 from metrics import confidence
 from optimization import OPTIMIZED_DIR
 from video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
@@ -42,8 +44,10 @@ def infer_parser():
                              'GPU); int8 (needs main.py optimize\'s int8.tflite); auto = bf16 where the CPU has '
                              'it, else fp32, and a .tflite model\'s own [default: auto]')
     parser.add_argument('--probabilities', action='store_true',
-                        help='also write KITTI-style confidence maps (uint8 road probability x 255) into '
-                             'OUTPUT/probabilities/ (OUTPUT_probabilities/ for a video, a PNG per frame)')
+                        help='also write, for a road model, KITTI-style confidence maps (uint8 road probability '
+                             'x 255), for scene parsing the label images (class ids as the dataset\'s benchmark '
+                             'reads them), into OUTPUT/probabilities/ (OUTPUT_probabilities/ for a video, a PNG per '
+                             'frame)')
     return parser
 
 
@@ -140,10 +144,27 @@ def output_paths(args, video, pictures):
     return names, targets
 
 
-def infer_pictures(pictures, names, output, probabilities, predictor, written):
-    """Overlays (and confidence maps) of pictures into output; every path made is appended to written. An
-    unreadable picture is skipped with a warning; returns the [(path, why)] skipped."""
+def painter(predictor, classes):
+    """paint(image uint8 [h, w, 3]) -> (overlay, map) at the image's own size: for a road model (classes None)
+    the green overlay and the uint8 confidence map; for scene parsing, classes = (names, palette, encode), the
+    class-coloured overlay and the label image (encode's ids)."""
     predict, image_shape = predictor
+    if classes is None:
+        def paint(image):
+            prob = predict_probability(predict, image, image_shape)
+            return overlay(image, prob), confidence(prob)
+    else:
+        names, palette, encode = classes
+
+        def paint(image):
+            predicted = predict_classes(predict, image, image_shape, len(names))
+            return class_overlay(image, predicted, palette), encode(predicted)
+    return paint
+
+
+def infer_pictures(pictures, names, output, probabilities, paint, written):
+    """Overlays (and maps: confidence or labels) of pictures into output; every path made is appended to written.
+    An unreadable picture is skipped with a warning; returns the [(path, why)] skipped."""
     os.makedirs(os.path.join(output, 'probabilities') if probabilities else output, exist_ok=True)
     skipped = []
     for picture, name in tqdm(list(zip(pictures, names)), desc='images', unit='image'):
@@ -153,20 +174,19 @@ def infer_pictures(pictures, names, output, probabilities, predictor, written):
             tqdm.write(f'warning: skipped: {e}')
             skipped.append((picture, str(e)))
             continue
-        prob = predict_probability(predict, image, image_shape)
+        painted, labels = paint(image)
         written.append(os.path.join(output, name))
-        iio.imwrite(written[-1], overlay(image, prob))
+        iio.imwrite(written[-1], painted)
         if probabilities:
             written.append(os.path.join(output, 'probabilities', name))
-            iio.imwrite(written[-1], confidence(prob))
+            iio.imwrite(written[-1], labels)
     return skipped
 
 
-def infer_video(video, output, probability_dir, predictor, written):
-    """Overlay video of video at output (.mp4, same size and frame rate), and per-frame confidence maps in
-    probability_dir unless None; every path made is appended to written. Says how many frames were read when
-    the container announced more (a file cut short)."""
-    predict, image_shape = predictor
+def infer_video(video, output, probability_dir, paint, written):
+    """Overlay video of video at output (.mp4, same size and frame rate), and per-frame maps in probability_dir
+    unless None; every path made is appended to written. Says how many frames were read when the container
+    announced more (a file cut short)."""
     frames, fps, announced = read_video(video)
     partial = output[:-len('.mp4')] + '.partial.mp4'  # renamed when complete: never half a video under its name
     written.append(partial)
@@ -178,10 +198,10 @@ def infer_video(video, output, probability_dir, predictor, written):
         for frame in tqdm(frames, total=announced, desc='frames', unit='frame'):
             frame = frame[..., :3]
             writer = writer or video_writer(partial, fps, frame.shape[:2])
-            prob = predict_probability(predict, frame, image_shape)
-            writer.append_data(overlay(frame, prob))
+            painted, labels = paint(frame)
+            writer.append_data(painted)
             if probability_dir:
-                iio.imwrite(os.path.join(probability_dir, f'frame_{count:06d}.png'), confidence(prob))
+                iio.imwrite(os.path.join(probability_dir, f'frame_{count:06d}.png'), labels)
             count += 1
     except (OSError, RuntimeError, ValueError) as e:  # ffmpeg's decoding and encoding errors
         raise UserError(f'{video}: failed at frame {count} ({type(e).__name__}: {e})') from None
@@ -197,6 +217,21 @@ def infer_video(video, output, probability_dir, predictor, written):
               'probably cut short (a partial download or copy); the overlay video ends there', flush=True)
 
 
+def model_classes(model_path, warmup_output):
+    """None for a road model (its output has no class axis), else (names, palette, encode) of its classes: those
+    of the run the model belongs to, when its config.json is found beside it, else told by their count."""
+    output = np.asarray(warmup_output)
+    if output.ndim < 4:
+        return None
+    folder = os.path.abspath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
+    kind = None
+    for run_dir in (folder, os.path.dirname(folder)):  # a run folder, or its optimized/ or saved_model/
+        if os.path.isfile(os.path.join(run_dir, 'config.json')):
+            kind = run_folder.read_config(run_dir, '--model')['data'].get('layout')
+            break
+    return datasets.class_table(kind, output.shape[-1])
+
+
 def timed(predictor, seconds):
     """The predictor with each call's duration appended to seconds."""
     predict, image_shape = predictor
@@ -210,7 +245,7 @@ def timed(predictor, seconds):
 
 
 def infer_command(argv):
-    """`main.py infer`: road overlays (and confidence maps) of images, a folder of them, or a video."""
+    """`main.py infer`: overlays (and confidence maps, or label images) of images, a folder of them, or a video."""
     parser = infer_parser()
     args = parser.parse_args(argv)
     video, pictures = infer_inputs(args.input)
@@ -220,26 +255,28 @@ def infer_command(argv):
     try:
         predictor, description = load_model(args.model, args.precision)
     except (KeyError, ValueError, RuntimeError, tf.errors.OpError) as e:  # a graph or file not of this project
-        raise UserError(f'--model {args.model}: cannot be loaded as a road model of this project '
+        raise UserError(f'--model {args.model}: cannot be loaded as a model of this project '
                         f'({type(e).__name__}: {e})') from None
     predict, image_shape = predictor
     if None in image_shape:
         raise UserError(f'--model {args.model}: its input size is not fixed (main.py optimize writes models at '
                         'the size the run was trained at)')
     start = time.perf_counter()
-    predict(np.zeros((1, *image_shape, 3), np.float32))  # a Session sets its graph up at the first run
-    print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, ready in '
-          f'{time.perf_counter() - start:.1f} s', flush=True)
+    warmup = predict(np.zeros((1, *image_shape, 3), np.float32))  # a Session sets its graph up at the first run
+    classes = model_classes(args.model, warmup)
+    print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, '
+          + (f'{len(classes[0])} classes, ' if classes else 'road, ')
+          + f'ready in {time.perf_counter() - start:.1f} s', flush=True)
     model_seconds, written, skipped = [], [], []  # written: this command's own outputs, removed if it fails
     start = time.perf_counter()
     try:
         with files.writing(os.path.dirname(os.path.abspath(args.output)) if video else args.output, 'the overlays'):
             if video:
                 infer_video(video, args.output, targets[1] if args.probabilities else None,
-                            timed(predictor, model_seconds), written)
+                            painter(timed(predictor, model_seconds), classes), written)
             else:
                 skipped = infer_pictures(pictures, names, args.output, args.probabilities,
-                                         timed(predictor, model_seconds), written)
+                                         painter(timed(predictor, model_seconds), classes), written)
     except BaseException:
         for path in reversed(written):
             if os.path.isdir(path):

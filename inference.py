@@ -22,7 +22,8 @@ from tensorflow.python.grappler import tf_optimizer
 
 from precision import cores, session_config
 
-INPUT, OUTPUT = 'image', 'road_probability'  # tensor names of the frozen graphs
+INPUT = 'image'  # tensor names of the frozen graphs: INPUT, and one of OUTPUTS (a road or a scene-parsing model)
+OUTPUTS = ('road_probability', 'class_probabilities')
 FILES = {'fp32': 'fp32.pb', 'bf16': 'bf16.pb', 'tflite-fp16': 'fp16.tflite',
          'tflite-int8-dynamic': 'int8_dynamic.tflite', 'tflite-int8': 'int8.tflite'}
 PRECISION_VARIANT = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'}  # infer --precision -> variant
@@ -62,24 +63,25 @@ def _zero_dropout_noise(graph_def):
 
 def freeze(saved_model_dir, image_shape):
     """GraphDef of the exported SavedModel (run_folder.export_serving_model) at batch 1 and image_shape (H, W):
-    INPUT [1, H, W, 3] -> OUTPUT [1, H, W], variables folded to constants, keep_prob to 1.0, no dropout noise."""
+    INPUT [1, H, W, 3] -> road_probability [1, H, W] (or class_probabilities [1, H, W, K], as the SavedModel's
+    signature has), variables folded to constants, keep_prob to 1.0, no dropout noise."""
     with tf.Graph().as_default() as graph, tf.Session() as sess:
         image = tf.placeholder(tf.float32, [1, *image_shape, 3], name=INPUT)
         meta = tf.saved_model.loader.load(sess, [tf.saved_model.tag_constants.SERVING], saved_model_dir,
                                           import_scope='fcn', input_map={'keep_prob:0': tf.constant(1.0),
                                                                          'image_input:0': image})
-        road = meta.signature_def['serving_default'].outputs['road_probability'].name
-        tf.identity(graph.get_tensor_by_name('fcn/' + road), name=OUTPUT)
-        frozen = tf.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [OUTPUT])
+        (output, tensor), = meta.signature_def['serving_default'].outputs.items()
+        tf.identity(graph.get_tensor_by_name('fcn/' + tensor.name), name=output)
+        frozen = tf.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [output])
     return _zero_dropout_noise(frozen)
 
 
 def grappler(graph_def, precision=None):
-    """graph_def rewritten offline by Grappler (session_config(precision)), keeping OUTPUT."""
+    """graph_def rewritten offline by Grappler (session_config(precision)), keeping its output."""
     with tf.Graph().as_default() as graph:
         tf.import_graph_def(graph_def, name='')
         meta = tf.train.export_meta_graph(graph_def=graph.as_graph_def(add_shapes=True))
-    meta.collection_def['train_op'].node_list.value.append(OUTPUT)  # what Grappler must keep computing
+    meta.collection_def['train_op'].node_list.value.append(output_name(graph_def))  # what Grappler must keep
     return tf_optimizer.OptimizeGraph(session_config(precision), meta)
 
 
@@ -91,7 +93,7 @@ def convert_tflite(graph_def, variant, calibration=()):
         tf.import_graph_def(graph_def, name='')
         with tf.Session() as sess:
             converter = tf.lite.TFLiteConverter.from_session(
-                sess, [graph.get_tensor_by_name(INPUT + ':0')], [graph.get_tensor_by_name(OUTPUT + ':0')])
+                sess, [graph.get_tensor_by_name(INPUT + ':0')], [graph.get_tensor_by_name(output_name(graph_def) + ':0')])
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             if variant == 'tflite-fp16':
                 converter.target_spec.supported_types = [tf.float16]
@@ -117,6 +119,15 @@ def make_variant(frozen, variant, precision=None, calibration=()):
     return convert_tflite(frozen, variant, calibration)
 
 
+def output_name(graph_def):
+    """The output of a frozen graph: one of OUTPUTS; KeyError for a graph that has none (not of this project)."""
+    names = {node.name for node in graph_def.node}
+    found = [name for name in OUTPUTS if name in names]
+    if not found:
+        raise KeyError(f'the graph has no output named {" or ".join(OUTPUTS)}')
+    return found[0]
+
+
 def read_graph_def(path):
     graph_def = tf.GraphDef()
     with open(path, 'rb') as f:
@@ -133,11 +144,11 @@ def _session_predictor(sess, image, road, image_shape):
 
 
 def graph_predictor(graph_def, precision=None):
-    """Predictor of a frozen GraphDef (INPUT -> OUTPUT), with Grappler's auto mixed precision at load time for
+    """Predictor of a frozen GraphDef (INPUT -> its output), with Grappler's auto mixed precision at load time for
     precision 'bf16' or 'fp16'."""
     with tf.Graph().as_default() as graph:
         tf.import_graph_def(graph_def, name='')
-    image, road = (graph.get_tensor_by_name(name + ':0') for name in (INPUT, OUTPUT))
+    image, road = (graph.get_tensor_by_name(name + ':0') for name in (INPUT, output_name(graph_def)))
     if precision:
         config = session_config(precision, fold_constants=False)
     else:
@@ -150,14 +161,15 @@ def graph_predictor(graph_def, precision=None):
 
 
 def saved_model_predictor(saved_model_dir, image_shape, precision=None):
-    """Predictor of an exported SavedModel (signature image -> road_probability) run at image_shape."""
+    """Predictor of an exported SavedModel (signature image -> its output) run at image_shape."""
     graph = tf.Graph()
     sess = tf.Session(graph=graph, config=session_config(precision, fold_constants=False))
     with graph.as_default():
         signature = tf.saved_model.loader.load(sess, [tf.saved_model.tag_constants.SERVING],
                                                saved_model_dir).signature_def['serving_default']
     image = graph.get_tensor_by_name(signature.inputs['image'].name)
-    road = graph.get_tensor_by_name(signature.outputs['road_probability'].name)
+    (_, output), = signature.outputs.items()
+    road = graph.get_tensor_by_name(output.name)
     return _session_predictor(sess, image, road, image_shape)
 
 

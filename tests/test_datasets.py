@@ -162,3 +162,25 @@ def test_road_only_training_on_cityscapes_keeps_kittis_outputs(thin_vgg, small_c
     names = sorted(os.listdir(os.path.join(small_cityscapes, 'leftImg8bit', 'test', 'berlin')))
     assert sorted(os.listdir(os.path.join(run_dir, 'kitti'))) == names  # named like the test images
     assert iio.imread(os.path.join(run_dir, 'kitti', names[0])).shape == (64, 128)
+
+
+def test_optimize_and_infer_work_on_a_multi_class_run(camvid_run, small_camvid, tmp_path, capsys):
+    """optimize scores each variant on mean IoU; infer writes class-coloured overlays and, with
+    --probabilities, CamVid's label images, from the run folder and from an optimized file alone."""
+    assert main.main(['optimize', '--checkpoint', camvid_run, '--runs', '2']) == 0
+    report = json.load(open(os.path.join(camvid_run, 'optimized', 'optimization.json')))
+    assert report['score_name'] == 'mean IoU'
+    fp32 = next(row for row in report['variants'] if row['variant'] == 'fp32')
+    reference = next(row for row in report['variants'] if row['variant'] == 'saved_model')
+    assert fp32['score'] == pytest.approx(reference['score'], abs=1e-3) and 0 < fp32['score'] <= 1
+    test_dir = os.path.join(small_camvid, 'test')
+    for model, out in ((camvid_run, 'run'), (os.path.join(camvid_run, 'optimized', 'int8.tflite'), 'file')):
+        assert main.main(['infer', '--model', model, '--input', test_dir, '--output', str(tmp_path / out),
+                          '--probabilities']) == 0
+        assert '11 classes' in capsys.readouterr().out
+        for name in os.listdir(test_dir):
+            assert iio.imread(tmp_path / out / name).shape == (64, 96, 3)
+            labels = iio.imread(tmp_path / out / 'probabilities' / name)
+            assert labels.shape == (64, 96) and labels.max() <= 10
+    run_labels = iio.imread(os.path.join(camvid_run, 'labels', name))
+    assert (iio.imread(tmp_path / 'run' / 'probabilities' / name) == run_labels).mean() > 0.99  # as training's

@@ -86,7 +86,7 @@ def write_half_road_model(path, shape=(32, 64)):
     road[:, shape[0] // 2:] = 1
     with tf.Graph().as_default() as graph:
         image = tf.placeholder(tf.float32, [1, *shape, 3], name=inference.INPUT)
-        tf.add(tf.constant(road), 0 * image[..., 0], name=inference.OUTPUT)
+        tf.add(tf.constant(road), 0 * image[..., 0], name='road_probability')
     files.atomic_write(str(path), graph.as_graph_def().SerializeToString())
     return str(path)
 
@@ -160,7 +160,7 @@ def test_infer_refuses_foreign_models_and_clashing_names(small_dataset, tmp_path
         assert main.main(['infer', '--model', str(tmp_path / model), '--input', image, '--output',
                           str(tmp_path / 'o')]) == 2
         err = capsys.readouterr().err
-        assert 'cannot be loaded as a road model' in err and 'Traceback' not in err
+        assert 'cannot be loaded as a model of this project' in err and 'Traceback' not in err
     pictures = tmp_path / 'pictures'
     pictures.mkdir()
     shutil.copy(image, pictures / 'a.png')
