@@ -63,7 +63,7 @@ POLY_POWER = 0.9
 # The recommended settings per data source; a flag the user sets wins. docs/training.md explains the choices.
 RECIPES = {
     'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
-    'synthetic': dict(image_shape=(96, 320), epochs=4, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
+    'synthetic': dict(image_shape=(96, 320), epochs=5, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
                       num_train=270, num_test=30),
     # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 and CamVid's 360x480 halved or less.
     'cityscapes': dict(image_shape=(256, 512), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
