@@ -186,7 +186,7 @@ def step_phase(node_name):
     """The part of a training step a node belongs to, from its name (tf.gradients and the optimizer name them)."""
     if node_name.startswith('gradients'):
         return 'backward'
-    if node_name.startswith('train_op') or 'Adam' in node_name or node_name.startswith(('beta1_power', 'beta2_power')):
+    if node_name.startswith(('train_op', 'beta1_power', 'beta2_power')) or 'Adam' in node_name:
         return 'Adam update'
     return 'forward and loss'
 
@@ -214,7 +214,8 @@ def step_profile(shape, batch, arithmetic, fc_as_matmul, repeats):
             op_types[op_type] = op_types.get(op_type, 0) + seconds
     return {'shape': list(shape), 'batch': batch, 'precision': arithmetic, 'fc_as_matmul': fc_as_matmul,
             'step_s': step, 'forward_loss_s': forward,
-            'gflops': gflop / step, 'phases': phases, 'op_types': dict(sorted(op_types.items(), key=lambda kv: -kv[1]))}
+            'gflops': gflop / step, 'phases': phases,
+            'op_types': dict(sorted(op_types.items(), key=lambda kv: -kv[1]))}
 
 
 def forward_comparison(shape, arithmetic, repeats, folder):
@@ -432,9 +433,10 @@ def format_report(report):
         lines.append(f'| {row["case"]} | {row["precision"]} | {row["shape"][0]}x{row["shape"][1]} | {row["batch"]} | '
                      f'{row["s_per_image"]:.3f} | {1 / row["s_per_image"]:.2f} | {row["gflop_per_image"]:.1f} | '
                      f'{row["gflops"]:.0f} | {100 * row["gflops"] / top:.0f}% | {row["peak_rss_gb"]:.1f} |')
+    costs = fixed_step_costs(report['network'])
     lines += ['', 'Fixed cost of a training step (the part that does not grow with the batch, from batch 1 and '
-              f'{TRAIN_BATCH}): ' + ', '.join(f'{arithmetic} at {shape} {seconds:.3f} s' for (arithmetic, shape), seconds
-                                           in fixed_step_costs(report['network']).items()) + '.']
+              f'{TRAIN_BATCH}): ' + ', '.join(f'{arithmetic} at {shape} {seconds:.3f} s'
+                                           for (arithmetic, shape), seconds in costs.items()) + '.']
     scale = report['scaling']
     first = next(iter(scale['rows'].values()))
     lines += ['', f'| training, {scale["precision"]}, {scale["shape"][0]}x{scale["shape"][1]}, global batch '
@@ -470,9 +472,10 @@ def format_profile(report, top=8):
     for row in report['steps']:
         total = sum(row['op_types'].values())
         fc = 'fc6/fc7 as matrix products' if row['fc_as_matmul'] else 'fc6/fc7 as convolutions'
-        lines += ['', f'Training step, {row["precision"]}, {fc}, {row["shape"][0]}x{row["shape"][1]}, batch {row["batch"]}: '
-                  f'{row["step_s"]:.3f} s ({row["gflops"]:.0f} GFLOP/s), forward and loss alone {row["forward_loss_s"]:.3f} '
-                  f's; op time summed over threads {total:.3f} s:', '', '| phase or op type | s | share |',
+        lines += ['', f'Training step, {row["precision"]}, {fc}, {row["shape"][0]}x{row["shape"][1]}, batch '
+                  f'{row["batch"]}: {row["step_s"]:.3f} s ({row["gflops"]:.0f} GFLOP/s), forward and loss alone '
+                  f'{row["forward_loss_s"]:.3f} s; op time summed over threads {total:.3f} s:', '',
+                  '| phase or op type | s | share |',
                   '|---|---:|---:|']
         lines += [f'| {name} | {seconds:.3f} | {100 * seconds / total:.0f}% |' for name, seconds in
                   sorted(row['phases'].items(), key=lambda kv: -kv[1])]
@@ -513,8 +516,8 @@ def profile_steps(args):
         for arithmetic in arithmetics:
             for shape, batch in (((96, 320), 2), (SMALL, TRAIN_BATCH)):
                 for fc_as_matmul in (False, True):
-                    print(f'profiling a training step, {arithmetic}, {shape[0]}x{shape[1]}, batch {batch}, fc6/fc7 as '
-                          f'{"matrix products" if fc_as_matmul else "convolutions"} ...', flush=True)
+                    print(f'profiling a training step, {arithmetic}, {shape[0]}x{shape[1]}, batch {batch}, '
+                          f'fc6/fc7 as {"matrix products" if fc_as_matmul else "convolutions"} ...', flush=True)
                     report['steps'].append(in_child(step_profile, shape, batch, arithmetic, fc_as_matmul,
                                                     max(args.repeats, 3)))
                 print(f'forward passes, {arithmetic}, {shape[0]}x{shape[1]} ...', flush=True)

@@ -66,8 +66,9 @@ def parse_tf_config(text):
         raise UserError(f'TF_CONFIG\'s cluster must list "host:port" addresses per job; got {bad or cluster}')
     kind, index = task.get('type'), task.get('index')
     if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
-        raise UserError(f'TF_CONFIG\'s task {task} is not in its cluster ({", ".join(f"{job}: {len(tasks)}" for job, tasks in cluster.items())} '
-                        'tasks): set "task": {"type": ..., "index": ...} to this machine\'s place in the cluster')
+        sizes = ', '.join(f'{job}: {len(tasks)}' for job, tasks in cluster.items())
+        raise UserError(f'TF_CONFIG\'s task {task} is not in its cluster ({sizes} tasks): set "task": {{"type": ..., '
+                        '"index": ...} to this machine\'s place in the cluster')
     return cluster, kind, index
 
 
@@ -161,8 +162,8 @@ def reporting_lost_workers(cluster):
     except tf.errors.InvalidArgumentError as e:
         if cluster.task is None or 'in the collective' not in (e.message or ''):
             raise
-        raise UserError(f'task {cluster.described["task"]}: the workers built different networks ({e.message.splitlines()[0]}). '
-                        'Every task needs the same flags, data and weights') from None
+        raise UserError(f'task {cluster.described["task"]}: the workers built different networks '
+                        f'({e.message.splitlines()[0]}). Every task needs the same flags, data and weights') from None
 
 
 def lost_tasks(cluster):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import datasets
 import main
 import synthetic
 import vgg
@@ -216,6 +217,12 @@ def sample_batch(small_dataset, shape=(64, 224)):
     test_dir = os.path.join(small_dataset, 'testing', 'image_2')
     image = read_rgb(os.path.join(test_dir, sorted(os.listdir(test_dir))[0]))
     return image, resize_image(image, shape)[None].astype(np.float32)
+
+
+def resolve_dataset(args):
+    """datasets.resolve for parsed training flags, as main.load_data calls it."""
+    counts = main.RECIPES['synthetic']['num_train'], main.RECIPES['synthetic']['num_test']
+    return datasets.resolve(args.dataset, args.data_dir, args.kitti_url, not args.no_download, counts)
 
 
 def resolve_weights(args):

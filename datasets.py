@@ -16,7 +16,7 @@ import files
 import kitti
 import synthetic
 from errors import UserError, warn
-from images import OVERLAY_COLOR, read_header, read_image, read_rgb
+from images import OVERLAY_COLOR, read_pair
 
 SYNTHETIC_DIR = 'synthetic_road'  # inside the data folder
 
@@ -37,7 +37,8 @@ def resolve(dataset, data_dir, kitti_url, download, synthetic_images):
         downloads.refuse_incomplete(road_dir, 'KITTI Road', kitti.KITTI_FOLDERS)
     try:
         if not download and not kitti.kitti_is_present(road_dir):
-            raise UserError(f'it is not in {road_dir} (--no-download)\n  ' + kitti.kitti_instructions(data_dir, kitti_url))
+            raise UserError(f'it is not in {road_dir} (--no-download)\n  '
+                            + kitti.kitti_instructions(data_dir, kitti_url))
         return kitti.maybe_download_kitti(data_dir, kitti_url), 'kitti'
     except UserError as e:
         folder = os.path.join(data_dir, SYNTHETIC_DIR)
@@ -106,15 +107,7 @@ def open_layout(folder, classes='all'):
 
 def load_label_pair(decode_label, table, image_path, label_path):
     """(uint8 image [H, W, 3], int8 class ids [H, W]) of an image and its one-channel label image, checked."""
-    image = read_rgb(image_path)
-    mode, _ = read_header(label_path)
-    if mode not in ('L', 'P'):
-        raise UserError(f'{label_path} is a PIL mode {mode} image: labels must be one-channel images of label '
-                        'ids (labels are never converted: a guessed id would be a wrong label)')
-    label_ids = read_image(label_path)
-    if label_ids.shape[:2] != image.shape[:2]:
-        raise UserError(f'{label_path} is {label_ids.shape[1]}x{label_ids.shape[0]} but its image is '
-                        f'{image.shape[1]}x{image.shape[0]}: a label must match its image pixel for pixel')
+    image, label_ids = read_pair(image_path, label_path, ('L', 'P'), 'one-channel images of label ids')
     return image, decode_label(label_path, label_ids, table)
 
 

@@ -234,7 +234,8 @@ def evaluate_command(argv, build_fcn):
     print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"} (%):\n'
           + format_record_table(record))
     path = os.path.join(args.checkpoint, 'eval.json')
-    plot = os.path.join(args.checkpoint, 'eval_precision_recall.png' if is_road(layout.classes) else 'eval_class_iou.png')
+    plot = os.path.join(args.checkpoint,
+                        'eval_precision_recall.png' if is_road(layout.classes) else 'eval_class_iou.png')
     title = f'{os.path.basename(best)}, {len(examples)} images'
     with files.writing(args.checkpoint, 'the evaluation'):
         files.write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],

@@ -178,3 +178,17 @@ def save_class_samples(sess, image_shape, logits, keep_prob, input_image, images
 def png_name(name):
     """An output's name: the test image's, with .png."""
     return os.path.splitext(name)[0] + '.png'
+
+
+def save_test_outputs(sess, logits, keep_prob, input_image, layout, image_shape, output_dir):
+    """The test-set outputs of a run into output_dir, for every test image of a datasets.Layout: for a road model
+    save_inference_samples' overlays and KITTI confidence maps in kitti/ (named as KITTI names them, or like the
+    test image for the other layouts); for scene parsing save_class_samples' overlays, labels/ and legend."""
+    images = [(name, path) for name, path, _ in layout.test]
+    if layout.encode is None:
+        save_inference_samples(None, None, sess, image_shape, logits, keep_prob, input_image, output_dir=output_dir,
+                               kitti_dir=os.path.join(output_dir, 'kitti'), images=images,
+                               kitti_name=kitti.label_name if layout.kind == 'kitti' else png_name)
+    else:
+        save_class_samples(sess, image_shape, logits, keep_prob, input_image, images, layout.classes,
+                           layout.palette, layout.encode, output_dir)

@@ -55,6 +55,21 @@ def read_header(path):
         raise _unreadable(path, e) from None
 
 
+def read_pair(image_path, label_path, label_modes, labels_are):
+    """(uint8 RGB image [H, W, 3], its label's pixels) of an image and its label, checked: the label is one of
+    the PIL label_modes (labels_are says what they must be; labels are never converted: a guessed colour or id
+    would be a wrong label) and has the image's size."""
+    image, (mode, _) = read_rgb(image_path), read_header(label_path)
+    if mode not in label_modes:
+        raise UserError(f'{label_path} is a PIL mode {mode} image: labels must be {labels_are} (labels are never '
+                        'converted: a guessed value would be a wrong label)')
+    label = read_image(label_path)
+    if label.shape[:2] != image.shape[:2]:
+        raise UserError(f'{label_path} is {label.shape[1]}x{label.shape[0]} but its image is '
+                        f'{image.shape[1]}x{image.shape[0]}: a label must match its image pixel for pixel')
+    return image, label
+
+
 def list_pictures(folder):
     """Sorted PNG/JPEG file names in folder (any names)."""
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(PICTURE_EXTENSIONS))

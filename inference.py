@@ -93,7 +93,8 @@ def convert_tflite(graph_def, variant, calibration=()):
         tf.import_graph_def(graph_def, name='')
         with tf.Session() as sess:
             converter = tf.lite.TFLiteConverter.from_session(
-                sess, [graph.get_tensor_by_name(INPUT + ':0')], [graph.get_tensor_by_name(output_name(graph_def) + ':0')])
+                sess, [graph.get_tensor_by_name(INPUT + ':0')],
+                [graph.get_tensor_by_name(output_name(graph_def) + ':0')])
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             if variant == 'tflite-fp16':
                 converter.target_spec.supported_types = [tf.float16]

@@ -8,7 +8,7 @@ import numpy as np
 
 import downloads
 from errors import UserError
-from images import check_convertible, read_header, read_image, read_rgb
+from images import check_convertible, read_header, read_pair
 from metrics import IGNORE, NON_ROAD, ROAD
 
 KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
@@ -93,14 +93,7 @@ def training_pairs(data_folder, names=None):
 
 def load_pair(image_path, label_path):
     """(uint8 [H, W, 3] image, int8 [H, W] classes) of one training example, checked."""
-    image, (label_mode, _) = read_rgb(image_path), read_header(label_path)
-    if label_mode != 'RGB':
-        raise UserError(f'{label_path} is a PIL mode {label_mode} image: labels must be RGB images in the three '
-                        'KITTI colours (labels are never converted: a guessed colour would be a wrong label)')
-    gt = read_image(label_path)
-    if gt.shape[:2] != image.shape[:2]:
-        raise UserError(f'{label_path} is {gt.shape[1]}x{gt.shape[0]} but its image is '
-                        f'{image.shape[1]}x{image.shape[0]}: a label must match its image pixel for pixel')
+    image, gt = read_pair(image_path, label_path, ('RGB',), 'RGB images in the three KITTI colours')
     try:
         return image, decode_label(gt)
     except ValueError as e:

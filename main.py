@@ -70,8 +70,7 @@ RECIPES = {
     'camvid': dict(image_shape=(352, 480), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
 }
 
-# The training data of a run: where it comes from, the split, the batches, the validation examples, and where
-# training starts (0, or a resumed run's step with the records of its finished epochs) and ends.
+# A run's training data: source, layout, split, batches, validation examples, first step and records, epochs.
 TrainingData = collections.namedtuple('TrainingData', 'dataset source layout train_names val_names '
                                                       'get_batches_fn val_examples start_step history epochs')
 
@@ -217,7 +216,8 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     epoch; its figures are printed and recorded. on_epoch_end(history, overlays) is called after each epoch (to
     save metrics and checkpoints as training goes), on_step(step, loss) after every step. A NaN or infinite loss
     raises LossDiverged naming the step. With patience N, training stops once the validation score (MaxF; mean
-    IoU for scene parsing) has not improved for N epochs. run_options (a RunOptions: a timeout) go with every training step.
+    IoU for scene parsing) has not improved for N epochs. run_options (a RunOptions: a timeout) go with every
+    training step.
     """
     history, step = list(history or []), start_step
     num_batches = -(-num_images // batch_size) if num_images else None
@@ -319,27 +319,12 @@ def run(argv=None):
             print(f'task {workers.described["task"]} finished training; the chief writes the outputs', flush=True)
             return None
         best_checkpoint = restore_best(sess, best, run_dir, history)
-        save_test_outputs(sess, net, data.layout, recipe['image_shape'], run_dir)
+        with files.writing(run_dir, 'the test-set outputs'):
+            helper.save_test_outputs(sess, net['logits'], net['keep_prob'], net['input_image'], data.layout,
+                                     recipe['image_shape'], run_dir)
     run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, layers, args.keep_last_checkpoint, num_classes)
-    print(f'test-set outputs, checkpoints/best, {run_folder.SERVING_DIR}/, config.json and metrics.json written to '
-          f'{run_dir}')
+    print(f'test-set outputs, checkpoints/best, {run_folder.SERVING_DIR}/ and the records written to {run_dir}')
     return run_dir
-
-
-def save_test_outputs(sess, net, layout, image_shape, run_dir):
-    """Overlays of the test images and, for a road model, KITTI's confidence maps in kitti/ (named as KITTI
-    names them, or like the test image for the other layouts); for scene parsing, class overlays, labels/ in the
-    dataset's encoding and the legend."""
-    images = [(name, path) for name, path, _ in layout.test]
-    with files.writing(run_dir, 'the test-set outputs'):
-        if layout.encode is None:
-            helper.save_inference_samples(None, None, sess, image_shape, net['logits'], net['keep_prob'],
-                                          net['input_image'], output_dir=run_dir,
-                                          kitti_dir=os.path.join(run_dir, 'kitti'), images=images,
-                                          kitti_name=kitti.label_name if layout.kind == 'kitti' else helper.png_name)
-        else:
-            helper.save_class_samples(sess, image_shape, net['logits'], net['keep_prob'], net['input_image'], images,
-                                      layout.classes, layout.palette, layout.encode, run_dir)
 
 
 def train(sess, net, args, data, recipe, run_dir, resume, workers):
@@ -371,14 +356,15 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
 
 
 def load_data(args, resume):
-    """The run's TrainingData: the dataset (resume's, or resolve_dataset's) summarised, split (its own validation
+    """The run's TrainingData: the dataset (resume's, or datasets.resolve's) summarised, split (its own validation
     split, or stretches of frames held out), and every training and validation file read and checked."""
     if resume:
         dataset, source = resume.config['data']['dataset'], resume.config['data']['source']
         if not os.path.isdir(dataset):
             raise UserError(f'--resume {args.resume}: its dataset {dataset} is gone')
     else:
-        dataset, source = resolve_dataset(args)
+        counts = RECIPES['synthetic']['num_train'], RECIPES['synthetic']['num_test']
+        dataset, source = datasets.resolve(args.dataset, args.data_dir, args.kitti_url, not args.no_download, counts)
     if datasets.detect(dataset) == 'kitti':  # checks KITTI's folders, names and pairs first
         print(kitti.dataset_summary(dataset, source, kitti.scan_dataset(dataset)), flush=True)
     layout = datasets.open_layout(dataset, args.classes)
@@ -463,13 +449,6 @@ def restore_best(sess, best, run_dir, history):
     print(f'validation scores (%) of the best epoch, {record["epoch"]}:\n' + evaluation.format_record_table(record),
           flush=True)
     return checkpoint
-
-
-def resolve_dataset(args):
-    """(dataset folder, source 'kitti', 'user' or 'synthetic') of the training flags: datasets.resolve."""
-    synthetic_recipe = RECIPES['synthetic']
-    return datasets.resolve(args.dataset, args.data_dir, args.kitti_url, not args.no_download,
-                            (synthetic_recipe['num_train'], synthetic_recipe['num_test']))
 
 
 def settings(args, data_source, kind='kitti'):

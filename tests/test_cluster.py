@@ -115,7 +115,8 @@ def start_workers(flags, tmp_path, count=2):
         logs.append(tmp_path / f'worker_{index}.log')
         with open(logs[-1], 'w') as log:
             processes.append(subprocess.Popen(
-                [sys.executable, os.path.join(HERE, 'main.py'), *flags, '--runs-dir', str(tmp_path / f'runs_{index}')],
+                [sys.executable, os.path.join(HERE, 'main.py'), *flags, '--runs-dir',
+                 str(tmp_path / f'runs_{index}')],
                 stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env={**os.environ, 'TF_CONFIG': tf_config}))
     return processes, logs
 
@@ -154,8 +155,9 @@ def test_two_worker_processes_train_as_one_and_only_the_chief_writes(small_datas
     assert config['cluster']['workers'] == 2 and config['cluster']['replicas'] == 2
     assert config['cluster']['strategy'] == 'MultiWorkerMirroredStrategy' and config['finished']
     single = main.run(flags + ['--runs-dir', str(tmp_path / 'single')])
-    image = np.stack([images.resize_image(images.read_rgb(os.path.join(small_dataset, 'testing', 'image_2', name)),
-                                          (64, 224)) for name in ('um_000000.png', 'uu_000000.png')]).astype(np.float32)
+    test_dir = os.path.join(small_dataset, 'testing', 'image_2')
+    image = np.stack([images.resize_image(images.read_rgb(os.path.join(test_dir, name)), (64, 224))
+                      for name in ('um_000000.png', 'uu_000000.png')]).astype(np.float32)
     expected = road_probability(single, image)
     assert expected.std() > 0.01  # a trained model whose probabilities vary: agreement means something
     np.testing.assert_allclose(road_probability(str(chief_run), image), expected, atol=1e-4)
@@ -176,7 +178,8 @@ def test_a_worker_that_dies_stops_the_other_with_an_error_naming_it(small_datase
         stop(processes)
     said = logs[0].read_text()
     assert code == 2 and 'Traceback' not in said
-    assert re.search(r'error: task worker:0 stopped: it lost contact with worker:1 \(127\.0\.0\.1:\d+\)', said), said[-2000:]
+    lost = r'error: task worker:0 stopped: it lost contact with worker:1 \(127\.0\.0\.1:\d+\)'
+    assert re.search(lost, said), said[-2000:]
 
 
 def test_a_malformed_tf_config_is_one_error_line_and_writes_nothing(small_dataset, thin_vgg, tmp_path):

@@ -34,8 +34,9 @@ def test_each_layout_is_recognised_by_its_folders(small_dataset, small_camvid, s
 
 def test_cityscapes_label_ids_become_train_ids_with_void_ignored():
     table = cityscapes.decoder(road_only=False)
-    ids = np.array([[7, 8, 11, 26], [0, 1, 4, 33]], np.uint8)  # road, sidewalk, building, car;
-    classes = cityscapes.decode_label('x.png', ids, table)                     # unlabeled, ego vehicle, static, bicycle
+    # road, sidewalk, building, car; unlabeled, ego vehicle, static, bicycle
+    ids = np.array([[7, 8, 11, 26], [0, 1, 4, 33]], np.uint8)
+    classes = cityscapes.decode_label('x.png', ids, table)
     np.testing.assert_array_equal(classes, [[0, 1, 2, 13], [-1, -1, -1, 18]])
     assert cityscapes.CLASSES[0] == 'road' and cityscapes.CLASSES[18] == 'bicycle' and len(cityscapes.CLASSES) == 19
     np.testing.assert_array_equal(cityscapes.label_ids(classes[0]), [7, 8, 11, 26])  # back to the server's ids
@@ -61,7 +62,8 @@ def test_layouts_pair_images_and_labels_by_name_and_take_their_own_splits(small_
     assert all(label for _, _, label in cam.test) and cam.category('0006R0_000001.png') == '0006R0'
     city = datasets.open_layout(small_cityscapes, 'road')
     assert (len(city.train), len(city.val), len(city.test)) == (6, 3, 2) and city.classes == datasets.ROAD_CLASSES
-    assert all(label.endswith(name.replace('_leftImg8bit.png', '_gtFine_labelIds.png')) for name, _, label in city.train)
+    assert all(label.endswith(name.replace('_leftImg8bit.png', '_gtFine_labelIds.png'))
+               for name, _, label in city.train)
     assert [label for _, _, label in city.test] == [None, None]  # the benchmark withholds them
     image, classes = city.load_pair(city.train[0][1], city.train[0][2])
     assert image.shape == (64, 128, 3) and set(np.unique(classes)) <= {-1, 0, 1} and (classes[-4:] == -1).all()
@@ -98,8 +100,8 @@ def test_scene_parsing_figures_match_cityscapes_own_evaluation(tmp_path):
     theirs = {cityscapes_eval.id2label[i].name: cityscapes_eval.getIouScoreForLabel(i, matrix, args)
               for i in args.evalLabels}
     table = cityscapes.decoder(road_only=False)
-    hist = metrics.fast_hist(cityscapes.decode_label('gt', truth, table), cityscapes.decode_label('p', prediction, table),
-                             len(cityscapes.CLASSES))
+    hist = metrics.fast_hist(cityscapes.decode_label('gt', truth, table),
+                             cityscapes.decode_label('p', prediction, table), len(cityscapes.CLASSES))
     ours = metrics.segmentation_scores(hist)
     for name, iou in zip(cityscapes.CLASSES, ours['iou']):
         assert (np.isnan(iou) and np.isnan(theirs[name])) or iou == pytest.approx(theirs[name]), name
@@ -108,7 +110,8 @@ def test_scene_parsing_figures_match_cityscapes_own_evaluation(tmp_path):
 
 
 def test_the_synthetic_camvid_set_has_the_scenes_classes(small_camvid):
-    classes = iio.imread(os.path.join(small_camvid, 'trainannot', os.listdir(os.path.join(small_camvid, 'trainannot'))[0]))
+    annotations = os.path.join(small_camvid, 'trainannot')
+    classes = iio.imread(os.path.join(annotations, os.listdir(annotations)[0]))
     assert classes.dtype == np.uint8 and set(np.unique(classes)) <= set(synthetic.SCENE_CLASS.values())
     assert {camvid.ROAD, synthetic.SCENE_CLASS['sky']} <= set(np.unique(classes))
     image, scene = synthetic.render_scene_classes(np.random.default_rng(7), 64, 96)

@@ -25,7 +25,7 @@ import optimization
 import precision
 import run_folder
 import vgg
-from conftest import HERE, resolve_weights, run_main, snapshot, thin_fcn
+from conftest import HERE, resolve_dataset, resolve_weights, run_main, snapshot, thin_fcn
 from errors import UserError
 
 
@@ -78,7 +78,7 @@ def test_offline_default_falls_back_to_synthetic_scenes_and_a_random_encoder(tmp
     monkeypatch.setitem(main.RECIPES['synthetic'], 'num_train', 6)
     monkeypatch.setitem(main.RECIPES['synthetic'], 'num_test', 3)
     args = main.parse_args(['--data-dir', str(tmp_path / 'data'), '--no-download'])
-    folder, source = main.resolve_dataset(args)
+    folder, source = resolve_dataset(args)
     assert source == 'synthetic' and folder == str(tmp_path / 'data' / datasets.SYNTHETIC_DIR)
     assert len(os.listdir(os.path.join(folder, 'training', 'gt_image_2'))) == 6
     assert resolve_weights(args) == (None, {'source': 'random'})
@@ -86,15 +86,15 @@ def test_offline_default_falls_back_to_synthetic_scenes_and_a_random_encoder(tmp
     assert 'KITTI Road is not available' in err and 'data_road.zip' in err
     assert "Udacity's pretrained VGG16 is not available" in err and 'vgg.zip' in err
     assert "Keras' ImageNet VGG16 is not available" in err and '--imagenet-weights PATH' in err
-    assert main.resolve_dataset(args) == (folder, 'synthetic')  # made once, then reused
+    assert resolve_dataset(args) == (folder, 'synthetic')  # made once, then reused
 
 
 def test_named_folders_never_fall_back(tmp_path, small_dataset):
     with pytest.raises(UserError, match='no such folder'):
-        main.resolve_dataset(main.parse_args(['--dataset', str(tmp_path / 'missing')]))
+        resolve_dataset(main.parse_args(['--dataset', str(tmp_path / 'missing')]))
     with pytest.raises(UserError, match='no VGG16 SavedModel there'):
         resolve_weights(main.parse_args(['--vgg-dir', str(tmp_path / 'missing'), '--no-download']))
-    assert main.resolve_dataset(main.parse_args(['--dataset', small_dataset])) == (small_dataset, 'user')
+    assert resolve_dataset(main.parse_args(['--dataset', small_dataset])) == (small_dataset, 'user')
 
 
 def test_incomplete_default_folders_are_errors_not_fallbacks(tmp_path):
@@ -104,7 +104,7 @@ def test_incomplete_default_folders_are_errors_not_fallbacks(tmp_path):
     before = snapshot(tmp_path)
     args = main.parse_args(['--data-dir', str(tmp_path), '--no-download'])
     with pytest.raises(UserError, match='data_road exists but does not hold KITTI Road.*untouched'):
-        main.resolve_dataset(args)
+        resolve_dataset(args)
     with pytest.raises(UserError, match='vgg exists but does not hold a VGG16 SavedModel.*untouched'):
         resolve_weights(args)
     assert snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == ['data_road', 'vgg']
