@@ -227,13 +227,14 @@ def forward_comparison(shape, arithmetic, repeats, folder):
         image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
         last = main.layers(layer3, layer4, layer7, NUM_CLASSES)
         sess.run(tf.global_variables_initializer())
-        checkpoint = tf.train.Saver().save(sess, os.path.join(folder, f'forward-{arithmetic}'))
+        tag = f'{arithmetic}-{shape[0]}x{shape[1]}'
+        checkpoint = tf.train.Saver().save(sess, os.path.join(folder, f'forward-{tag}'))
         graph.finalize()
         for batch in (1, evaluation.VALIDATION_BATCH):
             pixels = np.random.RandomState(0).uniform(0, 255, (batch, *shape, 3)).astype(np.float32)
             rows[f'training graph, batch {batch}'] = 1000 * seconds_per_call(
                 lambda: sess.run(last.op, {image: pixels}), repeats) / batch
-    saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, f'sm-{arithmetic}'),
+    saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, f'saved-model-{tag}'),
                                                   main.layers)
     frozen = inference.freeze(saved_model, shape)
     if arithmetic != 'fp32':
