@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from errors import UserError
-from images import PICTURE_EXTENSIONS
+from images import list_pictures
 from metrics import IGNORE
 
 SPLITS = {'train': 'trainannot', 'val': 'valannot', 'test': 'testannot'}
@@ -51,14 +51,14 @@ def decode_label(path, label_ids, table):
 
 def split_pairs(folder, split):
     """[(name, image path, label path or None)] of a split, sorted, paired by name (the SegNet list files pair
-    the same names); UserError for a label missing from a split that has labels."""
+    the same names); UserError for a train or val image without its label (test labels are optional)."""
     image_dir, label_dir = os.path.join(folder, split), os.path.join(folder, SPLITS[split])
     if not os.path.isdir(image_dir):
         return []
-    names = sorted(f for f in os.listdir(image_dir) if f.lower().endswith(PICTURE_EXTENSIONS))
+    names = list_pictures(image_dir)
     pairs = [(name, os.path.join(image_dir, name), os.path.join(label_dir, name)) for name in names]
     missing = [(image, label) for _, image, label in pairs if not os.path.isfile(label)]
-    if missing and (split != 'test' or os.path.isdir(label_dir) and len(missing) < len(pairs)):
+    if missing and split != 'test':  # test labels are optional: benchmarks withhold them
         raise UserError(f'{missing[0][0]} has no label: {missing[0][1]} is missing ({len(missing)} of {len(pairs)} '
                         f'{split} images lack theirs)')
     return [(name, image, label if os.path.isfile(label) else None) for name, image, label in pairs]

@@ -10,7 +10,6 @@ from errors import UserError
 from metrics import IGNORE
 
 IMAGE_SUFFIX, LABEL_SUFFIX = '_leftImg8bit.png', '_gtFine_labelIds.png'
-SPLITS = ('train', 'val', 'test')
 # The 19 classes Cityscapes evaluates, in trainId order, with their colours (cityscapesscripts' table).
 EVAL_LABELS = sorted((label for label in LABELS if 0 <= label.trainId < 255), key=lambda label: label.trainId)
 CLASSES = tuple(label.name for label in EVAL_LABELS)
@@ -66,22 +65,24 @@ def label_ids(classes):
 
 def split_pairs(folder, split):
     """[(name, image path, label path or None)] of a split, every city, sorted, paired by name; UserError for a
-    label missing from a split that has labels."""
+    train or val image without its label. Test images never have one: Cityscapes withholds them."""
     image_root = os.path.join(folder, 'leftImg8bit', split)
     label_root = os.path.join(folder, 'gtFine', split)
     if not os.path.isdir(image_root):
         return []
     pairs = []
-    for city in sorted(os.listdir(image_root)):
+    for city in sorted(c for c in os.listdir(image_root) if os.path.isdir(os.path.join(image_root, c))):
         for file in sorted(os.listdir(os.path.join(image_root, city))):
             if file.endswith(IMAGE_SUFFIX):
                 label = os.path.join(label_root, city, file[:-len(IMAGE_SUFFIX)] + LABEL_SUFFIX)
                 pairs.append((file, os.path.join(image_root, city, file), label))
+    if split == 'test':  # Cityscapes' gtFine/test holds placeholders (no evaluated pixel): never labels
+        return [(name, image, None) for name, image, _ in pairs]
     missing = [(image, label) for _, image, label in pairs if not os.path.isfile(label)]
-    if split != 'test' and missing:
+    if missing:
         raise UserError(f'{missing[0][0]} has no label: {missing[0][1]} is missing ({len(missing)} of {len(pairs)} '
                         f'{split} images lack theirs)')
-    return [(name, image, label if os.path.isfile(label) else None) for name, image, label in pairs]
+    return pairs
 
 
 def category(name):

@@ -24,8 +24,9 @@ START_TIMEOUT_S = 600
 
 # strategy: None for one device; target: the Session's ('' in process); config: its ConfigProto (None: TF's
 # defaults); replicas: over all workers; task: (type, index) in TF_CONFIG or None; server: the gRPC server that
-# must live as long as the Session; described: what config.json records.
-Cluster = collections.namedtuple('Cluster', 'strategy target config replicas workers task chief server described')
+# must live as long as the Session; described: what config.json records; spec: TF_CONFIG's {job: [host:port]}.
+Cluster = collections.namedtuple('Cluster', 'strategy target config replicas workers task chief server described '
+                                            'spec')
 
 
 def local(devices=None):
@@ -35,14 +36,14 @@ def local(devices=None):
     devices = devices or ([f'/gpu:{i}' for i in range(len(gpus))] if len(gpus) > 1 else None)
     if not devices:
         return Cluster(None, '', None, 1, 1, None, True, None,
-                       {'strategy': 'one device', 'replicas': 1, 'workers': 1})
+                       {'strategy': 'one device', 'replicas': 1, 'workers': 1}, None)
     config = tf.ConfigProto()
     cpus = sum(device.startswith('/cpu') for device in devices)
     if cpus > 1:  # several CPU devices in one process: tests, where graph mode needs them in the Session config
         config.device_count['CPU'] = cpus
     strategy = tf.distribute.MirroredStrategy(devices)
     return Cluster(strategy, '', config, len(devices), 1, None, True, None,
-                   {'strategy': 'MirroredStrategy', 'replicas': len(devices), 'workers': 1, 'devices': devices})
+                   {'strategy': 'MirroredStrategy', 'replicas': len(devices), 'workers': 1, 'devices': devices}, None)
 
 
 def parse_tf_config(text):
@@ -103,7 +104,7 @@ def multi_worker(text):
     hosts = {job: [address.rsplit(':', 1)[0] for address in tasks] for job, tasks in cluster.items()}
     return Cluster(strategy, server.target, config, strategy.num_replicas_in_sync, workers, (kind, index), chief,
                    server, {'strategy': 'MultiWorkerMirroredStrategy', 'replicas': strategy.num_replicas_in_sync,
-                            'workers': workers, 'task': f'{kind}:{index}', 'cluster': hosts})
+                            'workers': workers, 'task': f'{kind}:{index}', 'cluster': hosts}, cluster)
 
 
 def from_environment():
@@ -168,9 +169,8 @@ def reporting_lost_workers(cluster):
 
 def lost_tasks(cluster):
     """The TF_CONFIG tasks, other than this one, that no longer accept connections."""
-    spec = json.loads(os.environ['TF_CONFIG'])['cluster']
     gone = []
-    for job, addresses in spec.items():
+    for job, addresses in cluster.spec.items():
         for index, address in enumerate(addresses):
             if (job, index) == cluster.task:
                 continue

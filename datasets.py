@@ -5,6 +5,7 @@ import collections
 import colorsys
 import functools
 import os
+import time
 import zipfile
 
 import numpy as np
@@ -21,13 +22,15 @@ from images import OVERLAY_COLOR, read_pair
 SYNTHETIC_DIR = 'synthetic_road'  # inside the data folder
 
 
-def resolve(dataset, data_dir, kitti_url, download, synthetic_images):
+def resolve(dataset, data_dir, kitti_url, download, synthetic_images, wait_s=0):
     """(dataset folder, source) where source is 'user' (dataset, a folder the user named: never replaced), 'kitti'
     (data_dir/data_road, downloaded from kitti_url if download allows) or 'synthetic' (data_dir/synthetic_road,
-    generated once with synthetic_images = (training, test) images)."""
+    generated once with synthetic_images = (training, test) images). With wait_s, the generated scenes are not
+    made but waited for, up to wait_s seconds: a worker of a cluster sharing data_dir leaves them to the chief.
+    """
     if dataset:
         if os.path.isfile(dataset):
-            raise UserError(f'--dataset {dataset} is a file: it must be a KITTI-layout folder'
+            raise UserError(f'--dataset {dataset} is a file: it must be a dataset folder'
                             + (' (unzip it first)' if zipfile.is_zipfile(dataset) else ''))
         if not os.path.isdir(dataset):
             raise UserError(f'--dataset {dataset}: no such folder')
@@ -44,7 +47,14 @@ def resolve(dataset, data_dir, kitti_url, download, synthetic_images):
         folder = os.path.join(data_dir, SYNTHETIC_DIR)
         warn(f'KITTI Road is not available: {e}\nTraining on generated road scenes instead: {folder} '
              f'({synthetic_images[0]} training, {synthetic_images[1]} test images). See docs/data-and-weights.md.')
-        if not os.path.isdir(folder):
+        if wait_s:
+            deadline = time.time() + wait_s
+            while not os.path.isdir(folder) and time.time() < deadline:  # the chief renames it into place whole
+                time.sleep(2)
+            if not os.path.isdir(folder):
+                raise UserError(f'{folder} did not appear within {wait_s} s: the chief makes it (or give every '
+                                'worker the same --dataset)')
+        elif not os.path.isdir(folder):
             with files.writing(data_dir, 'the generated road scenes'):
                 synthetic.make_synthetic_kitti(folder, *synthetic_images, seed=0)
         return folder, 'synthetic'
@@ -90,7 +100,8 @@ def open_layout(folder, classes='all'):
         pairs = [(os.path.basename(image), image, label)
                  for image, label in kitti.training_pairs(os.path.join(folder, 'training'))]
         test_dir = os.path.join(folder, 'testing', 'image_2')
-        test = [(name, os.path.join(test_dir, name), None) for name in kitti.list_images(test_dir)]
+        test = [(name, os.path.join(test_dir, name), None) for name in kitti.list_images(test_dir)] \
+            if os.path.isdir(test_dir) else []  # training checks it (scan_dataset); evaluate needs no test images
         return Layout(kind, folder, ROAD_CLASSES, ROAD_PALETTE, pairs, None, test, kitti.category, kitti.load_pair,
                       None)
     module = cityscapes if kind == 'cityscapes' else camvid
@@ -103,6 +114,17 @@ def open_layout(folder, classes='all'):
                   ROAD_PALETTE if road_only else module.PALETTE, splits['train'], splits['val'] or None,
                   splits['test'], module.category, functools.partial(load_label_pair, module.decode_label, table),
                   None if road_only else module.label_ids)
+
+
+def labelled_pairs(layout, names, flag):
+    """[(image path, label path)] of the named training or validation images of a layout; UserError (for flag)
+    naming an image that is not there any more or has no label."""
+    pairs = {name: (image, label) for name, image, label in layout.train + (layout.val or [])}
+    missing = [name for name in names if name not in pairs or pairs[name][1] is None]
+    if missing:
+        raise UserError(f'{flag}: {layout.root} has changed: {missing[0]} ({len(missing)} of {len(names)} images) '
+                        'is no longer there with its label')
+    return [pairs[name] for name in names]
 
 
 def load_label_pair(decode_label, table, image_path, label_path):

@@ -21,9 +21,9 @@ import run_folder
 from errors import UserError
 from images import class_overlay, overlay, resize_image, resize_nearest, resize_probabilities, resize_probability
 
-# Validation images per forward pass; a forward pass needs far less memory than a training step of the same
-# batch, so this fits wherever training fits. The weights' conversion for oneDNN (and to bfloat16) is paid once
-# per forward pass: docs/speed.md measures one image at a time against eight.
+# Validation images per forward pass, at most (and at most twice the training batch, which a forward pass without
+# gradients holds in less memory): the weights' conversion for oneDNN (and to bfloat16) is paid once per forward
+# pass, not once per image (docs/speed.md measures one image at a time against eight).
 VALIDATION_BATCH = 8
 
 
@@ -106,17 +106,17 @@ def validation_record(scores, layout):
             'val_kitti': table, 'val_counts': counts}
 
 
-def make_validate_fn(sess, net, examples, image_shape, layout):
+def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDATION_BATCH):
     """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])]: () ->
     (validation_record, overlays {name: uint8 image} of one image per category).
 
     net holds build_fcn's tensors, layout the dataset's datasets.Layout. The loss is taken at the network's input
-    size (the mean over all valid pixels), the counts at each image's own size. VALIDATION_BATCH images go
-    through the network at once.
+    size (the mean over all valid pixels), the counts at each image's own size. batch_size images go through
+    the network at once.
     """
     probabilities = (helper.road_probability if is_road(layout.classes) else helper.class_probabilities)(
         net['logits'])
-    net_batches = network_batches(examples, image_shape, VALIDATION_BATCH)  # once: the same images every epoch
+    net_batches = network_batches(examples, image_shape, batch_size)  # once: the same images every epoch
 
     def run_model(image, labels):
         return sess.run([probabilities, net['cross_entropy_loss']],
@@ -188,20 +188,22 @@ def evaluate_parser():
 
 
 def evaluation_examples(args, config):
-    """(layout, examples) evaluate scores: the run's validation split, or the labelled images of --dataset."""
-    classes = config['settings'].get('classes', 'all')
+    """(layout, examples) evaluate scores: the run's validation split, or the labelled images of --dataset; a road
+    run opens any layout as road / non-road."""
+    road = tuple(config['data'].get('classes', datasets.ROAD_CLASSES)) == datasets.ROAD_CLASSES
+    classes = 'road' if road else config['settings'].get('classes', 'all')
     if args.dataset:
         if not os.path.isdir(args.dataset):
             raise UserError(f'--dataset {args.dataset}: no such folder')
         layout = datasets.open_layout(args.dataset, classes)
         labelled = layout.train if layout.kind == 'kitti' else (layout.val or []) + layout.test
         pairs = [(image, label) for _, image, label in labelled if label]
+        if tuple(layout.classes) != tuple(config['data'].get('classes', datasets.ROAD_CLASSES)):
+            raise UserError(f'--dataset {args.dataset}: its classes ({", ".join(layout.classes)}) are not those of '
+                            f'{args.checkpoint}')
     else:
         layout = datasets.open_layout(config['data']['dataset'], classes)
-        by_name = {name: (image, label) for name, image, label in layout.train + (layout.val or [])}
-        pairs = [by_name[name] for name in config['data']['val_names']]
-    if tuple(layout.classes) != tuple(config['data'].get('classes', datasets.ROAD_CLASSES)):
-        raise UserError(f'--dataset {args.dataset}: its classes ({", ".join(layout.classes)}) are not the run\'s')
+        pairs = datasets.labelled_pairs(layout, config['data']['val_names'], f'--checkpoint {args.checkpoint}')
     return layout, load_examples(pairs, layout.load_pair)
 
 
@@ -217,7 +219,8 @@ def evaluate_command(argv, build_fcn):
     if not examples:
         raise UserError(f'{args.checkpoint}: no labelled images to evaluate')
     image_shape = tuple(config['settings']['image_shape'])
-    ran = config.get('precision', {}).get('chosen', 'fp32')  # runs older than --precision auto ran fp32
+    # what the run validated with: config['precision'] since --precision auto, the flag itself before
+    ran = config.get('precision', {}).get('chosen') or config['settings'].get('precision', 'fp32')
     if args.precision:
         arithmetic, why = precision.choose(args.precision)
     elif ran == 'bf16' and precision.mixed_precision()[0] != 'bf16':

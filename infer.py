@@ -27,7 +27,8 @@ from video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
 def infer_parser():
     parser = argparse.ArgumentParser(
         prog='main.py infer',
-        description='Segment the road in images or a video with a trained model. Overlays are written at the '
+        description='Segment images or a video with a trained model (the road, or every class of a scene-parsing '
+                    'model). Overlays are written at the '
                     'input\'s own resolution: a PNG per image into the OUTPUT folder, or, for a video, an mp4 '
                     'with the same frame rate. Nothing existing is overwritten; an unreadable image is skipped '
                     'with a warning (and the command then ends with an error listing what it skipped).')

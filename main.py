@@ -71,6 +71,8 @@ RECIPES = {
 }
 
 # A run's training data: source, layout, split, batches, validation examples, first step and records, epochs.
+# Flags about how a run runs, not what it trains: a resumed run takes them anew.
+OPERATIONAL = ('worker_timeout', 'keep_last_checkpoint', 'no_download')
 TrainingData = collections.namedtuple('TrainingData', 'dataset source layout train_names val_names '
                                                       'get_batches_fn val_examples start_step history epochs')
 
@@ -299,9 +301,10 @@ def run(argv=None):
     args = parse_args(argv)
     workers = cluster.from_environment()  # a bad TF_CONFIG stops here, before anything is read or written
     resume = run_folder.load_run(args.resume) if args.resume else None
-    if resume:  # the run's own settings
-        vars(args).update({k: v for k, v in resume.config['settings'].items() if k in vars(args) and k != 'resume'})
-    data = load_data(args, resume)  # every file read and checked before the weights, the run folder, the graph
+    if resume:  # the run's own settings; of the operational ones, a switch turned on stays on
+        vars(args).update({k: v for k, v in resume.config['settings'].items()
+                           if k in vars(args) and k != 'resume' and (k not in OPERATIONAL or v is True)})
+    data = load_data(args, resume, workers)  # every file read and checked before the weights, the run folder
     recipe = settings(args, data.source, data.layout.kind)
     arithmetic, why = precision.choose(args.precision)  # before the run folder: bf16 may be refused
     run_dir, config, vgg_dir = start_run(args, argv, data, recipe, resume, (arithmetic, why), workers)
@@ -318,7 +321,10 @@ def run(argv=None):
         if not workers.chief:
             print(f'task {workers.described["task"]} finished training; the chief writes the outputs', flush=True)
             return None
-        best_checkpoint = restore_best(sess, best, run_dir, history)
+        best_checkpoint = run_folder.restore_best(sess, best, run_dir)  # the run's model from here on
+        record = max(history, key=score_key)
+        print(f'validation scores (%) of the best epoch, {record["epoch"]}:\n'
+              + evaluation.format_record_table(record), flush=True)
         with files.writing(run_dir, 'the test-set outputs'):
             helper.save_test_outputs(sess, net['logits'], net['keep_prob'], net['input_image'], data.layout,
                                      recipe['image_shape'], run_dir)
@@ -333,7 +339,8 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
     last, best = run_folder.make_checkpoints()
     if resume:
         last.saver.restore(sess, resume.checkpoint)
-    validate_fn = evaluation.make_validate_fn(sess, net, data.val_examples, recipe['image_shape'], data.layout)
+    validate_fn = evaluation.make_validate_fn(sess, net, data.val_examples, recipe['image_shape'], data.layout,
+                                              min(evaluation.VALIDATION_BATCH, 2 * recipe['batch_size']))
     if workers.chief:
         run_folder.warn_if_short_of_space(run_dir, (last, best))
         on_step, on_epoch_end = run_folder.epoch_recorder(sess, run_dir, (last, best), data.history)
@@ -355,7 +362,7 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
     return history, best
 
 
-def load_data(args, resume):
+def load_data(args, resume, workers):
     """The run's TrainingData: the dataset (resume's, or datasets.resolve's) summarised, split (its own validation
     split, or stretches of frames held out), and every training and validation file read and checked."""
     if resume:
@@ -364,34 +371,38 @@ def load_data(args, resume):
             raise UserError(f'--resume {args.resume}: its dataset {dataset} is gone')
     else:
         counts = RECIPES['synthetic']['num_train'], RECIPES['synthetic']['num_test']
-        dataset, source = datasets.resolve(args.dataset, args.data_dir, args.kitti_url, not args.no_download, counts)
+        # Only the chief downloads or generates: the other workers of a cluster may share its data folder.
+        dataset, source = datasets.resolve(args.dataset, args.data_dir, args.kitti_url,
+                                           workers.chief and not args.no_download, counts,
+                                           0 if workers.chief else cluster.START_TIMEOUT_S)
     if datasets.detect(dataset) == 'kitti':  # checks KITTI's folders, names and pairs first
         print(kitti.dataset_summary(dataset, source, kitti.scan_dataset(dataset)), flush=True)
     layout = datasets.open_layout(dataset, args.classes)
     if layout.kind != 'kitti':
         print(datasets.summary(layout, source), flush=True)
     recipe = settings(args, source, layout.kind)
-    pairs = {name: (image, label) for name, image, label in layout.train + (layout.val or [])}
-    if layout.val is None:
-        train_names, val_names = kitti.split_train_val([n for n, _, _ in layout.train], args.val_fraction, args.seed,
-                                                       layout.category)
+    names = [n for n, _, _ in layout.train + (layout.val or [])]
+    if resume:  # the run's own split, whatever splitting does today
+        val_names = resume.config['data']['val_names']
+        train_names = [n for n in names if n not in set(val_names)] if layout.val is None else \
+            [n for n, _, _ in layout.train]
+    elif layout.val is None:
+        train_names, val_names = kitti.split_train_val(names, args.val_fraction, args.seed, layout.category)
     else:
         train_names, val_names = [n for n, _, _ in layout.train], [n for n, _, _ in layout.val]
     if not train_names or not val_names:
         raise UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
-                        f'{len(val_names)} validation images of {len(pairs)}: both need at least one')
-    if resume and val_names != resume.config['data']['val_names']:
-        raise UserError(f'--resume {args.resume}: {dataset} has changed since the run started (its validation '
-                        'split is no longer the same)')
+                        f'{len(val_names)} validation images of {len(names)}: both need at least one')
+    val_pairs = datasets.labelled_pairs(layout, val_names, f'--resume {args.resume}' if resume else '--dataset')
     start_step, history = (resume.step, resume.history) if resume else (0, [])
     finished_epochs = start_step // -(-len(train_names) // recipe['batch_size'])
     history = [h for h in history if h['epoch'] <= finished_epochs]  # the records of checkpointed epochs
     epochs = history[-1]['epoch'] if history and history[-1].get('early_stop') else recipe['epochs']
     get_batches_fn = helper.gen_batch_function(dataset, recipe['image_shape'], seed=args.seed,
                                                first_epoch=finished_epochs, augment=not args.no_augment,
-                                               pairs=[pairs[n] for n in train_names], load_pair=layout.load_pair,
-                                               num_classes=len(layout.classes))
-    val_examples = evaluation.load_examples([pairs[n] for n in val_names], layout.load_pair)
+                                               pairs=datasets.labelled_pairs(layout, train_names, '--dataset'),
+                                               load_pair=layout.load_pair, num_classes=len(layout.classes))
+    val_examples = evaluation.load_examples(val_pairs, layout.load_pair)
     return TrainingData(dataset, source, layout, train_names, val_names, get_batches_fn, val_examples, start_step,
                         history, epochs)
 
@@ -410,7 +421,7 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
                                                  'time': time.strftime('%Y-%m-%d %H:%M:%S')})
     else:
         vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
-                                               args.vgg_url, download=not args.no_download)
+                                               args.vgg_url, download=workers.chief and not args.no_download)
         run_dir = helper.new_run_dir(args.runs_dir) if workers.chief else None
         config = {
             'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
@@ -437,20 +448,6 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
     return run_dir, config, vgg_dir
 
 
-def restore_best(sess, best, run_dir, history):
-    """Restore the best epoch's weights into sess (the run's model from here on), print its KITTI table, and
-    return the checkpoint; UserError when no epoch had a finite validation score."""
-    checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, best.folder))
-    if checkpoint is None:
-        raise UserError('no epoch had a finite validation score (a validation split without road or without '
-                        f'non-road pixels?): no best model; see {os.path.join(run_dir, "metrics.json")}')
-    best.saver.restore(sess, checkpoint)
-    record = max(history, key=score_key)
-    print(f'validation scores (%) of the best epoch, {record["epoch"]}:\n' + evaluation.format_record_table(record),
-          flush=True)
-    return checkpoint
-
-
 def settings(args, data_source, kind='kitti'):
     """The effective training settings: the recipe of the data source and layout, overridden by the flags given."""
     recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
@@ -475,8 +472,8 @@ def train_parser():
     k, s = RECIPES['kitti'], RECIPES['synthetic']
     parser.add_argument('--data-dir', default='data',
                         help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')
-    parser.add_argument('--dataset', help='a KITTI-layout folder (training/image_2, training/gt_image_2, '
-                                          'testing/image_2) [default: DATA_DIR/data_road]')
+    parser.add_argument('--dataset', help='a dataset folder in KITTI Road\'s, Cityscapes\' or CamVid\'s layout '
+                                          '(docs/datasets.md) [default: DATA_DIR/data_road]')
     parser.add_argument('--vgg-dir', help='folder of the VGG16 SavedModel: Udacity\'s, or the one converted '
                                           'from ImageNet weights [default: DATA_DIR/vgg]')
     parser.add_argument('--vgg-init', choices=vgg.INITS, default='auto',
@@ -507,14 +504,16 @@ def train_parser():
                              f'{s["keep_prob"]} synthetic]')
     parser.add_argument('--image-shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='network input size, multiples of 32; images are resized to it and predictions '
-                             'back to each image\'s own size [default: 160 576; 96 320 synthetic]')
+                             'back to each image\'s own size [default: 160 576 KITTI; 256 512 Cityscapes; 352 480 '
+                             'CamVid; 96 320 synthetic]')
     parser.add_argument('--classes', choices=datasets.CLASS_CHOICES, default='all',
                         help='what to segment in a Cityscapes or CamVid --dataset: "all" its classes (19 for '
                              'Cityscapes, 11 for CamVid), or "road" against everything labelled, scored as KITTI '
                              'scores road; KITTI Road is always road [default: all]')
     parser.add_argument('--val-fraction', type=float, default=0.1,
-                        help='fraction of each category (um/umm/uu) held out for validation, never trained '
-                             'on [default: 0.1]')
+                        help='fraction of each category (KITTI: um/umm/uu) held out for validation in stretches '
+                             'of consecutive frames, never trained on; a dataset with a validation split of its own '
+                             'uses that instead [default: 0.1]')
     parser.add_argument('--seed', type=int, default=0,
                         help='seeds the split, shuffling and initialisation [default: 0]')
     parser.add_argument('--patience', type=int,
@@ -542,7 +541,8 @@ def train_parser():
                              'the run finishes; a finished run cannot be resumed, so by default it is deleted')
     parser.add_argument('--resume', metavar='RUN_DIR',
                         help='continue the stopped run in RUN_DIR from its last checkpoint, with its data, split '
-                             'and settings (no other flag may be given)')
+                             'and settings (no other flag may be given, but --worker-timeout, '
+                             '--keep-last-checkpoint and --no-download)')
     return parser
 
 
@@ -552,7 +552,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.resume:
         given = [f'--{k.replace("_", "-")}' for k, v in vars(args).items()
-                 if k != 'resume' and v != parser.get_default(k)]
+                 if k not in ('resume', *OPERATIONAL) and v != parser.get_default(k)]
         if given:
             parser.error(f'--resume continues a run with its own settings: drop {" ".join(given)}')
     if args.image_shape and any(d <= 0 or d % 32 for d in args.image_shape):

@@ -92,8 +92,8 @@ def optimize_command(argv):
                         'score each variant, training images calibrate int8)')
     layout = datasets.open_layout(dataset, config['settings'].get('classes', 'all'))
     val_names = config['data']['val_names']
-    by_name = {name: (image, label) for name, image, label in layout.train + (layout.val or [])}
-    examples = evaluation.load_examples([by_name[name] for name in val_names], layout.load_pair)
+    examples = evaluation.load_examples(datasets.labelled_pairs(layout, val_names, f'--checkpoint {args.checkpoint}'),
+                                        layout.load_pair)
     calibration = calibration_images(layout, val_names, image_shape)
     if not calibration:
         raise UserError(f'--checkpoint {args.checkpoint}: no training image outside the validation split to '

@@ -136,6 +136,17 @@ def save_checkpoint(checkpoint, sess, run_dir, global_step):
                                                                                 'again)')) from None
 
 
+def restore_best(sess, best, run_dir):
+    """Restore the best epoch's weights (the best Checkpoint's latest) into sess and return that checkpoint;
+    UserError when no epoch had a finite validation score."""
+    checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, best.folder))
+    if checkpoint is None:
+        raise UserError('no epoch had a finite validation score (a validation split without a class to score?): '
+                        f'no best model; see {os.path.join(run_dir, "metrics.json")}')
+    best.saver.restore(sess, checkpoint)
+    return checkpoint
+
+
 @contextlib.contextmanager
 def checkpoint_on_interrupt(sess, last, run_dir, global_step, num_batches):
     """Ctrl-C saves a last checkpoint mid-epoch and says how to resume; a training error (a diverged loss) names

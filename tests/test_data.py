@@ -313,5 +313,5 @@ def test_a_dataset_that_is_a_file_is_a_clear_error(tmp_path):
     (tmp_path / 'data_road.zip').write_bytes(make_zip({'data_road/x': b''}))
     result = run_main('--dataset', str(tmp_path / 'data_road.zip'), '--runs-dir', str(tmp_path / 'runs'))
     assert result.returncode == 2 and 'Traceback' not in result.stderr
-    assert 'data_road.zip is a file: it must be a KITTI-layout folder (unzip it first)' in result.stderr
+    assert 'data_road.zip is a file: it must be a dataset folder (unzip it first)' in result.stderr
     assert os.listdir(tmp_path) == ['data_road.zip']
