@@ -23,6 +23,27 @@ def one_hot(classes, num_classes=2):
     return (np.asarray(classes)[..., None] == np.arange(num_classes)).astype(np.float32)
 
 
+def median_frequency_weights(classes, num_classes):
+    """SegNet's median-frequency class balancing (Eigen and Fergus, 2015): weight(c) = median(freq) / freq(c), with
+    freq(c) the pixels of class c over the labelled pixels of the images c occurs in. Ignored pixels (negative
+    ids) count nowhere; a class that never occurs has no pixel to weigh, gets 0 and stays out of the median.
+
+    classes [N, H, W] ids -> float32 [num_classes]. Two 1x4 images [0, 0, 0, 1] and [0, 0, 2, -1] (4 and 3
+    labelled pixels), 4 classes: freq(0) = 5 / 7 (both images), freq(1) = 1 / 4, freq(2) = 1 / 3; the median is
+    1 / 3, so the weights are 7 / 15, 4 / 3, 1 and 0 for class 3."""
+    pixels, image_pixels = np.zeros(num_classes), np.zeros(num_classes)
+    for labels in classes:
+        ids = labels[labels >= 0].astype(np.int64)
+        counts = np.bincount(ids, minlength=num_classes)
+        pixels += counts
+        image_pixels += (counts > 0) * ids.size
+    occurs = image_pixels > 0
+    freq = pixels[occurs] / image_pixels[occurs]
+    weights = np.zeros(num_classes, np.float32)
+    weights[occurs] = np.median(freq) / freq
+    return weights
+
+
 def load_resized(pairs, image_shape, load_pair=load_pair, desc='loading'):
     """Images uint8 [N, H, W, 3] and class ids int8 [N, H, W] at image_shape (compact: kept for all epochs) of
     (image path, label path) pairs read by load_pair (KITTI's, or a datasets.Layout's)."""

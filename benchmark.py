@@ -436,8 +436,11 @@ def format_report(report):
                      f'{row["gflops"]:.0f} | {100 * row["gflops"] / top:.0f}% | {row["peak_rss_gb"]:.1f} |')
     costs = fixed_step_costs(report['network'])
     lines += ['', 'Fixed cost of a training step (the part that does not grow with the batch, from batch 1 and '
-              f'{TRAIN_BATCH}): ' + ', '.join(f'{arithmetic} at {shape} {seconds:.3f} s'
-                                           for (arithmetic, shape), seconds in costs.items()) + '.']
+              f'{TRAIN_BATCH}): ' + ', '.join(
+                  f'{arithmetic} at {shape} ' + (f'{seconds:.3f} s' if seconds > 0 else
+                                                 f'none measurable ({seconds:.3f} s: batch {TRAIN_BATCH} was no '
+                                                 'faster per image)')
+                  for (arithmetic, shape), seconds in costs.items()) + '.']
     scale = report['scaling']
     first = next(iter(scale['rows'].values()))
     lines += ['', f'| training, {scale["precision"]}, {scale["shape"][0]}x{scale["shape"][1]}, global batch '

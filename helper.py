@@ -24,7 +24,7 @@ def maybe_download_pretrained_vgg(data_dir, url=vgg.VGG_URL):
 
 
 def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch=0, augment=False, pairs=None,
-                       load_pair=kitti.load_pair, num_classes=2):
+                       load_pair=kitti.load_pair, num_classes=2, balance=False):
     """Generator factory over data_folder (KITTI `training` layout) at image_shape (H, W).
 
     Every image and label is read, checked and resized here, once, so that a bad file stops the job before any
@@ -33,9 +33,14 @@ def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch
     `names` restricts it to those image names (the training split). With augment, each example is flipped,
     zoomed and jittered at random, seeded by (seed, epoch, batch) so that a resumed run sees the same batches.
     Another layout's (image path, label path) pairs come as pairs, read by its load_pair, with K = num_classes.
+    With balance, each pixel's one-hot label is scaled by its class's median-frequency weight (of these labels):
+    the loss becomes the weighted mean over the valid pixels.
     """
     pairs = kitti.training_pairs(data_folder, names) if pairs is None else pairs
     images, classes = batches.load_resized(pairs, image_shape, load_pair)
+    weights = batches.median_frequency_weights(classes, num_classes) if balance else np.ones(num_classes, np.float32)
+    if balance:
+        print('median-frequency class weights: ' + ' '.join(f'{w:.3g}' for w in weights), flush=True)
     epoch = first_epoch
 
     def get_batches_fn(batch_size):
@@ -51,7 +56,7 @@ def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch
                             for image, labels in zip(batch_images, batch_classes)]
                 batch_images = np.stack([batches.jitter_photometric(image, rng) for image, _ in examples])
                 batch_classes = np.stack([labels for _, labels in examples])
-            yield batch_images.astype(np.float32), batches.one_hot(batch_classes, num_classes)
+            yield batch_images.astype(np.float32), batches.one_hot(batch_classes, num_classes) * weights
 
     return get_batches_fn
 

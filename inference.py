@@ -1,7 +1,8 @@
 """Fast inference for a trained FCN-8s: a frozen graph, reduced precision, TFLite INT8, one predict function.
 
 Every model here maps a float32 batch [1, H, W, 3] of raw RGB 0-255, at the size the model was trained at, to the
-road probability [1, H, W]. Variants (files of RUN_DIR/optimized/):
+road probability [1, H, W] (a road model) or the class probabilities [1, H, W, C] (a scene-parsing model, C
+classes): the SavedModel's own output, OUTPUTS. Variants (files of RUN_DIR/optimized/):
 - fp32: the exported model frozen (variables folded to constants, keep_prob to 1.0, dropout gone) and rewritten
   offline by Grappler (constant folding of shapes and masks); the Session applies its device's fusions
   (Conv2D + bias + ReLU) when it loads it.

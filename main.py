@@ -46,10 +46,9 @@ POOL3_SCALE = 0.0001
 UPSCORE2 = (4, 2)
 UPSCORE_POOL4 = (4, 2)
 UPSCORE8 = (16, 8)
-# Score layers start near zero, as in FCN (zero-initialised scoring layers), with a little noise to break
-# symmetry: stddev 0.01 / sqrt(fan_in), so that initial logits stay small whatever the encoder's activation
-# scale. (A He-initialised VGG16's fc7 has an RMS near 50 on road images: a fixed stddev of 0.01 started the
-# logits near +-30 and the first loss above 10.)
+# Score layers start near zero, as FCN's zero-initialised ones, with noise to break symmetry: stddev 0.01 /
+# sqrt(fan_in) keeps the first logits small whatever the encoder's scale (a He-initialised VGG16's fc7 has an
+# RMS near 50 on road images: a fixed stddev of 0.01 started the logits near +-30 and the first loss above 10).
 SCORE_INIT_GAIN = 0.01
 # Weight decay on the new layers, as the classic tf.contrib l2_regularizer(scale): scale * sum(w^2) / 2.
 L2_SCALE = 1e-3
@@ -70,9 +69,9 @@ RECIPES = {
     'camvid': dict(image_shape=(352, 480), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
 }
 
-# A run's training data: source, layout, split, batches, validation examples, first step and records, epochs.
-# Flags about how a run runs, not what it trains: a resumed run takes them anew.
+# Flags about how a run runs, not what it trains: a resumed run takes them anew (a switch turned on stays on).
 OPERATIONAL = ('worker_timeout', 'keep_last_checkpoint', 'no_download')
+# A run's training data: source, layout, split, batches, validation examples, first step and records, epochs.
 TrainingData = collections.namedtuple('TrainingData', 'dataset source layout train_names val_names '
                                                       'get_batches_fn val_examples start_step history epochs')
 
@@ -182,15 +181,17 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
 
 def masked_cross_entropy(nn_last_layer, correct_label, num_classes, valid_pixels=None):
     """(logits [N*H*W, K], the softmax cross-entropy summed over valid pixels and divided by valid_pixels):
-    a labelled pixel has a one-hot label, an invalid one (KITTI's black area) all zeros and counts nowhere.
-    valid_pixels defaults to this batch's; a replica that sees part of a batch divides by the whole batch's."""
+    a labelled pixel has a one-hot label (scaled by its class weight with --balance-classes: a weighted mean), an
+    invalid one (KITTI's black area) all zeros and counts nowhere. valid_pixels defaults to this batch's; a
+    replica that sees part of a batch divides by the whole batch's."""
     logits = tf.reshape(nn_last_layer, [-1, num_classes], name='logits')
     labels = tf.reshape(correct_label, [-1, num_classes])
-    valid = tf.reduce_sum(labels, axis=1)  # 1 for a labelled pixel, 0 for an invalid one
-    pixel_loss = tf.nn.softmax_cross_entropy_with_logits_v2(labels=labels, logits=logits)
+    valid = tf.reduce_sum(labels, axis=1)  # a labelled pixel's weight (1 unbalanced), 0 for an invalid one
+    # The op's gradient (softmax - labels) holds for labels that sum to 1 only: weigh its loss, not its labels.
+    pixel_loss = valid * tf.nn.softmax_cross_entropy_with_logits_v2(
+        labels=labels / tf.maximum(valid, 1e-12)[:, None], logits=logits)
     valid_pixels = tf.reduce_sum(valid) if valid_pixels is None else valid_pixels
-    return logits, tf.divide(tf.reduce_sum(pixel_loss * valid), tf.maximum(valid_pixels, 1.0),
-                             name='cross_entropy_loss')
+    return logits, tf.divide(tf.reduce_sum(pixel_loss), tf.maximum(valid_pixels, 1.0), name='cross_entropy_loss')
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -401,7 +402,8 @@ def load_data(args, resume, workers):
     get_batches_fn = helper.gen_batch_function(dataset, recipe['image_shape'], seed=args.seed,
                                                first_epoch=finished_epochs, augment=not args.no_augment,
                                                pairs=datasets.labelled_pairs(layout, train_names, '--dataset'),
-                                               load_pair=layout.load_pair, num_classes=len(layout.classes))
+                                               load_pair=layout.load_pair, num_classes=len(layout.classes),
+                                               balance=args.balance_classes)
     val_examples = evaluation.load_examples(val_pairs, layout.load_pair)
     return TrainingData(dataset, source, layout, train_names, val_names, get_batches_fn, val_examples, start_step,
                         history, epochs)
@@ -427,15 +429,13 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
             'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
             'settings': {**vars(args), **recipe},
             'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset), 'layout': data.layout.kind,
-                     'classes': list(data.layout.classes),
-                     'train_images': len(data.train_names), 'val_images': len(data.val_names),
-                     'val_names': data.val_names},
+                     'classes': list(data.layout.classes), 'train_images': len(data.train_names),
+                     'val_images': len(data.val_names), 'val_names': data.val_names},
             'weights': {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
             'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},
             'machine': precision.machine(),
             'cluster': workers.described,
-            'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
-                         'numpy': np.__version__},
+            'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__, 'numpy': np.__version__},
         }
     if not workers.chief:
         return None, None, vgg_dir
@@ -443,8 +443,7 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
     print(f'run folder {run_dir}: data {data.source} ({len(data.train_names)} train, {len(data.val_names)} val), '
           f'weights {weights["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), '
           f'{workers.described["strategy"]} ({workers.replicas} replica(s), {workers.workers} worker(s)), {recipe}'
-          + (f', resuming at step {data.start_step}' if resume else ''),
-          flush=True)
+          + (f', resuming at step {data.start_step}' if resume else ''), flush=True)
     return run_dir, config, vgg_dir
 
 
@@ -516,10 +515,11 @@ def train_parser():
                              'uses that instead [default: 0.1]')
     parser.add_argument('--seed', type=int, default=0,
                         help='seeds the split, shuffling and initialisation [default: 0]')
-    parser.add_argument('--patience', type=int,
-                        help='stop early when the validation score (MaxF; mean IoU for scene parsing) has not '
-                             'improved for this many epochs '
-                             '[default: off, train all epochs]')
+    parser.add_argument('--patience', type=int, help='stop early when the validation score (MaxF; mean IoU for '
+                        'scene parsing) has not improved for this many epochs [default: off, train all epochs]')
+    parser.add_argument('--balance-classes', action='store_true',
+                        help='weight each class in the training loss by SegNet\'s median-frequency balancing, '
+                             'from the training labels (docs/datasets.md says what it did) [default: off]')
     parser.add_argument('--no-augment', action='store_true',
                         help='train on the images as they are: no random flip, zoom, brightness, contrast or '
                              'gamma (validation is never augmented)')

@@ -8,8 +8,10 @@ road coordinates: ``u`` is the lateral position in road half-widths (|u| = 1 at 
 ``t`` is the perspective row parameter (0 at the horizon, 1 at the bottom row). Everything placed in
 these coordinates narrows toward the vanishing point automatically.
 """
+import argparse
 import os
 import shutil
+import sys
 from collections import namedtuple
 from functools import partial
 
@@ -608,3 +610,34 @@ def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVI
         iio.imwrite(os.path.join(partial, camvid.SPLITS[split], name), classes)
     os.replace(partial, root)
     return root
+
+
+def synthetic_parser():
+    parser = argparse.ArgumentParser(description='Write the generated road scenes, with their classes, to a new '
+                                     'folder in CamVid\'s SegNet layout (train/, trainannot/, val/, valannot/, '
+                                     'test/, testannot/): the offline demonstration of scene parsing, '
+                                     '`python main.py --dataset DIR`. (main.py makes the KITTI-layout set itself.)')
+    parser.add_argument('root', metavar='DIR', help='the folder to create; it must not exist')
+    parser.add_argument('--counts', type=int, nargs=3, default=(240, 30, 30), metavar=('TRAIN', 'VAL', 'TEST'),
+                        help='images per split [default: 240 30 30]')
+    parser.add_argument('--seed', type=int, default=0, help='the scenes\' seed [default: 0]')
+    return parser
+
+
+def main(argv=None):
+    """`python synthetic.py DIR`: the generated scenes in CamVid's layout."""
+    parser = synthetic_parser()
+    args = parser.parse_args(argv)
+    if min(args.counts) < 1:
+        parser.error('--counts: every split needs at least one image')
+    try:
+        make_synthetic_camvid(args.root, *args.counts, seed=args.seed)
+    except FileExistsError:
+        print(f'error: {args.root} already exists: choose a new folder (nothing was written)', file=sys.stderr)
+        return 2
+    print(f'written to {args.root}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -135,6 +135,22 @@ def test_augmented_batches_are_seeded_per_epoch_and_batch(small_dataset):
     np.testing.assert_array_equal(next(first(4))[0], next(later(4))[0])  # epoch 1 alike, however reached
 
 
+def test_median_frequency_weights_of_the_docstrings_example():
+    classes = np.array([[[0, 0, 0, 1]], [[0, 0, 2, -1]]])
+    np.testing.assert_allclose(batches.median_frequency_weights(classes, 4), [7 / 15, 4 / 3, 1, 0], rtol=1e-6)
+
+
+def test_balanced_batches_scale_each_one_hot_label_by_its_class_weight(small_dataset, capsys):
+    training = os.path.join(small_dataset, 'training')
+    images, labels = next(helper.gen_batch_function(training, (64, 224), seed=2)(4))
+    same, weighted = next(helper.gen_batch_function(training, (64, 224), seed=2, balance=True)(4))
+    assert 'median-frequency class weights' in capsys.readouterr().out
+    np.testing.assert_array_equal(same, images)
+    road, non_road = weighted[labels[..., 1] == 1][:, 1], weighted[labels[..., 0] == 1][:, 0]
+    assert np.ptp(road) == 0 and np.ptp(non_road) == 0 and road[0] > 1 > non_road[0]  # road is the rarer class
+    assert not weighted[labels.sum(-1) == 0].any()  # invalid pixels stay all zeros
+
+
 def test_prefetch_keeps_order_overlaps_work_and_passes_errors_on():
     made = []
 

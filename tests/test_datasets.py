@@ -119,6 +119,17 @@ def test_the_synthetic_camvid_set_has_the_scenes_classes(small_camvid):
     np.testing.assert_array_equal(image, kitti_image)  # the same scene as the KITTI-layout one
 
 
+def test_python_synthetic_py_writes_the_camvid_set_and_never_into_an_existing_folder(tmp_path, capsys):
+    root = tmp_path / 'demo'
+    assert synthetic.main([str(root), '--counts', '2', '1', '1']) == 0
+    assert datasets.detect(str(root)) == 'camvid'
+    layout = datasets.open_layout(str(root))
+    assert (len(layout.train), len(layout.val), len(layout.test)) == (2, 1, 1)
+    before = sorted(p.name for p in root.rglob('*'))
+    assert synthetic.main([str(root), '--counts', '1', '1', '1']) == 2
+    assert 'already exists' in capsys.readouterr().err and sorted(p.name for p in root.rglob('*')) == before
+
+
 @pytest.fixture(scope='session')
 def camvid_run(thin_vgg, small_camvid, tmp_path_factory):
     """A finished scene-parsing run: 2 epochs of the thin model on the synthetic CamVid set, 11 classes."""

@@ -70,12 +70,31 @@ def test_invalid_pixels_do_not_change_the_loss():
     logits = np.array([[[[0, 2], [1, 0]], [[5, -5], [-3, 9]]]], np.float32)
     other = logits.copy()
     other[0, 1] = [[-7, 7], [4, 4]]
+    gradient = tf.gradients(loss, logits_pl)[0]
     with tf.Session() as sess:
         sess.run(tf.global_variables_initializer())
-        a = sess.run(loss, {logits_pl: logits, label_pl: labels})
+        a, grad = sess.run([loss, gradient], {logits_pl: logits, label_pl: labels})
         b = sess.run(loss, {logits_pl: other, label_pl: labels})
     expected = (np.log1p(np.exp(-2)) + np.log1p(np.exp(-1))) / 2  # mean over the two valid pixels only
     assert a == pytest.approx(expected, rel=1e-5) and b == pytest.approx(a)
+    assert not grad[0, 1].any() and grad[0, 0].all()  # nothing is learnt from invalid pixels
+
+
+def test_weighted_labels_make_the_loss_a_weighted_mean():
+    logits_pl = tf.placeholder(tf.float32, [1, 1, 2, 2])
+    label_pl = tf.placeholder(tf.float32, [1, 1, 2, 2])
+    _, loss = main.masked_cross_entropy(logits_pl, label_pl, 2)
+    logits = np.array([[[[0, 2], [1, 0]]]], np.float32)
+    labels = np.array([[[[0, 3], [0.5, 0]]]], np.float32)  # road weighted 3, non-road 0.5
+    gradient = tf.gradients(loss, logits_pl)[0]
+    with tf.Session() as sess:
+        value, grad = sess.run([loss, gradient], {logits_pl: logits, label_pl: labels})
+    expected = (3 * np.log1p(np.exp(-2)) + 0.5 * np.log1p(np.exp(-1))) / 3.5  # as PyTorch's weighted mean
+    assert value == pytest.approx(expected, rel=1e-5)
+    # d loss / d logits = weight x (softmax - one-hot) / sum of weights, which vanishes as the prediction gets right
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    weights = labels.sum(-1, keepdims=True)
+    np.testing.assert_allclose(grad, weights * (softmax - labels / weights) / 3.5, rtol=1e-5)
 
 
 def test_loss_falls_over_a_few_steps(thin_vgg, small_dataset):

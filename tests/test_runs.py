@@ -24,6 +24,7 @@ import main
 import optimization
 import precision
 import run_folder
+import synthetic
 import vgg
 from conftest import HERE, resolve_dataset, resolve_weights, run_main, snapshot, thin_fcn
 from errors import UserError
@@ -51,7 +52,7 @@ def test_out_of_range_flags_are_refused(flags, capsys):
 
 COMMAND_PARSERS = {'main.py': main.train_parser, 'main.py evaluate': evaluation.evaluate_parser,
                    'main.py optimize': optimization.optimize_parser, 'main.py infer': infer.infer_parser,
-                   'benchmark.py': benchmark.benchmark_parser}
+                   'benchmark.py': benchmark.benchmark_parser, 'synthetic.py': synthetic.synthetic_parser}
 
 
 @pytest.mark.parametrize('command', COMMAND_PARSERS)
