@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from errors import UserError
-from images import list_pictures
+from images import UNKNOWN_ID, decode_ids, list_pictures
 from metrics import IGNORE
 
 SPLITS = {'train': 'trainannot', 'val': 'valannot', 'test': 'testannot'}
@@ -29,8 +29,9 @@ def missing_parts(folder):
 
 
 def decoder(road_only):
-    """A lookup table of the label ids 0-255 -> class ids (IGNORE for unlabelled; -2 for ids CamVid lacks)."""
-    table = np.full(256, -2, np.int16)
+    """A lookup table of the label ids 0-255 -> class ids (IGNORE for unlabelled; UNKNOWN_ID for ids CamVid
+    lacks)."""
+    table = np.full(256, UNKNOWN_ID, np.int16)
     table[:len(CLASSES)] = (np.arange(len(CLASSES)) == ROAD) if road_only else np.arange(len(CLASSES))
     table[UNLABELLED] = IGNORE
     return table
@@ -39,14 +40,8 @@ def decoder(road_only):
 def decode_label(path, label_ids, table):
     """Class ids int8 [H, W] of a CamVid annotation (uint8 class ids); UserError naming the file and the ids
     outside 0-11."""
-    if label_ids.ndim != 2:
-        raise UserError(f'{path}: a CamVid annotation has one channel (class ids 0-11), this one has '
-                        f'{label_ids.shape[-1]}')
-    classes = table[label_ids]
-    if (classes == -2).any():
-        unknown = sorted(int(i) for i in np.unique(label_ids[classes == -2]))
-        raise UserError(f'{path} has class ids {unknown}: CamVid\'s are 0-10, and 11 for unlabelled')
-    return classes.astype(np.int8)
+    return decode_ids(path, label_ids, table, 'a CamVid annotation has one channel (class ids 0-11)',
+                      'CamVid\'s class ids are 0-10, and 11 for unlabelled')
 
 
 def split_pairs(folder, split):

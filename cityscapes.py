@@ -7,6 +7,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as LABELS
 
 from errors import UserError
+from images import UNKNOWN_ID, decode_ids
 from metrics import IGNORE
 
 IMAGE_SUFFIX, LABEL_SUFFIX = '_leftImg8bit.png', '_gtFine_labelIds.png'
@@ -31,7 +32,7 @@ def missing_parts(folder):
 def decoder(road_only):
     """labelIds uint8 [H, W] -> class ids int8 [H, W] (IGNORE where not evaluated): a lookup table over the ids
     0-255; ids that are no Cityscapes label map to a sentinel that decode_label reports."""
-    table = np.full(256, -2, np.int16)  # -2: not a Cityscapes label id
+    table = np.full(256, UNKNOWN_ID, np.int16)
     for label in LABELS:
         if label.id < 0:  # 'license plate' has id -1: never in a labelIds image
             continue
@@ -44,15 +45,8 @@ def decoder(road_only):
 
 def decode_label(path, label_ids, table):
     """Class ids int8 [H, W] of a labelIds image; UserError naming the file and the ids that are no label."""
-    if label_ids.ndim != 2:
-        raise UserError(f'{path}: a Cityscapes *_gtFine_labelIds.png has one channel (label ids), this one has '
-                        f'{label_ids.shape[-1]}')
-    classes = table[label_ids]
-    if (classes == -2).any():
-        unknown = sorted(int(i) for i in np.unique(label_ids[classes == -2]))
-        raise UserError(f'{path} has label ids {unknown} that no Cityscapes label has (0-33): is it a '
-                        '*_gtFine_labelIds.png?')
-    return classes.astype(np.int8)
+    return decode_ids(path, label_ids, table, 'a Cityscapes *_gtFine_labelIds.png has one channel (label ids)',
+                      'no Cityscapes label has them (0-33): is it a *_gtFine_labelIds.png?')
 
 
 def label_ids(classes):

@@ -70,6 +70,22 @@ def read_pair(image_path, label_path, label_modes, labels_are):
     return image, label
 
 
+UNKNOWN_ID = -2  # in a label table: an id that is no label of the dataset
+
+
+def decode_ids(path, label_ids, table, one_channel, known):
+    """Class ids int8 [H, W] of a one-channel label image, through table (ids 0-255 -> class ids, IGNORE for
+    void, UNKNOWN_ID for ids that are no label); UserError naming the file: one_channel says what it should
+    hold, known which ids are labels."""
+    if label_ids.ndim != 2:
+        raise UserError(f'{path}: {one_channel}, this one has {label_ids.shape[-1]}')
+    classes = table[label_ids]
+    if (classes == UNKNOWN_ID).any():
+        unknown = sorted(int(i) for i in np.unique(label_ids[classes == UNKNOWN_ID]))
+        raise UserError(f'{path} has label ids {unknown}: {known}')
+    return classes.astype(np.int8)
+
+
 def list_pictures(folder):
     """Sorted PNG/JPEG file names in folder (any names)."""
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(PICTURE_EXTENSIONS))

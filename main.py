@@ -384,9 +384,8 @@ def load_data(args, resume, workers):
     recipe = settings(args, source, layout.kind)
     names = [n for n, _, _ in layout.train + (layout.val or [])]
     if resume:  # the run's own split, whatever splitting does today
-        val_names = resume.config['data']['val_names']
-        train_names = [n for n in names if n not in set(val_names)] if layout.val is None else \
-            [n for n, _, _ in layout.train]
+        train_names, val_names = run_folder.resumed_split(resume, names, None if layout.val is None else
+                                                          [n for n, _, _ in layout.train])
     elif layout.val is None:
         train_names, val_names = kitti.split_train_val(names, args.val_fraction, args.seed, layout.category)
     else:

@@ -67,6 +67,19 @@ def load_run(run_dir):
     return Resume(config, checkpoint, step, history)
 
 
+def resumed_split(resume, names, own_train=None):
+    """(train names, val names) of a resumed run: its own validation names, and for training its layout's own
+    train split (own_train) or else the dataset's other images; UserError if their number changed since the
+    run started, which would change every batch after the resume."""
+    data = resume.config['data']
+    val_names = data['val_names']
+    train_names = [n for n in names if n not in set(val_names)] if own_train is None else own_train
+    if len(train_names) != data['train_images']:
+        raise UserError(f'--resume: its dataset {data["dataset"]} changed: {len(train_names)} training images '
+                        f'now, {data["train_images"]} when the run started (the batches would not be the same)')
+    return train_names, val_names
+
+
 def finished_run(run_dir, flag):
     """(config, its SavedModel folder) of a run that finished, whose serving model was exported."""
     config = read_config(run_dir, flag)

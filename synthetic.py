@@ -562,6 +562,32 @@ def _render(rng, height, width):
     return s
 
 
+PARTIAL_MARK = '.synthetic-partial'  # marks a sibling folder as ours: only such a folder is ever deleted
+
+
+def start_partial(root, folders):
+    """The sibling folder root.partial, made anew with folders in it, where a set is written before it is
+    renamed to root; FileExistsError if root exists, or if root.partial exists and is not an interrupted
+    generation of ours."""
+    if os.path.exists(root):
+        raise FileExistsError(f'{root} already exists')
+    partial = root.rstrip(os.sep) + '.partial'
+    if os.path.exists(partial):
+        if not os.path.isfile(os.path.join(partial, PARTIAL_MARK)):
+            raise FileExistsError(f'{partial} already exists')
+        shutil.rmtree(partial)
+    for folder in folders:
+        os.makedirs(os.path.join(partial, folder))
+    open(os.path.join(partial, PARTIAL_MARK), 'w').close()
+    return partial
+
+
+def finish_partial(partial, root):
+    os.remove(os.path.join(partial, PARTIAL_MARK))
+    os.replace(partial, root)
+    return root
+
+
 def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, progress=True):
     """Write a KITTI-layout dataset to root (which must not exist) and return root:
     training/image_2/{cat}_{idx:06d}.png, training/gt_image_2/{cat}_road_{idx:06d}.png, testing/image_2/...
@@ -571,13 +597,8 @@ def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, p
     file does not depend on the counts. The set is written to a sibling folder and renamed when complete, so an
     interrupted run leaves no half-made dataset behind.
     """
-    if os.path.exists(root):
-        raise FileExistsError(f'{root} already exists')
-    partial = root.rstrip(os.sep) + '.partial'
-    shutil.rmtree(partial, ignore_errors=True)  # ours: a previous, interrupted generation
+    partial = start_partial(root, ('training/image_2', 'training/gt_image_2', 'testing/image_2'))
     jobs = [('training', i) for i in range(num_train)] + [('testing', i) for i in range(num_test)]
-    for folder in ('training/image_2', 'training/gt_image_2', 'testing/image_2'):
-        os.makedirs(os.path.join(partial, folder))
     for split, i in tqdm(jobs, desc='synthetic road scenes', unit='img', disable=not progress):
         category, idx = CATEGORIES[i % len(CATEGORIES)], i // len(CATEGORIES)
         height, width = sizes[i % len(sizes)]
@@ -585,8 +606,7 @@ def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, p
         iio.imwrite(os.path.join(partial, split, 'image_2', f'{category}_{idx:06d}.png'), image)
         if split == 'training':
             iio.imwrite(os.path.join(partial, split, 'gt_image_2', f'{category}_road_{idx:06d}.png'), gt)
-    os.replace(partial, root)
-    return root
+    return finish_partial(partial, root)
 
 
 def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVID_SIZE, progress=True):
@@ -594,22 +614,15 @@ def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVI
     return root: train/, val/, test/ images and trainannot/, valannot/, testannot/ class ids 0-10 (uint8 PNG),
     named like CamVid's (<sequence>_<index>.png, over four sequences). Seeded per image like
     make_synthetic_kitti, written to a sibling folder and renamed when complete."""
-    if os.path.exists(root):
-        raise FileExistsError(f'{root} already exists')
-    partial = root.rstrip(os.sep) + '.partial'
-    shutil.rmtree(partial, ignore_errors=True)
     splits = {'train': ('training', num_train), 'val': ('validation', num_val), 'test': ('testing', num_test)}
-    for split in splits:
-        for folder in (split, camvid.SPLITS[split]):
-            os.makedirs(os.path.join(partial, folder))
+    partial = start_partial(root, [folder for split in splits for folder in (split, camvid.SPLITS[split])])
     jobs = [(split, i) for split, (_, count) in splits.items() for i in range(count)]
     for split, i in tqdm(jobs, desc='synthetic CamVid scenes', unit='img', disable=not progress):
         name = f'{CAMVID_SEQUENCES[i % len(CAMVID_SEQUENCES)]}_{i // len(CAMVID_SEQUENCES):06d}.png'
         image, classes = render_scene_classes(np.random.default_rng([seed, SPLIT_IDS[splits[split][0]], i]), *size)
         iio.imwrite(os.path.join(partial, split, name), image)
         iio.imwrite(os.path.join(partial, camvid.SPLITS[split], name), classes)
-    os.replace(partial, root)
-    return root
+    return finish_partial(partial, root)
 
 
 def synthetic_parser():
@@ -632,8 +645,11 @@ def main(argv=None):
         parser.error('--counts: every split needs at least one image')
     try:
         make_synthetic_camvid(args.root, *args.counts, seed=args.seed)
-    except FileExistsError:
-        print(f'error: {args.root} already exists: choose a new folder (nothing was written)', file=sys.stderr)
+    except FileExistsError as e:
+        print(f'error: {e}: choose a new folder (nothing was written)', file=sys.stderr)
+        return 2
+    except OSError as e:  # an unwritable place or a full disk
+        print(f'error: cannot write {args.root}: {e.strerror or e}', file=sys.stderr)
         return 2
     print(f'written to {args.root}')
     return 0

@@ -50,7 +50,7 @@ def test_camvid_ids_keep_their_classes_and_11_is_ignored():
     ids = np.array([[0, 3, 8, 10, 11]], np.uint8)
     np.testing.assert_array_equal(camvid.decode_label('a.png', ids, camvid.decoder(False)), [[0, 3, 8, 10, -1]])
     np.testing.assert_array_equal(camvid.decode_label('a.png', ids, camvid.decoder(True)), [[0, 1, 0, 0, -1]])
-    with pytest.raises(UserError, match=r"a.png has class ids \[12, 37\]"):
+    with pytest.raises(UserError, match=r"a.png has label ids \[12, 37\]: CamVid's class ids are 0-10"):
         camvid.decode_label('a.png', np.array([[12, 37, 3]], np.uint8), camvid.decoder(False))
 
 
@@ -128,6 +128,15 @@ def test_python_synthetic_py_writes_the_camvid_set_and_never_into_an_existing_fo
     before = sorted(p.name for p in root.rglob('*'))
     assert synthetic.main([str(root), '--counts', '1', '1', '1']) == 2
     assert 'already exists' in capsys.readouterr().err and sorted(p.name for p in root.rglob('*')) == before
+    (tmp_path / 'mine.partial').mkdir()
+    (tmp_path / 'mine.partial' / 'notes.txt').write_text('a folder of the user that happens to have that name')
+    assert synthetic.main([str(tmp_path / 'mine'), '--counts', '1', '1', '1']) == 2
+    assert (tmp_path / 'mine.partial' / 'notes.txt').exists() and not (tmp_path / 'mine').exists()
+    interrupted = tmp_path / 'again.partial'
+    interrupted.mkdir()
+    (interrupted / synthetic.PARTIAL_MARK).touch()  # an interrupted generation: made anew
+    assert synthetic.main([str(tmp_path / 'again'), '--counts', '1', '1', '1']) == 0
+    assert not interrupted.exists() and not (tmp_path / 'again' / synthetic.PARTIAL_MARK).exists()
 
 
 @pytest.fixture(scope='session')

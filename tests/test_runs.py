@@ -247,6 +247,15 @@ def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset,
         main.run(['--resume', run_dir])
 
 
+def test_resume_keeps_the_runs_split_and_refuses_a_dataset_whose_training_images_changed():
+    config = {'data': {'dataset': '/d', 'train_images': 2, 'val_names': ['b.png']}}
+    resume = run_folder.Resume(config, None, 0, [])
+    assert run_folder.resumed_split(resume, ['a.png', 'b.png', 'c.png']) == (['a.png', 'c.png'], ['b.png'])
+    assert run_folder.resumed_split(resume, [], own_train=['x.png', 'y.png']) == (['x.png', 'y.png'], ['b.png'])
+    with pytest.raises(UserError, match='its dataset /d changed: 3 training images now, 2 when the run started'):
+        run_folder.resumed_split(resume, ['a.png', 'b.png', 'c.png', 'd.png'])
+
+
 def test_resume_refuses_other_flags_and_folders_that_are_not_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main.parse_args(['--resume', str(tmp_path), '--epochs', '3'])
