@@ -419,6 +419,7 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
             raise UserError(f'--resume {args.resume}: its VGG16 {vgg_dir} is gone')
         config.setdefault('resumed', []).append({'at_step': data.start_step, 'precision': arithmetic[0],
                                                  'cluster': workers.described,
+                                                 'flags': {k: getattr(args, k) for k in OPERATIONAL},
                                                  'time': time.strftime('%Y-%m-%d %H:%M:%S')})
     else:
         vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,

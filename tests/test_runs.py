@@ -232,8 +232,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset,
     assert main.run(['--resume', run_dir]) == run_dir
     history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
     assert [h['epoch'] for h in history] == [1, 2]
-    resumed_at = json.load(open(os.path.join(run_dir, 'config.json')))['resumed'][0]['at_step']
-    assert resumed_at == (4 if where == 'mid-epoch' else 3)
+    resumed = json.load(open(os.path.join(run_dir, 'config.json')))['resumed'][0]
+    assert resumed['at_step'] == (4 if where == 'mid-epoch' else 3)
+    assert resumed['flags'] == {'worker_timeout': 120, 'keep_last_checkpoint': True, 'no_download': True}
     a = tf.train.latest_checkpoint(os.path.join(straight, run_folder.LAST_CHECKPOINT))
     b = tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.LAST_CHECKPOINT))
     names = [name for name, _ in tf.train.list_variables(a)]
