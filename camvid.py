@@ -21,7 +21,7 @@ ROAD = CLASSES.index('Road')
 
 
 def is_camvid(folder):
-    return all(os.path.isdir(os.path.join(folder, part)) for part in ('train', 'trainannot'))
+    return not missing_parts(folder)
 
 
 def missing_parts(folder):

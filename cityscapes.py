@@ -20,8 +20,7 @@ VOID_IDS = tuple(label.id for label in LABELS if label.category == 'void')
 
 
 def is_cityscapes(folder):
-    return os.path.isdir(os.path.join(folder, 'leftImg8bit', 'train')) and \
-        os.path.isdir(os.path.join(folder, 'gtFine', 'train'))
+    return not missing_parts(folder)
 
 
 def missing_parts(folder):

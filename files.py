@@ -27,6 +27,36 @@ def atomic_write(path, data):
         raise
 
 
+STAGING_MARK = '.staging'  # marks a FOLDER.partial as this project's own: only such a folder is ever deleted
+
+
+@contextlib.contextmanager
+def staged_folder(path, replace=False):
+    """Yield path.partial, a new folder to fill; when the block ends it becomes path (replacing an old one with
+    replace; else path must not exist: FileExistsError), and when the block fails it is removed, so that a
+    crash never leaves half a folder under path. A path.partial this project did not make is never deleted
+    (FileExistsError); one left by a killed run of ours is made anew."""
+    if os.path.exists(path) and not replace:
+        raise FileExistsError(f'{path} already exists')
+    staging = path.rstrip(os.sep) + '.partial'
+    mark = os.path.join(staging, STAGING_MARK)
+    if os.path.exists(staging):
+        if not os.path.isfile(mark):
+            raise FileExistsError(f'{staging} already exists and is not a folder this project began')
+        shutil.rmtree(staging)
+    os.makedirs(staging)
+    open(mark, 'w').close()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.remove(mark)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(staging, path)
+
+
 def finite_or_none(value):
     """JSON has no NaN: a non-finite figure (no road in the split, a diverged loss) is written as null."""
     if isinstance(value, float) and not np.isfinite(value):

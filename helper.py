@@ -38,8 +38,9 @@ def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch
     """
     pairs = kitti.training_pairs(data_folder, names) if pairs is None else pairs
     images, classes = batches.load_resized(pairs, image_shape, load_pair)
-    weights = batches.median_frequency_weights(classes, num_classes) if balance else np.ones(num_classes, np.float32)
+    weights = None
     if balance:
+        weights = batches.median_frequency_weights(classes, num_classes)
         print('median-frequency class weights: ' + ' '.join(f'{w:.3g}' for w in weights), flush=True)
     epoch = first_epoch
 
@@ -56,7 +57,8 @@ def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch
                             for image, labels in zip(batch_images, batch_classes)]
                 batch_images = np.stack([batches.jitter_photometric(image, rng) for image, _ in examples])
                 batch_classes = np.stack([labels for _, labels in examples])
-            yield batch_images.astype(np.float32), batches.one_hot(batch_classes, num_classes) * weights
+            labels = batches.one_hot(batch_classes, num_classes)
+            yield batch_images.astype(np.float32), labels if weights is None else labels * weights
 
     return get_batches_fn
 

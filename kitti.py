@@ -190,5 +190,6 @@ def split_train_val(names, val_fraction, seed, category_of=category):
                 break
             held += blocks[block][:n_val - len(held)]
         val += held
-        train += [n for n in members if n not in set(held)]
+        held_names = set(held)
+        train += [n for n in members if n not in held_names]
     return sorted(train), sorted(val)

@@ -2,7 +2,6 @@
 each variant timed at batch 1 and scored on the validation split, into RUN_DIR/optimized/."""
 import argparse
 import os
-import shutil
 import time
 
 import numpy as np
@@ -43,7 +42,8 @@ def optimize_parser():
 def calibration_images(layout, exclude, image_shape, count=inference.CALIBRATION_IMAGES):
     """Up to count training images of a datasets.Layout (uint8 [H, W, 3] at image_shape), spread evenly over the
     sorted names, never one of exclude (the validation split)."""
-    paths = [path for name, path, _ in sorted(layout.train) if name not in set(exclude)]
+    exclude = set(exclude)
+    paths = [path for name, path, _ in sorted(layout.train) if name not in exclude]
     chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
     return [resize_image(read_rgb(path), image_shape) for path in tqdm(chosen, desc='calibration images', leave=False)]
 
@@ -99,21 +99,12 @@ def optimize_command(argv):
         raise UserError(f'--checkpoint {args.checkpoint}: no training image outside the validation split to '
                         'calibrate int8 on')
     out_dir = os.path.join(args.checkpoint, OPTIMIZED_DIR)
-    staging = out_dir + '.partial'
-    try:
-        with files.writing(args.checkpoint, 'the optimized models'):
-            if os.path.isdir(staging):  # this command's own, from an interrupted run
-                shutil.rmtree(staging)
-            os.makedirs(staging)
-            report = optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging, layout)
-            table = format_optimization_table(report)
-            files.atomic_write(os.path.join(staging, 'optimization.md'), table)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # about 1 GB of half-made models
-        raise
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    # Staged: a failure leaves no half-made models (about 1 GB), and the previous ones stay until the new are done.
+    with files.writing(args.checkpoint, 'the optimized models'), \
+            files.staged_folder(out_dir, replace=True) as staging:
+        report = optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging, layout)
+        table = format_optimization_table(report)
+        files.atomic_write(os.path.join(staging, 'optimization.md'), table)
     print(table + f'\nwritten to {out_dir}')
 
 

@@ -73,7 +73,8 @@ def resumed_split(resume, names, own_train=None):
     run started, which would change every batch after the resume."""
     data = resume.config['data']
     val_names = data['val_names']
-    train_names = [n for n in names if n not in set(val_names)] if own_train is None else own_train
+    held = set(val_names)
+    train_names = [n for n in names if n not in held] if own_train is None else own_train
     if len(train_names) != data['train_images']:
         raise UserError(f'--resume: its dataset {data["dataset"]} changed: {len(train_names)} training images '
                         f'now, {data["train_images"]} when the run started (the batches would not be the same)')

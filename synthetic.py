@@ -10,7 +10,6 @@ these coordinates narrows toward the vanishing point automatically.
 """
 import argparse
 import os
-import shutil
 import sys
 from collections import namedtuple
 from functools import partial
@@ -21,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import camvid
+import files
 from kitti import CATEGORIES, INVALID_COLOR, NON_ROAD_COLOR, ROAD_COLOR
 
 KITTI_SIZES = ((375, 1242), (376, 1241), (370, 1226), (370, 1224))   # (height, width)
@@ -562,32 +562,6 @@ def _render(rng, height, width):
     return s
 
 
-PARTIAL_MARK = '.synthetic-partial'  # marks a sibling folder as ours: only such a folder is ever deleted
-
-
-def start_partial(root, folders):
-    """The sibling folder root.partial, made anew with folders in it, where a set is written before it is
-    renamed to root; FileExistsError if root exists, or if root.partial exists and is not an interrupted
-    generation of ours."""
-    if os.path.exists(root):
-        raise FileExistsError(f'{root} already exists')
-    partial = root.rstrip(os.sep) + '.partial'
-    if os.path.exists(partial):
-        if not os.path.isfile(os.path.join(partial, PARTIAL_MARK)):
-            raise FileExistsError(f'{partial} already exists')
-        shutil.rmtree(partial)
-    for folder in folders:
-        os.makedirs(os.path.join(partial, folder))
-    open(os.path.join(partial, PARTIAL_MARK), 'w').close()
-    return partial
-
-
-def finish_partial(partial, root):
-    os.remove(os.path.join(partial, PARTIAL_MARK))
-    os.replace(partial, root)
-    return root
-
-
 def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, progress=True):
     """Write a KITTI-layout dataset to root (which must not exist) and return root:
     training/image_2/{cat}_{idx:06d}.png, training/gt_image_2/{cat}_road_{idx:06d}.png, testing/image_2/...
@@ -597,16 +571,18 @@ def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, p
     file does not depend on the counts. The set is written to a sibling folder and renamed when complete, so an
     interrupted run leaves no half-made dataset behind.
     """
-    partial = start_partial(root, ('training/image_2', 'training/gt_image_2', 'testing/image_2'))
     jobs = [('training', i) for i in range(num_train)] + [('testing', i) for i in range(num_test)]
-    for split, i in tqdm(jobs, desc='synthetic road scenes', unit='img', disable=not progress):
-        category, idx = CATEGORIES[i % len(CATEGORIES)], i // len(CATEGORIES)
-        height, width = sizes[i % len(sizes)]
-        image, gt = render_scene(np.random.default_rng([seed, SPLIT_IDS[split], i]), height, width)
-        iio.imwrite(os.path.join(partial, split, 'image_2', f'{category}_{idx:06d}.png'), image)
-        if split == 'training':
-            iio.imwrite(os.path.join(partial, split, 'gt_image_2', f'{category}_road_{idx:06d}.png'), gt)
-    return finish_partial(partial, root)
+    with files.staged_folder(root) as partial:
+        for folder in ('training/image_2', 'training/gt_image_2', 'testing/image_2'):
+            os.makedirs(os.path.join(partial, folder))
+        for split, i in tqdm(jobs, desc='synthetic road scenes', unit='img', disable=not progress):
+            category, idx = CATEGORIES[i % len(CATEGORIES)], i // len(CATEGORIES)
+            height, width = sizes[i % len(sizes)]
+            image, gt = render_scene(np.random.default_rng([seed, SPLIT_IDS[split], i]), height, width)
+            iio.imwrite(os.path.join(partial, split, 'image_2', f'{category}_{idx:06d}.png'), image)
+            if split == 'training':
+                iio.imwrite(os.path.join(partial, split, 'gt_image_2', f'{category}_road_{idx:06d}.png'), gt)
+    return root
 
 
 def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVID_SIZE, progress=True):
@@ -615,14 +591,17 @@ def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVI
     named like CamVid's (<sequence>_<index>.png, over four sequences). Seeded per image like
     make_synthetic_kitti, written to a sibling folder and renamed when complete."""
     splits = {'train': ('training', num_train), 'val': ('validation', num_val), 'test': ('testing', num_test)}
-    partial = start_partial(root, [folder for split in splits for folder in (split, camvid.SPLITS[split])])
     jobs = [(split, i) for split, (_, count) in splits.items() for i in range(count)]
-    for split, i in tqdm(jobs, desc='synthetic CamVid scenes', unit='img', disable=not progress):
-        name = f'{CAMVID_SEQUENCES[i % len(CAMVID_SEQUENCES)]}_{i // len(CAMVID_SEQUENCES):06d}.png'
-        image, classes = render_scene_classes(np.random.default_rng([seed, SPLIT_IDS[splits[split][0]], i]), *size)
-        iio.imwrite(os.path.join(partial, split, name), image)
-        iio.imwrite(os.path.join(partial, camvid.SPLITS[split], name), classes)
-    return finish_partial(partial, root)
+    with files.staged_folder(root) as partial:
+        for folder in (folder for split in splits for folder in (split, camvid.SPLITS[split])):
+            os.makedirs(os.path.join(partial, folder))
+        for split, i in tqdm(jobs, desc='synthetic CamVid scenes', unit='img', disable=not progress):
+            name = f'{CAMVID_SEQUENCES[i % len(CAMVID_SEQUENCES)]}_{i // len(CAMVID_SEQUENCES):06d}.png'
+            image, classes = render_scene_classes(np.random.default_rng([seed, SPLIT_IDS[splits[split][0]], i]),
+                                                  *size)
+            iio.imwrite(os.path.join(partial, split, name), image)
+            iio.imwrite(os.path.join(partial, camvid.SPLITS[split], name), classes)
+    return root
 
 
 def synthetic_parser():

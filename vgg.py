@@ -128,15 +128,15 @@ def saved_model_encoder(export_dir):
         saved_model.ParseFromString(f.read())
     meta = next(m for m in saved_model.meta_graphs if TAG in m.meta_info_def.tags)
     nodes = {node.name: node for node in meta.graph_def.node}
-    variables = [name for name, node in nodes.items() if node.op in ('VariableV2', 'VarHandleOp')]
+    variables = {name for name, node in nodes.items() if node.op in ('VariableV2', 'VarHandleOp')}
     outputs = ['layer3_out', 'layer4_out', 'layer7_out']
     graph_def = tf.graph_util.extract_sub_graph(meta.graph_def, outputs)
     reads = {node.name: node.input[0] for node in graph_def.node  # resource variables: read through ReadVariableOp
              if node.op == 'ReadVariableOp' and node.input[0] in variables}
     # Sorted: every worker must create the variables in the same order (their collectives pair up by it).
-    needed = sorted(name for name in variables if name in {node.name for node in graph_def.node})
+    needed = sorted(variables & {node.name for node in graph_def.node})
     kept = tf.GraphDef(versions=graph_def.versions, library=graph_def.library)
-    kept.node.extend(node for node in graph_def.node if node.name not in set(needed) and node.name not in reads)
+    kept.node.extend(node for node in graph_def.node if node.name not in variables and node.name not in reads)
     trainable = {v.variable_name.split(':')[0] for v in _variable_defs(meta, 'trainable_variables')}
 
     def encoder(images, keep_prob):

@@ -14,6 +14,7 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as citys
 import camvid
 import cityscapes
 import datasets
+import files
 import main
 import metrics
 import synthetic
@@ -134,9 +135,9 @@ def test_python_synthetic_py_writes_the_camvid_set_and_never_into_an_existing_fo
     assert (tmp_path / 'mine.partial' / 'notes.txt').exists() and not (tmp_path / 'mine').exists()
     interrupted = tmp_path / 'again.partial'
     interrupted.mkdir()
-    (interrupted / synthetic.PARTIAL_MARK).touch()  # an interrupted generation: made anew
+    (interrupted / files.STAGING_MARK).touch()  # an interrupted generation: made anew
     assert synthetic.main([str(tmp_path / 'again'), '--counts', '1', '1', '1']) == 0
-    assert not interrupted.exists() and not (tmp_path / 'again' / synthetic.PARTIAL_MARK).exists()
+    assert not interrupted.exists() and not (tmp_path / 'again' / files.STAGING_MARK).exists()
 
 
 @pytest.fixture(scope='session')
