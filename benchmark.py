@@ -159,13 +159,19 @@ def network_speed(shape, train, repeats, arithmetic):
     return rows
 
 
+def random_batch(batch, shape):
+    """(pixels float32 [batch, H, W, 3] in 0-255, one-hot road labels [batch, H, W, 2]), the same every call."""
+    rng = np.random.RandomState(0)
+    pixels = rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32)
+    return pixels, batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8))
+
+
 def random_feed(feeds, batch, shape, train, keep_prob=0.5):
     """A feed of fcn_graph's placeholders: random pixels and (for training) random labels."""
-    rng = np.random.RandomState(0)
-    feed = {feeds['image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32)}
+    pixels, labels = random_batch(batch, shape)
+    feed = {feeds['image']: pixels}
     if train:
-        feed.update({feeds['label']: batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
-                     feeds['learning_rate']: 1e-6, feeds['keep_prob']: keep_prob})
+        feed.update({feeds['label']: labels, feeds['learning_rate']: 1e-6, feeds['keep_prob']: keep_prob})
     return feed
 
 
@@ -231,7 +237,7 @@ def forward_comparison(shape, arithmetic, repeats, folder):
         checkpoint = tf.train.Saver().save(sess, os.path.join(folder, f'forward-{tag}'))
         graph.finalize()
         for batch in (1, evaluation.VALIDATION_BATCH):
-            pixels = np.random.RandomState(0).uniform(0, 255, (batch, *shape, 3)).astype(np.float32)
+            pixels, _ = random_batch(batch, shape)
             rows[f'training graph, batch {batch}'] = 1000 * seconds_per_call(
                 lambda: sess.run(last.op, {image: pixels}), repeats) / batch
     saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, f'saved-model-{tag}'),
@@ -240,7 +246,7 @@ def forward_comparison(shape, arithmetic, repeats, folder):
     if arithmetic != 'fp32':
         frozen = inference.grappler(frozen, arithmetic)
     predict, _ = inference.graph_predictor(frozen)
-    pixels = np.random.RandomState(0).uniform(0, 255, (1, *shape, 3)).astype(np.float32)
+    pixels, _ = random_batch(1, shape)
     rows['frozen, batch 1'] = 1000 * seconds_per_call(lambda: predict(pixels), repeats)
     return {'shape': list(shape), 'precision': arithmetic, 'ms_per_image': rows}
 
@@ -253,10 +259,8 @@ def replicated_speed(workers, shape, batch, repeats, arithmetic):
         net = cluster.build_replicated_fcn(sess, workers, None, 0, main.layers, main.masked_cross_entropy)
         gradient_bytes = sum(v.shape.num_elements() * v.dtype.base_dtype.size for v in tf.trainable_variables())
         sess.graph.finalize()
-        rng = np.random.RandomState(0)
-        feed = {net['input_image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32),
-                net['correct_label']: batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
-                net['learning_rate']: 1e-6}
+        pixels, labels = random_batch(batch, shape)
+        feed = {net['input_image']: pixels, net['correct_label']: labels, net['learning_rate']: 1e-6}
         options = cluster.run_options(workers, cluster.START_TIMEOUT_S)
         seconds = seconds_per_call(lambda: sess.run(net['train_op'], feed, options=options), repeats)
     return {'images_per_s': batch / seconds, 'step_s': seconds, 'allreduce_mb': gradient_bytes / 2 ** 20}
@@ -267,10 +271,8 @@ def one_device_speed(shape, batch, repeats, arithmetic):
     with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
         net = main.build_fcn(sess, None, 0)
         sess.graph.finalize()
-        rng = np.random.RandomState(0)
-        feed = {net['input_image']: rng.uniform(0, 255, (batch, *shape, 3)).astype(np.float32),
-                net['correct_label']: batches.one_hot(rng.randint(0, 2, (batch, *shape)).astype(np.int8)),
-                net['learning_rate']: 1e-6}
+        pixels, labels = random_batch(batch, shape)
+        feed = {net['input_image']: pixels, net['correct_label']: labels, net['learning_rate']: 1e-6}
         seconds = seconds_per_call(lambda: sess.run(net['train_op'], feed), repeats)
     return {'images_per_s': batch / seconds, 'step_s': seconds}
 
