@@ -36,16 +36,23 @@ def maybe_download_kitti(data_dir, url=KITTI_URL):
                             kitti_is_present, kitti_instructions(data_dir, url))
 
 
+def _packed(rgb):
+    """uint8 [..., 3] colours -> int32 [...] 0xRRGGBB: one comparison per pixel instead of three."""
+    rgb = np.asarray(rgb, np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
 def decode_label(gt):
     """KITTI ground truth uint8 [H, W, 3] -> class ids int8 [H, W]: ROAD, NON_ROAD or IGNORE (black).
 
     Any other colour raises ValueError naming the colours and their pixel counts.
     """
     gt = np.asarray(gt)[..., :3]
+    colors = _packed(gt)
     classes = np.full(gt.shape[:2], IGNORE, np.int8)
-    classes[np.all(gt == ROAD_COLOR, axis=-1)] = ROAD
-    classes[np.all(gt == NON_ROAD_COLOR, axis=-1)] = NON_ROAD
-    unknown = (classes == IGNORE) & ~np.all(gt == INVALID_COLOR, axis=-1)
+    classes[colors == _packed(ROAD_COLOR)] = ROAD
+    classes[colors == _packed(NON_ROAD_COLOR)] = NON_ROAD
+    unknown = (classes == IGNORE) & (colors != _packed(INVALID_COLOR))
     if unknown.any():
         colors, counts = np.unique(gt[unknown], axis=0, return_counts=True)
         found = ', '.join(f'{tuple(int(v) for v in c)}: {n} px' for c, n in zip(colors, counts))

@@ -9,9 +9,10 @@ road coordinates: ``u`` is the lateral position in road half-widths (|u| = 1 at 
 these coordinates narrows toward the vanishing point automatically.
 """
 import argparse
+import concurrent.futures
 import os
 import sys
-from collections import namedtuple
+from collections import deque, namedtuple
 from functools import partial
 
 import imageio.v3 as iio
@@ -37,6 +38,7 @@ SURFACE_CLASS = {'skyline': 'tree', 'ground': 'tree', 'grass': 'tree', 'gravel':
                  'sidewalk': 'pavement', 'asphalt': 'road', 'marking': 'road'}
 CAMVID_SIZE = (360, 480)   # (height, width) of SegNet's CamVid images
 CAMVID_SEQUENCES = ('0001TP', '0006R0', '0016E5', 'Seq05VD')
+WRITER_THREADS = 2   # PNG encoders working while the next scene is drawn
 
 # --- Camera and road geometry (image fractions unless the name says otherwise) ---
 HORIZON_RANGE = (0.35, 0.55)          # horizon row / height
@@ -562,6 +564,19 @@ def _render(rng, height, width):
     return s
 
 
+def _write_scenes(jobs, scene, desc, progress):
+    """Write the PNGs of scene(job) -> [(path, array)] for every job. Encoding was half of the time and Pillow's
+    encoder releases the GIL: writer threads encode while the next scene is drawn."""
+    with concurrent.futures.ThreadPoolExecutor(WRITER_THREADS) as pool:
+        pending = deque()
+        for job in tqdm(jobs, desc=desc, unit='img', disable=not progress):
+            pending.extend(pool.submit(iio.imwrite, path, array) for path, array in scene(job))
+            while len(pending) > 2 * WRITER_THREADS:  # a bounded queue: rendering never runs far ahead
+                pending.popleft().result()
+        for write in pending:
+            write.result()
+
+
 def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, progress=True):
     """Write a KITTI-layout dataset to root (which must not exist) and return root:
     training/image_2/{cat}_{idx:06d}.png, training/gt_image_2/{cat}_road_{idx:06d}.png, testing/image_2/...
@@ -575,13 +590,17 @@ def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, p
     with files.staged_folder(root) as partial:
         for folder in ('training/image_2', 'training/gt_image_2', 'testing/image_2'):
             os.makedirs(os.path.join(partial, folder))
-        for split, i in tqdm(jobs, desc='synthetic road scenes', unit='img', disable=not progress):
+
+        def scene(job):
+            split, i = job
             category, idx = CATEGORIES[i % len(CATEGORIES)], i // len(CATEGORIES)
-            height, width = sizes[i % len(sizes)]
-            image, gt = render_scene(np.random.default_rng([seed, SPLIT_IDS[split], i]), height, width)
-            iio.imwrite(os.path.join(partial, split, 'image_2', f'{category}_{idx:06d}.png'), image)
+            image, gt = render_scene(np.random.default_rng([seed, SPLIT_IDS[split], i]), *sizes[i % len(sizes)])
+            outputs = [(os.path.join(partial, split, 'image_2', f'{category}_{idx:06d}.png'), image)]
             if split == 'training':
-                iio.imwrite(os.path.join(partial, split, 'gt_image_2', f'{category}_road_{idx:06d}.png'), gt)
+                outputs.append((os.path.join(partial, split, 'gt_image_2', f'{category}_road_{idx:06d}.png'), gt))
+            return outputs
+
+        _write_scenes(jobs, scene, 'synthetic road scenes', progress)
     return root
 
 
@@ -595,12 +614,16 @@ def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVI
     with files.staged_folder(root) as partial:
         for folder in (folder for split in splits for folder in (split, camvid.SPLITS[split])):
             os.makedirs(os.path.join(partial, folder))
-        for split, i in tqdm(jobs, desc='synthetic CamVid scenes', unit='img', disable=not progress):
+
+        def scene(job):
+            split, i = job
             name = f'{CAMVID_SEQUENCES[i % len(CAMVID_SEQUENCES)]}_{i // len(CAMVID_SEQUENCES):06d}.png'
             image, classes = render_scene_classes(np.random.default_rng([seed, SPLIT_IDS[splits[split][0]], i]),
                                                   *size)
-            iio.imwrite(os.path.join(partial, split, name), image)
-            iio.imwrite(os.path.join(partial, camvid.SPLITS[split], name), classes)
+            return [(os.path.join(partial, split, name), image),
+                    (os.path.join(partial, camvid.SPLITS[split], name), classes)]
+
+        _write_scenes(jobs, scene, 'synthetic CamVid scenes', progress)
     return root
 
 

@@ -1,5 +1,6 @@
 """Images, KITTI Road's layout and labels, training batches and augmentation, the validation split, the generated
 scenes, and what a broken dataset says."""
+import errno
 import os
 import re
 import shutil
@@ -243,6 +244,21 @@ def test_synthetic_scenes_are_deterministic_and_use_the_kitti_layout(tmp_path):
                 assert fa.read() == fb.read()
     classes = kitti.decode_label(iio.imread(os.path.join(a, 'training/gt_image_2/um_road_000000.png')))
     assert (classes == metrics.ROAD).any() and (classes == metrics.NON_ROAD).any()
+
+
+def test_a_failed_scene_write_stops_the_generation_and_leaves_nothing(tmp_path, monkeypatch):
+    writes, real_imwrite = [], iio.imwrite
+
+    def imwrite(path, array):  # the fourth PNG finds the disk full, in a writer thread
+        writes.append(path)
+        if len(writes) == 4:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real_imwrite(path, array)
+
+    monkeypatch.setattr(synthetic.iio, 'imwrite', imwrite)
+    with pytest.raises(OSError, match='No space left'):
+        synthetic.make_synthetic_kitti(str(tmp_path / 'road'), 20, 2, sizes=SMALL_SIZES, progress=False)
+    assert 4 <= len(writes) < 42 and os.listdir(tmp_path) == []  # stopped early; no set, no staging folder
 
 
 def test_dataset_summary_counts_converts_and_ignores(small_dataset, tmp_path):
