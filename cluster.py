@@ -21,6 +21,8 @@ from metrics import NUM_CLASSES
 # others wait too. Setting the cluster up waits longer: workers started by hand start minutes apart.
 STEP_TIMEOUT_S = 120
 START_TIMEOUT_S = 600
+# Relative difference of two workers' weight fingerprints beyond the rounding of a mean over replicas.
+WEIGHTS_TOLERANCE = 1e-9
 
 # strategy: None for one device; target: the Session's ('' in process); config: its ConfigProto (None: TF's
 # defaults); replicas: over all workers; task: (type, index) in TF_CONFIG or None; server: the gRPC server that
@@ -191,6 +193,15 @@ def encoder_builder(vgg_dir, seed):
     return vgg.saved_model_encoder(vgg_dir)
 
 
+def weight_fingerprints(strategy):
+    """(this worker's, the mean over all replicas of) the sum of squares of every trainable variable, float64.
+    Equal weights everywhere give equal sums; a worker that restored other weights than the chief's (a machine
+    without the VGG16 files falls back on a random encoder of the same shapes) gives another."""
+    own = strategy.extended.call_for_each_replica(lambda: tf.add_n(
+        [tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in tf.trainable_variables()]))
+    return strategy.experimental_local_results(own)[0], strategy.reduce(tf.distribute.ReduceOp.MEAN, own, axis=None)
+
+
 def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entropy, num_classes=NUM_CLASSES):
     """FCN-8s trained by cluster's strategy in sess's graph, every replica on its share of each batch, every
     variable initialised (the chief's initial values broadcast to all; the encoder's weights from vgg_dir).
@@ -232,10 +243,16 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entr
                 tf.variable_scope(tf.get_variable_scope(), reuse=True):
             nn_last_layer = layers(*encoder(input_image, keep_prob), num_classes)
             logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes)
+        own, mean = weight_fingerprints(strategy)
     with reporting_lost_workers(cluster):  # the chief's initial values go to every worker here
         sess.run(tf.global_variables_initializer(), options=run_options(cluster, START_TIMEOUT_S))
-    if vgg_dir:
-        vgg.restore_saved_model_weights(sess, vgg_dir)
+        if vgg_dir:
+            vgg.restore_saved_model_weights(sess, vgg_dir)
+        own, mean = sess.run([own, mean], options=run_options(cluster, START_TIMEOUT_S))
+    if abs(own - mean) > WEIGHTS_TOLERANCE * abs(mean):
+        raise UserError(f'task {cluster.described.get("task")} starts from other weights than the rest of the '
+                        f'cluster (its encoder: {vgg_dir or "He-initialised, no VGG16 weights found"}): put the same '
+                        'VGG16 weights (data/vgg or --vgg-dir) on every machine before starting the workers')
     return dict(input_image=input_image, keep_prob=keep_prob, correct_label=correct_label,
                 learning_rate=learning_rate, logits=logits, cross_entropy_loss=cross_entropy_loss,
                 train_op=train_op, train_loss=train_loss)

@@ -17,7 +17,8 @@ import cluster
 import helper
 import images
 import main
-from conftest import HERE
+import vgg
+from conftest import HERE, THIN
 from errors import UserError
 
 
@@ -105,9 +106,9 @@ def free_ports(count):
             s.close()
 
 
-def start_workers(flags, tmp_path, count=2):
-    """`python main.py flags` as the workers of a TF_CONFIG cluster on loopback, each with its own runs folder
-    tmp_path/runs_<index>; (processes, their log paths)."""
+def start_workers(flags, tmp_path, count=2, own_flags=None):
+    """`python main.py flags` (and worker i's own_flags[i]) as the workers of a TF_CONFIG cluster on loopback,
+    each with its own runs folder tmp_path/runs_<index>; (processes, their log paths)."""
     addresses = [f'127.0.0.1:{port}' for port in free_ports(count)]
     processes, logs = [], []
     for index in range(count):
@@ -115,7 +116,7 @@ def start_workers(flags, tmp_path, count=2):
         logs.append(tmp_path / f'worker_{index}.log')
         with open(logs[-1], 'w') as log:
             processes.append(subprocess.Popen(
-                [sys.executable, os.path.join(HERE, 'main.py'), *flags, '--runs-dir',
+                [sys.executable, os.path.join(HERE, 'main.py'), *flags, *(own_flags or {}).get(index, ()), '--runs-dir',
                  str(tmp_path / f'runs_{index}')],
                 stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env={**os.environ, 'TF_CONFIG': tf_config}))
     return processes, logs
@@ -180,6 +181,22 @@ def test_a_worker_that_dies_stops_the_other_with_an_error_naming_it(small_datase
     assert code == 2 and 'Traceback' not in said
     lost = r'error: task worker:0 stopped: it lost contact with worker:1 \(127\.0\.0\.1:\d+\)'
     assert re.search(lost, said), said[-2000:]
+
+
+def test_workers_that_start_from_different_weights_stop_with_an_error(small_dataset, thin_vgg, tmp_path):
+    # As a machine without data/vgg would: the same shapes, other weights (here another seed's, not random).
+    other = vgg.save_vgg16(str(tmp_path / 'other_vgg'), channels=THIN, seed=5)
+    processes, logs = start_workers(thin_flags(small_dataset, thin_vgg, epochs=1), tmp_path,
+                                    own_flags={1: ['--vgg-dir', other]})
+    try:
+        codes = [process.wait(timeout=180) for process in processes]
+    finally:
+        stop(processes)
+    for index, (code, log) in enumerate(zip(codes, logs)):
+        said = log.read_text()
+        assert code == 2 and 'Traceback' not in said, said[-2000:]
+        assert f'error: task worker:{index} starts from other weights than the rest of the cluster' in said
+    assert other in logs[1].read_text() and 'epoch 1 ' not in logs[0].read_text()  # stopped before training
 
 
 def test_a_malformed_tf_config_is_one_error_line_and_writes_nothing(small_dataset, thin_vgg, tmp_path):
