@@ -194,12 +194,31 @@ def encoder_builder(vgg_dir, seed):
 
 
 def weight_fingerprints(strategy):
-    """(this worker's, the mean over all replicas of) the sum of squares of every trainable variable, float64.
-    Equal weights everywhere give equal sums; a worker that restored other weights than the chief's (a machine
-    without the VGG16 files falls back on a random encoder of the same shapes) gives another."""
-    own = strategy.extended.call_for_each_replica(lambda: tf.add_n(
-        [tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in tf.trainable_variables()]))
-    return strategy.experimental_local_results(own)[0], strategy.reduce(tf.distribute.ReduceOp.MEAN, own, axis=None)
+    """[replicas] float64, the same on every worker: each replica's sum of squares of all its weights (at its
+    replica id; the strategy sums the one-hot vectors). Workers with equal weights give equal sums; one that
+    restored other weights than the chief's (a machine without the VGG16 files falls back on a random encoder
+    of the same shapes) gives another. Squares of float32 values are exact in float64."""
+    def fingerprint():
+        context = tf.distribute.get_replica_context()
+        own = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in tf.trainable_variables()])
+        return own * tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync, dtype=tf.float64)
+
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.extended.call_for_each_replica(fingerprint),
+                           axis=None)
+
+
+def check_same_weights(cluster, fingerprints, vgg_dir):
+    """UserError naming the workers whose weights differ from the chief's (its first replica's), given every
+    replica's weight_fingerprints."""
+    per_worker = cluster.replicas // cluster.workers
+    tasks = [f'{job}:{i}' for job in ('chief', 'worker') for i in range(len(cluster.spec.get(job, ())))]  # id order
+    differ = [f'{tasks[i // per_worker]} ({value:.9g})' for i, value in enumerate(fingerprints)
+              if abs(value - fingerprints[0]) > WEIGHTS_TOLERANCE * abs(fingerprints[0])]
+    if differ:
+        raise UserError(f'the workers start from different weights: {", ".join(sorted(set(differ)))} against the '
+                        f'chief\'s sum of squares {fingerprints[0]:.9g} (task {cluster.described["task"]} loaded '
+                        f'{vgg_dir or "no VGG16 weights: a He-initialised encoder"}). Put the same VGG16 weights '
+                        '(data/vgg or --vgg-dir) on every machine before starting the workers')
 
 
 def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entropy, num_classes=NUM_CLASSES):
@@ -243,16 +262,15 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entr
                 tf.variable_scope(tf.get_variable_scope(), reuse=True):
             nn_last_layer = layers(*encoder(input_image, keep_prob), num_classes)
             logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes)
-        own, mean = weight_fingerprints(strategy)
+        # One process's replicas are equal by construction (the Saver fills every copy): machines are compared.
+        fingerprints = weight_fingerprints(strategy) if cluster.task else None
     with reporting_lost_workers(cluster):  # the chief's initial values go to every worker here
         sess.run(tf.global_variables_initializer(), options=run_options(cluster, START_TIMEOUT_S))
         if vgg_dir:
             vgg.restore_saved_model_weights(sess, vgg_dir)
-        own, mean = sess.run([own, mean], options=run_options(cluster, START_TIMEOUT_S))
-    if abs(own - mean) > WEIGHTS_TOLERANCE * abs(mean):
-        raise UserError(f'task {cluster.described.get("task")} starts from other weights than the rest of the '
-                        f'cluster (its encoder: {vgg_dir or "He-initialised, no VGG16 weights found"}): put the same '
-                        'VGG16 weights (data/vgg or --vgg-dir) on every machine before starting the workers')
+        if fingerprints is not None:
+            check_same_weights(cluster, sess.run(fingerprints, options=run_options(cluster, START_TIMEOUT_S)),
+                               vgg_dir)
     return dict(input_image=input_image, keep_prob=keep_prob, correct_label=correct_label,
                 learning_rate=learning_rate, logits=logits, cross_entropy_loss=cross_entropy_loss,
                 train_op=train_op, train_loss=train_loss)

@@ -192,11 +192,13 @@ def test_workers_that_start_from_different_weights_stop_with_an_error(small_data
         codes = [process.wait(timeout=180) for process in processes]
     finally:
         stop(processes)
-    for index, (code, log) in enumerate(zip(codes, logs)):
+    for code, log in zip(codes, logs):  # both stop, naming the same worker
         said = log.read_text()
         assert code == 2 and 'Traceback' not in said, said[-2000:]
-        assert f'error: task worker:{index} starts from other weights than the rest of the cluster' in said
-    assert other in logs[1].read_text() and 'epoch 1 ' not in logs[0].read_text()  # stopped before training
+        assert re.search(r'error: the workers start from different weights: worker:1 \([\d.e+-]+\) against the '
+                         r"chief's sum of squares", said), said[-2000:]
+        assert 'epoch 1 ' not in said  # before the first step
+    assert f'task worker:1 loaded {other}' in logs[1].read_text()
 
 
 def test_a_malformed_tf_config_is_one_error_line_and_writes_nothing(small_dataset, thin_vgg, tmp_path):
@@ -205,3 +207,12 @@ def test_a_malformed_tf_config_is_one_error_line_and_writes_nothing(small_datase
                             cwd=HERE, env={**os.environ, 'TF_CONFIG': '{"cluster": {"worker": ["127.0.0.1:1"]}'})
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert 'error: TF_CONFIG is not valid JSON' in result.stderr and not (tmp_path / 'runs').exists()
+
+
+def test_the_weights_check_names_the_tasks_that_differ_from_the_chief():
+    spec = {'chief': ['a:1'], 'worker': ['b:1', 'c:1']}  # replica ids: chief 0, then the workers
+    three = cluster.Cluster(None, '', None, 3, 3, ('worker', 0), False, None, {'task': 'worker:0'}, spec)
+    cluster.check_same_weights(three, [840.1, 840.1, 840.1], None)  # equal: nothing to say
+    with pytest.raises(UserError, match=r"different weights: worker:1 \(841\) against the chief's sum of squares "
+                                        r'840\.1 \(task worker:0 loaded no VGG16 weights'):
+        cluster.check_same_weights(three, [840.1, 840.1, 841.0], None)
