@@ -5,8 +5,7 @@ import os
 
 import numpy as np
 
-from errors import UserError
-from images import UNKNOWN_ID, decode_ids, list_pictures
+from images import UNKNOWN_ID, check_labelled, decode_ids, list_pictures
 from metrics import IGNORE
 
 SPLITS = {'train': 'trainannot', 'val': 'valannot', 'test': 'testannot'}
@@ -52,10 +51,8 @@ def split_pairs(folder, split):
         return []
     names = list_pictures(image_dir)
     pairs = [(name, os.path.join(image_dir, name), os.path.join(label_dir, name)) for name in names]
-    missing = [(image, label) for _, image, label in pairs if not os.path.isfile(label)]
-    if missing and split != 'test':  # test labels are optional: benchmarks withhold them
-        raise UserError(f'{missing[0][0]} has no label: {missing[0][1]} is missing ({len(missing)} of {len(pairs)} '
-                        f'{split} images lack theirs)')
+    if split != 'test':  # test labels are optional: benchmarks withhold them
+        check_labelled(pairs, split)
     return [(name, image, label if os.path.isfile(label) else None) for name, image, label in pairs]
 
 

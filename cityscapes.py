@@ -6,8 +6,7 @@ import os
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as LABELS
 
-from errors import UserError
-from images import UNKNOWN_ID, decode_ids
+from images import UNKNOWN_ID, check_labelled, decode_ids
 from metrics import IGNORE
 
 IMAGE_SUFFIX, LABEL_SUFFIX = '_leftImg8bit.png', '_gtFine_labelIds.png'
@@ -71,10 +70,7 @@ def split_pairs(folder, split):
                 pairs.append((file, os.path.join(image_root, city, file), label))
     if split == 'test':  # Cityscapes' gtFine/test holds placeholders (no evaluated pixel): never labels
         return [(name, image, None) for name, image, _ in pairs]
-    missing = [(image, label) for _, image, label in pairs if not os.path.isfile(label)]
-    if missing:
-        raise UserError(f'{missing[0][0]} has no label: {missing[0][1]} is missing ({len(missing)} of {len(pairs)} '
-                        f'{split} images lack theirs)')
+    check_labelled(pairs, split)
     return pairs
 
 

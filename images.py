@@ -91,6 +91,15 @@ def list_pictures(folder):
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(PICTURE_EXTENSIONS))
 
 
+def check_labelled(pairs, split):
+    """UserError naming the first of a split's pairs [(name, image path, label path)] whose label file is
+    missing, and how many are."""
+    missing = [(image, label) for _, image, label in pairs if not os.path.isfile(label)]
+    if missing:
+        raise UserError(f'{missing[0][0]} has no label: {missing[0][1]} is missing ({len(missing)} of {len(pairs)} '
+                        f'{split} images lack theirs)')
+
+
 def resize_image(image, shape):
     """Bilinear resize of uint8 [h, w, 3] to [H, W, 3]; shape is (H, W) (Pillow wants (W, H))."""
     if image.shape[:2] == tuple(shape):

@@ -4,6 +4,7 @@ Cityscapes' own evaluation, and a multi-class run end to end."""
 import json
 import os
 import re
+import shutil
 
 import imageio.v3 as iio
 import numpy as np
@@ -68,6 +69,19 @@ def test_layouts_pair_images_and_labels_by_name_and_take_their_own_splits(small_
     assert [label for _, _, label in city.test] == [None, None]  # the benchmark withholds them
     image, classes = city.load_pair(city.train[0][1], city.train[0][2])
     assert image.shape == (64, 128, 3) and set(np.unique(classes)) <= {-1, 0, 1} and (classes[-4:] == -1).all()
+
+
+def test_camvid_needs_its_val_labels_but_not_its_test_labels(small_camvid, tmp_path):
+    root = tmp_path / 'camvid'
+    shutil.copytree(small_camvid, root)
+    (root / 'testannot' / '0001TP_000000.png').unlink()  # withheld, as benchmarks do
+    layout = datasets.open_layout(str(root))
+    assert [label for name, _, label in layout.test if name == '0001TP_000000.png'] == [None]
+    label = root / 'valannot' / '0006R0_000000.png'
+    label.unlink()
+    with pytest.raises(UserError, match=f'0006R0_000000.png has no label: {re.escape(str(label))} is missing .1 of '
+                                        '4 val images'):
+        datasets.open_layout(str(root))
 
 
 def test_a_missing_label_and_a_colour_label_are_named(small_cityscapes, tmp_path):
