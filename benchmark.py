@@ -97,11 +97,16 @@ def ceiling_shapes():
     ]
 
 
+def training_arithmetics():
+    """The arithmetics measured here: fp32, and bf16 where the CPU has it (GPUs' fp16 is not built)."""
+    return ('fp32', 'bf16') if mixed_precision()[0] == 'bf16' else ('fp32',)
+
+
 def compute_ceiling(repeats):
     """{'float32': GFLOP/s, 'bfloat16': GFLOP/s, 'shapes': {name: {dtype: GFLOP/s}}}: the best of ceiling_shapes
     per arithmetic (bf16 only where the CPU has it)."""
     result = {'shapes': {}}
-    dtypes = (tf.float32, tf.bfloat16) if mixed_precision()[0] == 'bf16' else (tf.float32,)
+    dtypes = [{'fp32': tf.float32, 'bf16': tf.bfloat16}[a] for a in training_arithmetics()]
     for name, flops, build in ceiling_shapes():
         for dtype in dtypes:
             with tf.Graph().as_default(), tf.Session() as sess:
@@ -516,7 +521,7 @@ def benchmark_parser():
 
 def profile_steps(args):
     """The --profile report: step profiles and forward comparisons, each measured in a process of its own."""
-    arithmetics = ('fp32', 'bf16') if mixed_precision()[0] == 'bf16' else ('fp32',)
+    arithmetics = training_arithmetics()
     report = {'machine': machine(), 'tensorflow': tf.__version__, 'steps': [], 'forwards': []}
     with tempfile.TemporaryDirectory() as folder:
         for arithmetic in arithmetics:
@@ -547,7 +552,7 @@ def run_benchmark(argv=None):
               'date': time.strftime('%Y-%m-%d %H:%M'),
               'command': ' '.join(['python benchmark.py', *(sys.argv[1:] if argv is None else argv)])}
     steps = [('ceiling', 'ceiling_gflops', compute_ceiling, (args.repeats,))]
-    arithmetics = ('fp32', 'bf16') if mixed_precision()[0] == 'bf16' else ('fp32',)
+    arithmetics = training_arithmetics()
     for shape in (SMALL, FULL):
         for train in (False, True):
             for arithmetic in arithmetics:
