@@ -21,7 +21,7 @@ from metrics import NUM_CLASSES
 # others wait too. Setting the cluster up waits longer: workers started by hand start minutes apart.
 STEP_TIMEOUT_S = 120
 START_TIMEOUT_S = 600
-# Relative difference of two workers' weight fingerprints beyond the rounding of a mean over replicas.
+# Relative difference of two workers' weight fingerprints beyond what another summation order can round.
 WEIGHTS_TOLERANCE = 1e-9
 
 # strategy: None for one device; target: the Session's ('' in process); config: its ConfigProto (None: TF's

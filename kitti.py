@@ -48,11 +48,11 @@ def decode_label(gt):
     Any other colour raises ValueError naming the colours and their pixel counts.
     """
     gt = np.asarray(gt)[..., :3]
-    colors = _packed(gt)
+    packed = _packed(gt)
     classes = np.full(gt.shape[:2], IGNORE, np.int8)
-    classes[colors == _packed(ROAD_COLOR)] = ROAD
-    classes[colors == _packed(NON_ROAD_COLOR)] = NON_ROAD
-    unknown = (classes == IGNORE) & (colors != _packed(INVALID_COLOR))
+    classes[packed == _packed(ROAD_COLOR)] = ROAD
+    classes[packed == _packed(NON_ROAD_COLOR)] = NON_ROAD
+    unknown = (classes == IGNORE) & (packed != _packed(INVALID_COLOR))
     if unknown.any():
         colors, counts = np.unique(gt[unknown], axis=0, return_counts=True)
         found = ', '.join(f'{tuple(int(v) for v in c)}: {n} px' for c, n in zip(colors, counts))
