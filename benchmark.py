@@ -106,7 +106,7 @@ def compute_ceiling(repeats):
     """{'float32': GFLOP/s, 'bfloat16': GFLOP/s, 'shapes': {name: {dtype: GFLOP/s}}}: the best of ceiling_shapes
     per arithmetic (bf16 only where the CPU has it)."""
     result = {'shapes': {}}
-    dtypes = [{'fp32': tf.float32, 'bf16': tf.bfloat16}[a] for a in training_arithmetics()]
+    dtypes = (tf.float32, tf.bfloat16)[:len(training_arithmetics())]  # fp32, then bf16 where the CPU has it
     for name, flops, build in ceiling_shapes():
         for dtype in dtypes:
             with tf.Graph().as_default(), tf.Session() as sess:

@@ -51,9 +51,10 @@ def split_pairs(folder, split):
         return []
     names = list_pictures(image_dir)
     pairs = [(name, os.path.join(image_dir, name), os.path.join(label_dir, name)) for name in names]
-    if split != 'test':  # test labels are optional: benchmarks withhold them
-        check_labelled(pairs, split)
-    return [(name, image, label if os.path.isfile(label) else None) for name, image, label in pairs]
+    if split == 'test':  # test labels are optional: benchmarks withhold them
+        return [(name, image, label if os.path.isfile(label) else None) for name, image, label in pairs]
+    check_labelled(pairs, split)
+    return pairs
 
 
 def category(name):
