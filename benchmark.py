@@ -544,6 +544,7 @@ def run_benchmark(argv=None):
     if args.repeats < 1 or args.variant_runs < 2:
         parser.error('--repeats must be at least 1 and --variant-runs at least 2')
     args.output = args.output or ('profile.json' if args.profile else 'benchmark.json')
+    precision.reuse_cpu_memory()  # as main.py trains; its child processes inherit it
     start = time.time()
     if args.profile:
         print(format_profile(profile_steps(args)) + f'\nwritten to {args.output}')

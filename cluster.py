@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -21,6 +22,9 @@ from metrics import NUM_CLASSES
 # others wait too. Setting the cluster up waits longer: workers started by hand start minutes apart.
 STEP_TIMEOUT_S = 120
 START_TIMEOUT_S = 600
+# A killed process's ports close only once the kernel has freed its memory (gigabytes for the full VGG16), which
+# can outlast the first error of its peers on a busy machine: lost tasks are looked for this long.
+LOST_TASK_PATIENCE_S = 15
 # Relative difference of two workers' weight fingerprints beyond what another summation order can round.
 WEIGHTS_TOLERANCE = 1e-9
 
@@ -169,19 +173,24 @@ def reporting_lost_workers(cluster):
                         f'({e.message.splitlines()[0]}). Every task needs the same flags, data and weights') from None
 
 
-def lost_tasks(cluster):
-    """The TF_CONFIG tasks, other than this one, that no longer accept connections."""
-    gone = []
-    for job, addresses in cluster.spec.items():
-        for index, address in enumerate(addresses):
-            if (job, index) == cluster.task:
-                continue
-            host, port = address.rsplit(':', 1)
-            try:
-                socket.create_connection((host, int(port)), timeout=5).close()
-            except OSError:
-                gone.append(f'{job}:{index} ({address})')
-    return gone
+def lost_tasks(cluster, patience_s=LOST_TASK_PATIENCE_S):
+    """The TF_CONFIG tasks, other than this one, that no longer accept connections, asked again every second for
+    up to patience_s while every task still does."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        gone = []
+        for job, addresses in cluster.spec.items():
+            for index, address in enumerate(addresses):
+                if (job, index) == cluster.task:
+                    continue
+                host, port = address.rsplit(':', 1)
+                try:
+                    socket.create_connection((host, int(port)), timeout=5).close()
+                except OSError:
+                    gone.append(f'{job}:{index} ({address})')
+        if gone or time.monotonic() >= deadline:
+            return gone
+        time.sleep(1)
 
 
 def encoder_builder(vgg_dir, seed):

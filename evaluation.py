@@ -209,7 +209,7 @@ def evaluation_examples(args, config):
 
 def evaluate_command(argv, build_fcn):
     """`main.py evaluate`: the scores of a run's best checkpoint, printed and written to eval.json.
-    build_fcn(sess, vgg_dir, seed, num_classes) -> tensors by name is main's graph builder."""
+    build_fcn(sess, vgg_dir, seed, num_classes, skip_scales) -> tensors by name is main's graph builder."""
     args = evaluate_parser().parse_args(argv)
     config = run_folder.read_config(args.checkpoint, '--checkpoint')
     best = tf.train.latest_checkpoint(os.path.join(args.checkpoint, run_folder.BEST_CHECKPOINT))
@@ -229,7 +229,8 @@ def evaluate_command(argv, build_fcn):
         arithmetic, why = ran, 'the precision the run validated with'
     print(f'precision {arithmetic} ({why})', flush=True)
     with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
-        net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'], len(layout.classes))
+        net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'], len(layout.classes),
+                        config['weights'].get('skip_scales'))
         tf.train.Saver(tf.trainable_variables()).restore(sess, best)
         validate_fn = make_validate_fn(sess, net, examples, image_shape, layout)
         sess.graph.finalize()

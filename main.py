@@ -9,6 +9,7 @@ dispatches `evaluate` (evaluation.py), `optimize` (optimization.py) and `infer` 
 import argparse
 import collections
 import contextlib
+import functools
 import itertools
 import os
 import platform
@@ -38,10 +39,14 @@ from metrics import NUM_CLASSES, score_key
 tf.disable_eager_execution()
 
 VGG_TENSOR_NAMES = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
-# FCN-8s "at once" (Long, Shelhamer, Darrell): the skips are scaled so that pool3/pool4 activations, much larger
-# than fc7's, do not swamp the fused scores at the start of training.
+# FCN-8s "at once" (Long, Shelhamer, Darrell): the skips are scaled so that pool3/pool4 activations of the
+# pretrained VGG16, much larger than fc7's, do not swamp the fused scores at the start of training.
 POOL4_SCALE = 0.01
 POOL3_SCALE = 0.0001
+# A He-initialised VGG16 keeps its activations' size from layer to layer (RMS of pool3, pool4, fc7 on generated
+# scenes: 74, 82, 54), so its skips are not scaled. With Adam, whose steps ignore a gradient's size, a skip's
+# scale is also the speed at which its scores learn: FCN's would keep pool3 out of a short run (docs/training.md).
+HE_SKIP_SCALES = (1.0, 1.0)
 # (kernel, stride) of the three transposed convolutions; kernel = 2 x stride makes bilinear upsampling exact.
 UPSCORE2 = (4, 2)
 UPSCORE_POOL4 = (4, 2)
@@ -62,7 +67,7 @@ POLY_POWER = 0.9
 # The recommended settings per data source; a flag the user sets wins. docs/training.md explains the choices.
 RECIPES = {
     'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
-    'synthetic': dict(image_shape=(96, 320), epochs=5, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
+    'synthetic': dict(image_shape=(96, 320), epochs=4, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
                       num_train=270, num_test=30),
     # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 and CamVid's 360x480 halved or less.
     'cityscapes': dict(image_shape=(256, 512), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
@@ -85,12 +90,7 @@ def load_vgg(sess, vgg_path):
     layer4_out [N, H/16, W/16, 512], layer7_out [N, H/32, W/32, 4096]).
     """
     tf.saved_model.loader.load(sess, [vgg.TAG], vgg_path)
-    return vgg_tensors(sess.graph)
-
-
-def vgg_tensors(graph):
-    """The five Udacity VGG tensors of graph, by name."""
-    return tuple(graph.get_tensor_by_name(name) for name in VGG_TENSOR_NAMES)
+    return tuple(sess.graph.get_tensor_by_name(name) for name in VGG_TENSOR_NAMES)
 
 
 def bilinear_kernel(kernel, channels):
@@ -144,18 +144,19 @@ def _spatial_shape(x):
     return [static[i] if static[i] is not None else dynamic[i] for i in (1, 2)]
 
 
-def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes):
+def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, skip_scales=None):
     """FCN-8s decoder on the VGG16 encoder.
 
     pool3 [N, H/8, W/8, 256], pool4 [N, H/16, W/16, 512], fc7 [N, H/32, W/32, 4096] -> [N, H, W, num_classes].
-    H and W must be multiples of 32.
+    H and W must be multiples of 32. skip_scales (pool4's, pool3's): None for FCN's, a pretrained encoder's.
     """
+    pool4_scale, pool3_scale = skip_scales or (POOL4_SCALE, POOL3_SCALE)
     score_fr = score(vgg_layer7_out, num_classes, 'score_fr')                      # [N, H/32, W/32, K]
-    scale_pool4 = tf.multiply(vgg_layer4_out, POOL4_SCALE, name='scale_pool4')
+    scale_pool4 = tf.multiply(vgg_layer4_out, pool4_scale, name='scale_pool4')
     score_pool4 = score(scale_pool4, num_classes, 'score_pool4')                   # [N, H/16, W/16, K]
     upscore2 = upscore(score_fr, _spatial_shape(score_pool4), *UPSCORE2, 'upscore2')
     fuse_pool4 = tf.add(upscore2, score_pool4, name='fuse_pool4')                  # [N, H/16, W/16, K]
-    scale_pool3 = tf.multiply(vgg_layer3_out, POOL3_SCALE, name='scale_pool3')
+    scale_pool3 = tf.multiply(vgg_layer3_out, pool3_scale, name='scale_pool3')
     score_pool3 = score(scale_pool3, num_classes, 'score_pool3')                   # [N, H/8, W/8, K]
     upscore_pool4 = upscore(fuse_pool4, _spatial_shape(score_pool3), *UPSCORE_POOL4, 'upscore_pool4')
     fuse_pool3 = tf.add(upscore_pool4, score_pool3, name='fuse_pool3')             # [N, H/8, W/8, K]
@@ -268,10 +269,10 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     return history
 
 
-def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES):
+def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES, skip_scales=None):
     """FCN-8s with its training ops in sess's graph, every variable initialised: the VGG16 SavedModel in vgg_dir
-    (or, for None, a He-initialised one seeded by seed), then layers and optimize for num_classes. Returns the
-    tensors by name."""
+    (or, for None, a He-initialised one seeded by seed), then layers (with skip_scales) and optimize for
+    num_classes. Returns the tensors by name."""
     tf.set_random_seed(seed)
     correct_label = tf.placeholder(tf.float32, [None, None, None, num_classes], name='correct_label')
     learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
@@ -285,7 +286,7 @@ def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES):
     else:
         input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed)
         restored = set()
-    nn_last_layer = layers(layer3, layer4, layer7, num_classes)
+    nn_last_layer = layers(layer3, layer4, layer7, num_classes, skip_scales)
     logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, num_classes)
     sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
     return dict(input_image=input_image, keep_prob=keep_prob, correct_label=correct_label,
@@ -308,15 +309,16 @@ def run(argv=None):
     data = load_data(args, resume, workers)  # every file read and checked before the weights, the run folder
     recipe = settings(args, data.source, data.layout.kind)
     arithmetic, why = precision.choose(args.precision)  # before the run folder: bf16 may be refused
-    run_dir, config, vgg_dir = start_run(args, argv, data, recipe, resume, (arithmetic, why), workers)
+    run_dir, config, weights = start_run(args, argv, data, recipe, resume, (arithmetic, why), workers)
+    vgg_dir, decoder = weights['vgg_dir'], functools.partial(layers, skip_scales=weights.get('skip_scales'))
 
     session_config = cluster.session_config(workers, precision.training_config(arithmetic))
     with tf.Graph().as_default(), tf.Session(workers.target, config=session_config) as sess:
         num_classes = len(data.layout.classes)
         if workers.strategy is None:
-            net = build_fcn(sess, vgg_dir, args.seed, num_classes)
+            net = build_fcn(sess, vgg_dir, args.seed, num_classes, weights.get('skip_scales'))
         else:
-            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, layers, masked_cross_entropy,
+            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, decoder, masked_cross_entropy,
                                                num_classes)
         history, best = train(sess, net, args, data, recipe, run_dir, resume, workers)
         if not workers.chief:
@@ -329,7 +331,7 @@ def run(argv=None):
         with files.writing(run_dir, 'the test-set outputs'):
             helper.save_test_outputs(sess, net['logits'], net['keep_prob'], net['input_image'], data.layout,
                                      recipe['image_shape'], run_dir)
-    run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, layers, args.keep_last_checkpoint, num_classes)
+    run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, decoder, args.keep_last_checkpoint, num_classes)
     print(f'test-set outputs, checkpoints/best, {run_folder.SERVING_DIR}/ and the records written to {run_dir}')
     return run_dir
 
@@ -349,11 +351,10 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
                                                       -(-len(data.train_names) // recipe['batch_size']))
     else:
         on_step, on_epoch_end, stopping = None, None, contextlib.nullcontext()
-    get_batches_fn = cluster.padded(data.get_batches_fn, workers.replicas) if workers.replicas > 1 else \
-        data.get_batches_fn
+    get_batches = cluster.padded(data.get_batches_fn, workers.replicas) if workers.replicas > 1 else data.get_batches_fn
     sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
     with stopping, cluster.reporting_lost_workers(workers):
-        history = train_nn(sess, data.epochs, recipe['batch_size'], get_batches_fn, net['train_op'],
+        history = train_nn(sess, data.epochs, recipe['batch_size'], get_batches, net['train_op'],
                            net['train_loss'], net['input_image'], net['correct_label'], net['keep_prob'],
                            net['learning_rate'], keep_prob_value=recipe['keep_prob'],
                            learning_rate_value=recipe['learning_rate'], num_images=len(data.train_names),
@@ -409,9 +410,9 @@ def load_data(args, resume, workers):
 
 
 def start_run(args, argv, data, recipe, resume, arithmetic, workers):
-    """(run folder, its config, the VGG16 SavedModel folder or None): a new run folder with the weights resolved
-    (vgg.resolve_weights), or the resumed one; config.json written either way, with the (precision, why) chosen
-    for this machine and the cluster. Only the chief writes: the other workers get (None, None, vgg_dir)."""
+    """(run folder, its config, its weights: source, vgg_dir (None: He-initialised), skip_scales (older runs: none))
+    of a new run, weights resolved (vgg.resolve_weights), or the resumed one; config.json written either way, with
+    the (precision, why) chosen and the cluster. Only the chief writes: other workers get (None, None, weights)."""
     if resume:
         run_dir, config = args.resume, resume.config
         vgg_dir, weights = config['weights']['vgg_dir'], config['weights']
@@ -424,6 +425,8 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
     else:
         vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
                                                args.vgg_url, download=workers.chief and not args.no_download)
+        weights = {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir),
+                   'skip_scales': HE_SKIP_SCALES if vgg_dir is None else (POOL4_SCALE, POOL3_SCALE)}
         run_dir = helper.new_run_dir(args.runs_dir) if workers.chief else None
         config = {
             'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
@@ -431,20 +434,20 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
             'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset), 'layout': data.layout.kind,
                      'classes': list(data.layout.classes), 'train_images': len(data.train_names),
                      'val_images': len(data.val_names), 'val_names': data.val_names},
-            'weights': {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir)},
+            'weights': weights,
             'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},
             'machine': precision.machine(),
             'cluster': workers.described,
             'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__, 'numpy': np.__version__},
         }
     if not workers.chief:
-        return None, None, vgg_dir
+        return None, None, weights
     run_folder.write_config(run_dir, config)
     print(f'run folder {run_dir}: data {data.source} ({len(data.train_names)} train, {len(data.val_names)} val), '
           f'weights {weights["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), '
           f'{workers.described["strategy"]} ({workers.replicas} replica(s), {workers.workers} worker(s)), {recipe}'
           + (f', resuming at step {data.start_step}' if resume else ''), flush=True)
-    return run_dir, config, vgg_dir
+    return run_dir, config, weights
 
 
 def settings(args, data_source, kind='kitti'):
@@ -481,9 +484,8 @@ def train_parser():
                              '"random" = He initialisation (no pretraining: much weaker); "auto" = whatever '
                              'VGG_DIR holds, else udacity, then imagenet, then random, saying which [default: auto]')
     parser.add_argument('--imagenet-weights', metavar='PATH',
-                        help=f'Keras\' {vgg.KERAS_H5} (with the fully connected layers) for '
-                             '--vgg-init imagenet; implies it under auto [default: DATA_DIR, then Keras\' cache '
-                             '~/.keras/models, then download]')
+                        help=f'Keras\' {vgg.KERAS_H5} (with the fully connected layers) for --vgg-init imagenet; '
+                             'implies it under auto [default: DATA_DIR, Keras\' cache ~/.keras/models, download]')
     parser.add_argument('--vgg-url', default=vgg.VGG_URL,
                         help='where to download Udacity\'s vgg.zip from [default: %(default)s]')
     parser.add_argument('--kitti-url', default=kitti.KITTI_URL,
@@ -491,8 +493,7 @@ def train_parser():
     parser.add_argument('--runs-dir', default='runs',
                         help='each run writes a new RUNS_DIR/<timestamp>/ folder [default: runs]')
     parser.add_argument('--epochs', type=int,
-                        help=f'passes over the training split [default: {k["epochs"]} on KITTI, '
-                             f'{s["epochs"]} on the synthetic fallback]')
+                        help=f'passes over the training split [default: {k["epochs"]}; {s["epochs"]} synthetic]')
     parser.add_argument('--batch-size', type=int,
                         help=f'images per step [default: {k["batch_size"]}; {s["batch_size"]} synthetic]')
     parser.add_argument('--learning-rate', type=float,
@@ -558,13 +559,11 @@ def parse_args(argv=None):
     if args.image_shape and any(d <= 0 or d % 32 for d in args.image_shape):
         parser.error(f'--image-shape {args.image_shape[0]} {args.image_shape[1]}: both must be positive '
                      'multiples of 32 (the encoder halves the size five times)')
-    for name in ('epochs', 'batch_size'):
+    for name in ('epochs', 'batch_size', 'patience'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be at least 1')
     if args.worker_timeout <= 0:
         parser.error('--worker-timeout must be positive')
-    if args.patience is not None and args.patience < 1:
-        parser.error('--patience must be at least 1')
     if args.keep_prob is not None and not 0 < args.keep_prob <= 1:
         parser.error('--keep-prob must be in (0, 1]')
     if not 0 < args.val_fraction < 1:
@@ -580,6 +579,7 @@ def main(argv=None):
     """The command line: `python main.py [flags]` trains (run); `python main.py evaluate|optimize|infer ...` runs
     that command. A UserError is one `error:` line and exit code 2; anything else keeps its traceback."""
     argv = sys.argv[1:] if argv is None else argv
+    precision.reuse_cpu_memory()
     commands = {'evaluate': lambda rest: evaluation.evaluate_command(rest, build_fcn),
                 'optimize': optimization.optimize_command, 'infer': infer.infer_command}
     try:

@@ -30,6 +30,15 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert 0 < lr[-1] < 0.01
 
 
+@pytest.mark.parametrize('given, expected', [(None, (main.POOL4_SCALE, main.POOL3_SCALE)), ((1.0, 1.0), (1.0, 1.0))])
+def test_the_skips_are_scaled_as_fcn_scales_them_unless_told_otherwise(given, expected):
+    pool3, pool4, fc7 = tf.ones([1, 4, 4, 8]), tf.ones([1, 2, 2, 8]), tf.ones([1, 1, 1, 8])
+    main.layers(pool3, pool4, fc7, 2, given)
+    with tf.Session() as sess:
+        scaled_pool4, scaled_pool3 = sess.run(['scale_pool4:0', 'scale_pool3:0'])
+    assert (scaled_pool4 == np.float32(expected[0])).all() and (scaled_pool3 == np.float32(expected[1])).all()
+
+
 def test_bilinear_kernel_matches_fcn_upsample_filt():
     kernel = main.bilinear_kernel(4, 2)
     profile = np.array([0.25, 0.75, 0.75, 0.25])

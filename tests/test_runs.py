@@ -1,6 +1,7 @@
 """python main.py end to end: the command line, the run folder (config, metrics, checkpoints, events, export),
 resuming and a full disk."""
 import argparse
+import functools
 import json
 import os
 import re
@@ -20,13 +21,14 @@ import helper
 import images
 import kitti
 import infer
+import inference
 import main
 import optimization
 import precision
 import run_folder
 import synthetic
 import vgg
-from conftest import HERE, resolve_dataset, resolve_weights, run_main, snapshot, thin_fcn
+from conftest import HERE, THIN, resolve_dataset, resolve_weights, run_main, snapshot, thin_fcn
 from errors import UserError
 
 
@@ -161,6 +163,30 @@ def test_end_to_end_run_writes_its_run_folder(thin_run, thin_vgg, small_dataset)
     for name in os.listdir(test_dir):
         confidence = iio.imread(os.path.join(run_dir, 'kitti', kitti.label_name(name)))
         assert confidence.dtype == np.uint8 and confidence.shape == iio.imread(os.path.join(test_dir, name)).shape[:2]
+
+
+def test_a_he_initialised_run_trains_evaluates_and_exports_with_unscaled_skips(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(vgg, 'build_vgg16', functools.partial(vgg.build_vgg16, channels=THIN))  # thin, random
+    run_dir = main.run(['--dataset', small_dataset, '--vgg-init', 'random', '--runs-dir', str(tmp_path), '--epochs',
+                        '1', '--batch-size', '4', '--image-shape', '64', '224', '--val-fraction', '0.25',
+                        '--no-download', '--precision', 'fp32'])
+    config_path = os.path.join(run_dir, 'config.json')
+    config = json.load(open(config_path))
+    assert config['weights'] == {'source': 'random', 'vgg_dir': None, 'skip_scales': list(main.HE_SKIP_SCALES)}
+    val_loss = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs'][0]['val_loss']
+    evaluated = lambda: json.load(open(os.path.join(run_dir, 'eval.json')))['loss']
+    assert main.main(['evaluate', '--checkpoint', run_dir]) == 0 and evaluated() == pytest.approx(val_loss)
+    del config['weights']['skip_scales']  # as a run from before the record: FCN's scales, another model
+    json.dump(config, open(config_path, 'w'))
+    assert main.main(['evaluate', '--checkpoint', run_dir]) == 0 and evaluated() != pytest.approx(val_loss)
+    batch = np.random.default_rng(0).uniform(0, 255, (1, 64, 224, 3)).astype(np.float32)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        net = main.build_fcn(sess, None, 0, skip_scales=main.HE_SKIP_SCALES)
+        tf.train.Saver(tf.trainable_variables()).restore(
+            sess, tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.BEST_CHECKPOINT)))
+        expected = sess.run(helper.road_probability(net['logits']), {net['input_image']: batch}).reshape(1, 64, 224)
+    served, _ = inference.saved_model_predictor(os.path.join(run_dir, run_folder.SERVING_DIR), (64, 224))
+    np.testing.assert_allclose(served(batch), expected, atol=1e-5)
 
 
 def test_gen_test_output_does_not_grow_the_graph(thin_vgg, small_dataset):
@@ -374,3 +400,13 @@ def test_precision_auto_is_bf16_where_the_cpu_has_it_and_fp32_elsewhere(monkeypa
     assert precision.training_config('fp32') is None
     if chosen == 'bf16':
         assert precision.training_config('bf16').graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16
+
+
+@pytest.mark.parametrize('given, used', [(None, 'true'), ('false', 'false')])
+def test_tensorflow_keeps_and_reuses_cpu_memory_unless_the_user_said_otherwise(monkeypatch, given, used):
+    if given is None:
+        monkeypatch.delenv(precision.BFC_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(precision.BFC_SWITCH, given)
+    precision.reuse_cpu_memory()
+    assert os.environ[precision.BFC_SWITCH] == used
