@@ -119,13 +119,18 @@ def compute_ceiling(repeats):
     return result
 
 
+def decoder(layer3, layer4, layer7, num_classes=NUM_CLASSES):
+    """main.layers as a run with a He-initialised encoder, every encoder here, builds it: its skips unscaled."""
+    return main.layers(layer3, layer4, layer7, num_classes, main.HE_SKIP_SCALES)
+
+
 def fcn_graph(batch, shape, train, fc_as_matmul=True):
     """A graph with FCN-8s (He-initialised VGG16, fc6/fc7 as matrix products or, as SavedModel encoders run them,
     convolutions) for a static input [batch, H, W, 3], and, with train, its loss and Adam step. Returns (graph,
     feeds {name: tensor}, fetch, GFLOP per call counted by the profiler)."""
     with tf.Graph().as_default():
         _, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=0, fc_as_matmul=fc_as_matmul)
-        last = main.layers(layer3, layer4, layer7, NUM_CLASSES)
+        last = decoder(layer3, layer4, layer7)
         label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
         learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
         if train:
@@ -236,7 +241,7 @@ def forward_comparison(shape, arithmetic, repeats, folder):
     rows = {}
     with tf.Graph().as_default() as graph, tf.Session(config=precision.training_config(arithmetic)) as sess:
         image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
-        last = main.layers(layer3, layer4, layer7, NUM_CLASSES)
+        last = decoder(layer3, layer4, layer7)
         sess.run(tf.global_variables_initializer())
         tag = f'{arithmetic}-{shape[0]}x{shape[1]}'
         checkpoint = tf.train.Saver().save(sess, os.path.join(folder, f'forward-{tag}'))
@@ -246,7 +251,7 @@ def forward_comparison(shape, arithmetic, repeats, folder):
             rows[f'training graph, batch {batch}'] = 1000 * seconds_per_call(
                 lambda: sess.run(last.op, {image: pixels}), repeats) / batch
     saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, f'saved-model-{tag}'),
-                                                  main.layers)
+                                                  decoder)
     frozen = inference.freeze(saved_model, shape)
     if arithmetic != 'fp32':
         frozen = inference.grappler(frozen, arithmetic)
@@ -261,7 +266,7 @@ def replicated_speed(workers, shape, batch, repeats, arithmetic):
     and global batch, replicated by a cluster.Cluster; and the bytes all-reduced per step (every gradient)."""
     with tf.Graph().as_default(), tf.Session(workers.target, config=cluster.session_config(
             workers, precision.training_config(arithmetic))) as sess:
-        net = cluster.build_replicated_fcn(sess, workers, None, 0, main.layers, main.masked_cross_entropy)
+        net = cluster.build_replicated_fcn(sess, workers, None, 0, decoder, main.masked_cross_entropy)
         gradient_bytes = sum(v.shape.num_elements() * v.dtype.base_dtype.size for v in tf.trainable_variables())
         sess.graph.finalize()
         pixels, labels = random_batch(batch, shape)
@@ -274,7 +279,7 @@ def replicated_speed(workers, shape, batch, repeats, arithmetic):
 def one_device_speed(shape, batch, repeats, arithmetic):
     """Images per second of the single-device training step (main.build_fcn's graph) at shape and batch."""
     with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
-        net = main.build_fcn(sess, None, 0)
+        net = main.build_fcn(sess, None, 0, skip_scales=main.HE_SKIP_SCALES)
         sess.graph.finalize()
         pixels, labels = random_batch(batch, shape)
         feed = {net['input_image']: pixels, net['correct_label']: labels, net['learning_rate']: 1e-6}
@@ -384,11 +389,11 @@ def build_variants(dataset, folder):
     build, or the reason it was skipped}."""
     with tf.Graph().as_default(), tf.Session() as sess:
         _, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
-        main.layers(layer3, layer4, layer7, NUM_CLASSES)
+        decoder(layer3, layer4, layer7)
         sess.run(tf.global_variables_initializer())
         checkpoint = tf.train.Saver().save(sess, os.path.join(folder, 'model'))
     saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, 'saved_model'),
-                                                   main.layers)
+                                                   decoder)
     frozen_path = os.path.join(folder, 'frozen.pb')
     files.atomic_write(frozen_path, inference.freeze(saved_model, SMALL).SerializeToString())
     training = os.path.join(dataset, 'training', 'image_2')

@@ -244,7 +244,7 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, num_clas
     `image` [N, H, W, 3] raw RGB 0-255 (H, W multiples of 32: the run's image_shape is what it was trained at)
     to `road_probability` [N, H, W] for a road model, else to `class_probabilities` [N, H, W, num_classes]:
     inference without this project's code. A fresh graph, without training ops: the VGG16 of vgg_dir (None: a
-    He-initialised one, seeded) and layers, main's decoder; export_dir must not exist."""
+    He-initialised one, seeded) and layers, main's decoder with the run's skip scales; export_dir must not exist."""
     with tf.Graph().as_default(), tf.Session() as sess:
         if vgg_dir:
             # Udacity's keep_prob is a placeholder without a default: fixed at 1.0, serving needs only the image.

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -216,3 +217,21 @@ def test_the_weights_check_names_the_tasks_that_differ_from_the_chief():
     with pytest.raises(UserError, match=r"different weights: worker:1 \(841\) against the chief's sum of squares "
                                         r'840\.1 \(task worker:0 loaded no VGG16 weights'):
         cluster.check_same_weights(three, [840.1, 840.1, 841.0], None)
+
+
+def test_a_lost_task_is_looked_for_until_its_port_closes():
+    # A killed worker's port closes only once the kernel has freed its memory: at first it may still answer.
+    listening = socket.socket()
+    listening.bind(('127.0.0.1', 0))
+    listening.listen()
+    address = f'127.0.0.1:{listening.getsockname()[1]}'
+    workers = cluster.Cluster(None, '', None, 2, 2, ('worker', 0), True, None, {},
+                              {'worker': ['127.0.0.1:1', address]})  # this task's own address is not asked
+    try:
+        assert cluster.lost_tasks(workers, patience_s=0) == []
+        threading.Timer(2, listening.close).start()
+        start = time.monotonic()
+        assert cluster.lost_tasks(workers, patience_s=30) == [f'worker:1 ({address})']
+        assert 2 <= time.monotonic() - start < 10
+    finally:
+        listening.close()

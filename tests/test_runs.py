@@ -17,6 +17,7 @@ import tensorflow.compat.v1 as tf
 import benchmark
 import datasets
 import evaluation
+import files
 import helper
 import images
 import kitti
@@ -171,13 +172,14 @@ def test_a_he_initialised_run_trains_evaluates_and_exports_with_unscaled_skips(s
                         '1', '--batch-size', '4', '--image-shape', '64', '224', '--val-fraction', '0.25',
                         '--no-download', '--precision', 'fp32'])
     config_path = os.path.join(run_dir, 'config.json')
-    config = json.load(open(config_path))
+    with open(config_path) as f:
+        config = json.load(f)
     assert config['weights'] == {'source': 'random', 'vgg_dir': None, 'skip_scales': list(main.HE_SKIP_SCALES)}
     val_loss = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs'][0]['val_loss']
     evaluated = lambda: json.load(open(os.path.join(run_dir, 'eval.json')))['loss']
     assert main.main(['evaluate', '--checkpoint', run_dir]) == 0 and evaluated() == pytest.approx(val_loss)
     del config['weights']['skip_scales']  # as a run from before the record: FCN's scales, another model
-    json.dump(config, open(config_path, 'w'))
+    files.write_json(config_path, config)
     assert main.main(['evaluate', '--checkpoint', run_dir]) == 0 and evaluated() != pytest.approx(val_loss)
     batch = np.random.default_rng(0).uniform(0, 255, (1, 64, 224, 3)).astype(np.float32)
     with tf.Graph().as_default(), tf.Session() as sess:
@@ -209,13 +211,16 @@ def test_new_run_dir_never_reuses_a_folder(tmp_path):
     assert len(dirs) == 3
 
 
-@pytest.mark.parametrize('where', ['mid-epoch', 'validation'])
+@pytest.mark.parametrize('where, encoder', [('mid-epoch', 'saved model'), ('validation', 'saved model'),
+                                            ('mid-epoch', 'he')])  # he: its skips unscaled, also when resumed
 def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset, tmp_path, monkeypatch, capsys,
-                                                        where):
+                                                        where, encoder):
     # Without dropout: its random masks come from stateful random ops, whose streams restart in a new session.
-    flags = ['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--epochs', '2', '--batch-size', '3',
-             '--image-shape', '64', '224', '--val-fraction', '0.25', '--keep-prob', '1', '--no-download',
-             '--keep-last-checkpoint']
+    weights = ['--vgg-dir', thin_vgg] if encoder == 'saved model' else ['--vgg-init', 'random']
+    if encoder == 'he':
+        monkeypatch.setattr(vgg, 'build_vgg16', functools.partial(vgg.build_vgg16, channels=THIN))
+    flags = ['--dataset', small_dataset, *weights, '--epochs', '2', '--batch-size', '3', '--image-shape', '64',
+             '224', '--val-fraction', '0.25', '--keep-prob', '1', '--no-download', '--keep-last-checkpoint']
     straight = main.run(flags + ['--runs-dir', str(tmp_path / 'straight')])
     original = helper.gen_batch_function
 
@@ -403,10 +408,20 @@ def test_precision_auto_is_bf16_where_the_cpu_has_it_and_fp32_elsewhere(monkeypa
 
 
 @pytest.mark.parametrize('given, used', [(None, 'true'), ('false', 'false')])
-def test_tensorflow_keeps_and_reuses_cpu_memory_unless_the_user_said_otherwise(monkeypatch, given, used):
+def test_tensorflow_keeps_and_reuses_cpu_memory_unless_the_user_said_otherwise(small_dataset, tmp_path, monkeypatch,
+                                                                             given, used):
     if given is None:
         monkeypatch.delenv(precision.BFC_SWITCH, raising=False)
     else:
         monkeypatch.setenv(precision.BFC_SWITCH, given)
-    precision.reuse_cpu_memory()
-    assert os.environ[precision.BFC_SWITCH] == used
+    switch_at_first_session = []
+
+    def first_session(*args, **kwargs):
+        switch_at_first_session.append(os.environ.get(precision.BFC_SWITCH))
+        raise InterruptedError  # enough: what matters is before
+
+    monkeypatch.setattr(tf, 'Session', first_session)
+    with pytest.raises(InterruptedError):
+        main.main(['--dataset', small_dataset, '--vgg-init', 'random', '--runs-dir', str(tmp_path), '--val-fraction',
+                   '0.25'])
+    assert switch_at_first_session == [used]
