@@ -45,7 +45,7 @@ POOL4_SCALE = 0.01
 POOL3_SCALE = 0.0001
 # A He-initialised VGG16 keeps its activations' size from layer to layer (RMS of pool3, pool4, fc7 on generated
 # scenes: 74, 82, 54), so its skips are not scaled. With Adam, whose steps ignore a gradient's size, a skip's
-# scale is also the speed at which its scores learn: FCN's would keep pool3 out of a short run (docs/training.md).
+# scale is also the speed at which its scores learn: pool3's ten thousand times slower at FCN's (docs/network.md).
 HE_SKIP_SCALES = (1.0, 1.0)
 # (kernel, stride) of the three transposed convolutions; kernel = 2 x stride makes bilinear upsampling exact.
 UPSCORE2 = (4, 2)
