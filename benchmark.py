@@ -120,7 +120,7 @@ def compute_ceiling(repeats):
 
 
 def decoder(layer3, layer4, layer7, num_classes=NUM_CLASSES):
-    """main.layers as a run with a He-initialised encoder, every encoder here, builds it: its skips unscaled."""
+    """main.layers as a run builds it on a He-initialised encoder (every encoder here is one): skips unscaled."""
     return main.layers(layer3, layer4, layer7, num_classes, main.HE_SKIP_SCALES)
 
 
