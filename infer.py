@@ -9,6 +9,7 @@ import time
 import imageio.v3 as iio
 import numpy as np
 import tensorflow.compat.v1 as tf
+from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
 import datasets
@@ -99,7 +100,7 @@ def _load_model_file(path, requested):
                         'to it)')
     try:
         graph_def = inference.read_graph_def(path)
-    except Exception as e:  # protobuf's DecodeError has no common base with OSError
+    except (OSError, DecodeError) as e:
         raise UserError(f'--model {path}: not a frozen graph ({e})') from None
     chosen = precision.choose('auto')[0] if requested == 'auto' else requested
     mixed = precision.require_mixed_precision('--precision bf16') if chosen == 'bf16' else None

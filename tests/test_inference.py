@@ -161,6 +161,11 @@ def test_infer_refuses_foreign_models_and_clashing_names(small_dataset, tmp_path
                           str(tmp_path / 'o')]) == 2
         err = capsys.readouterr().err
         assert 'cannot be loaded as a model of this project' in err and 'Traceback' not in err
+    (tmp_path / 'garbage.pb').write_bytes(b'\xff' * 16)  # not a protobuf at all
+    assert main.main(['infer', '--model', str(tmp_path / 'garbage.pb'), '--input', image, '--output',
+                      str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err
+    assert 'not a frozen graph' in err and 'Traceback' not in err and not os.path.exists(tmp_path / 'o')
     pictures = tmp_path / 'pictures'
     pictures.mkdir()
     shutil.copy(image, pictures / 'a.png')
