@@ -15,7 +15,16 @@ It needs no data: a He-initialised VGG16 and generated road scenes at KITTI's si
 `python benchmark.py --profile` shows instead where a training step's time goes, per phase (forward and loss,
 backward, Adam update) and per op type, and the forward pass in the training graph against the frozen graph.
 """
-import argparse
+import sys
+
+from fcn8s import command_line
+
+if __name__ == '__main__':  # --help and a mistyped flag answer here, before TensorFlow takes seconds to load
+    command_line.parse_benchmark_args(sys.argv[1:])
+with command_line.quiet_tensorflow():
+    import tensorflow.compat.v1 as tf
+
+# isort: split
 import concurrent.futures
 import json
 import multiprocessing
@@ -28,28 +37,18 @@ import tempfile
 import time
 
 import numpy as np
-import tensorflow.compat.v1 as tf
 
-import batches
-import cluster
-import evaluation
-import files
 import helper
-import images
-import inference
-import kitti
 import main
-import precision
-import run_folder
-import synthetic
-import vgg
-from metrics import NUM_CLASSES
-from precision import machine, mixed_precision
+from fcn8s import (batches, cluster, evaluation, files, images, inference, kitti, paths, precision, recipes, run_folder,
+                   synthetic, vgg)
+from fcn8s.metrics import NUM_CLASSES
+from fcn8s.precision import machine, mixed_precision
 
 tf.disable_eager_execution()
 
 SMALL, FULL = (160, 576), (384, 1248)  # the KITTI recipe's input size; KITTI's 375x1242 rounded up to /32
-TRAIN_BATCH = main.RECIPES['kitti']['batch_size']
+TRAIN_BATCH = recipes.RECIPES['kitti']['batch_size']
 MATMUL_SIZE = 4096
 KITTI_SIZE = (375, 1242)
 PIPELINE_IMAGES = 24  # generated KITTI-size scenes for the input pipeline and the training comparison
@@ -266,7 +265,8 @@ def replicated_speed(workers, shape, batch, repeats, arithmetic):
     and global batch, replicated by a cluster.Cluster; and the bytes all-reduced per step (every gradient)."""
     with tf.Graph().as_default(), tf.Session(workers.target, config=cluster.session_config(
             workers, precision.training_config(arithmetic))) as sess:
-        net = cluster.build_replicated_fcn(sess, workers, None, 0, decoder, main.masked_cross_entropy)
+        net = cluster.build_replicated_fcn(sess, workers, None, 0, decoder, main.optimize,
+                                           main.masked_cross_entropy)
         gradient_bytes = sum(v.shape.num_elements() * v.dtype.base_dtype.size for v in tf.trainable_variables())
         sess.graph.finalize()
         pixels, labels = random_batch(batch, shape)
@@ -376,7 +376,7 @@ def training_feed(dataset, shape, repeats):
 
 
 def build_variant(frozen_path, variant, path, calibration, precision):
-    """Write variant (a name of inference.FILES) of the frozen graph at frozen_path to path; return the seconds."""
+    """Write variant (a name of paths.VARIANT_FILES) of the frozen graph at frozen_path to path; return the seconds."""
     start = time.perf_counter()
     frozen = inference.read_graph_def(frozen_path)
     files.atomic_write(path, inference.make_variant(frozen, variant, precision, calibration))
@@ -404,7 +404,7 @@ def build_variants(dataset, folder):
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn')) as pool:
         jobs = {variant: pool.submit(build_variant, frozen_path, variant, os.path.join(folder, file), calibration,
                                      precision)
-                for variant, file in inference.FILES.items() if variant not in built}
+                for variant, file in paths.VARIANT_FILES.items() if variant not in built}
         built.update({variant: job.result() for variant, job in jobs.items()})
     return built
 
@@ -412,7 +412,7 @@ def build_variants(dataset, folder):
 def variant_latency(folder, built, runs):
     """Latency at batch 1 and file size of each variant build_variants wrote into folder."""
     rows = []
-    for variant, file in inference.FILES.items():
+    for variant, file in paths.VARIANT_FILES.items():
         if isinstance(built[variant], str):
             rows.append({'variant': variant, 'skipped': built[variant]})
             continue
@@ -505,25 +505,6 @@ def format_profile(report, top=8):
     return '\n'.join(lines)
 
 
-def benchmark_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0] + ' Random weights and generated '
-                                                 'images: no data needed; about 15 minutes on 2 cores (--profile: '
-                                                 'about 5).')
-    parser.add_argument('--repeats', type=int, default=2,
-                        help='timed runs per forward and training measurement, after one warm-up run '
-                             '[default: %(default)s]')
-    parser.add_argument('--variant-runs', type=int, default=10,
-                        help='timed runs per optimized variant, after '
-                             f'{inference.WARMUP_RUNS} warm-up runs [default: %(default)s]')
-    parser.add_argument('--profile', action='store_true',
-                        help='instead: where a training step\'s time goes, per phase and op type (TensorFlow\'s '
-                             'step stats), at 96x320 batch 2 and 160x576 batch 4, fp32 and bf16, and the forward '
-                             'pass in the training graph against the frozen one')
-    parser.add_argument('--output',
-                        help='where to write the results [default: benchmark.json; profile.json with --profile]')
-    return parser
-
-
 def profile_steps(args):
     """The --profile report: step profiles and forward comparisons, each measured in a process of its own."""
     arithmetics = training_arithmetics()
@@ -544,10 +525,7 @@ def profile_steps(args):
 
 
 def run_benchmark(argv=None):
-    parser = benchmark_parser()
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.variant_runs < 2:
-        parser.error('--repeats must be at least 1 and --variant-runs at least 2')
+    args = command_line.parse_benchmark_args(argv)
     args.output = args.output or ('profile.json' if args.profile else 'benchmark.json')
     precision.reuse_cpu_memory()  # as main.py trains; its child processes inherit it
     start = time.time()

@@ -5,10 +5,12 @@ import http.server
 import io
 import os
 import stat
+import struct
 import subprocess
 import sys
 import threading
 import zipfile
+import zlib
 
 import h5py
 import imageio.v3 as iio
@@ -16,12 +18,9 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import datasets
 import main
-import synthetic
-import vgg
-from images import read_rgb, resize_image
-
+from fcn8s import datasets, recipes, synthetic, vgg
+from fcn8s.images import read_rgb, resize_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KITTI_DIR = os.path.join(HERE, 'data', 'data_road')
@@ -188,9 +187,9 @@ def write_keras_h5(path, channels, seed, notop=False):
     return weights
 
 
-def run_main(*args, cwd=HERE):
+def run_main(*args, cwd=HERE, env=None):
     return subprocess.run([sys.executable, os.path.join(HERE, 'main.py'), *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=300, env=env)
 
 
 @pytest.fixture(scope='session')
@@ -212,6 +211,20 @@ def optimized_run(thin_run):
     return thin_run
 
 
+def write_png16(path, pixels):
+    """A 16-bit PNG of uint16 pixels [H, W] (grey) or [H, W, 3] (RGB), as cameras and dataset exports write them:
+    written by hand, since Pillow writes no 16-bit RGB (one unfiltered scanline after another, big-endian)."""
+    height, width = pixels.shape[:2]
+    raw = b''.join(b'\0' + row.astype('>u2').tobytes() for row in pixels)
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    header = struct.pack('>IIBBBBB', width, height, 16, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+
+
 def sample_batch(small_dataset, shape=(64, 224)):
     """(a test image of the small dataset, uint8 [h, w, 3]; it resized to shape, float32 [1, H, W, 3])."""
     test_dir = os.path.join(small_dataset, 'testing', 'image_2')
@@ -221,7 +234,7 @@ def sample_batch(small_dataset, shape=(64, 224)):
 
 def resolve_dataset(args):
     """datasets.resolve for parsed training flags, as main.load_data calls it."""
-    counts = main.RECIPES['synthetic']['num_train'], main.RECIPES['synthetic']['num_test']
+    counts = recipes.RECIPES['synthetic']['num_train'], recipes.RECIPES['synthetic']['num_test']
     return datasets.resolve(args.dataset, args.data_dir, args.kitti_url, not args.no_download, counts)
 
 

@@ -4,37 +4,38 @@
 images to runs/<timestamp>/. Without KITTI or the weights (offline), it says so, trains on generated road scenes
 with a randomly initialised VGG16 instead, and records that in the run's config.json. Here: the network
 (load_vgg, layers, optimize), the training loop (train_nn), the whole job (run) and the command line, which also
-dispatches `evaluate` (evaluation.py), `optimize` (optimization.py) and `infer` (infer.py).
+dispatches `evaluate`, `optimize`, `infer` and `synthetic` (their flags: fcn8s/command_line.py).
 """
-import argparse
+import sys
+
+from fcn8s import command_line
+
+if __name__ == '__main__':  # --help and a mistyped flag answer here, before TensorFlow takes seconds to load
+    command_line.parse(sys.argv[1:])
+with command_line.quiet_tensorflow():
+    import tensorflow.compat.v1 as tf
+
+# isort: split
 import collections
 import contextlib
 import functools
 import itertools
 import os
 import platform
-import sys
 import time
 import zlib
 
 import numpy as np
-import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-import cluster
-import datasets
-import evaluation
-import files
 import helper
-import infer
-import kitti
-import optimization
-import precision
-import run_folder
-import vgg
-from batches import prefetch
-from errors import LossDiverged, UserError
-from metrics import NUM_CLASSES, score_key
+from fcn8s import (cluster, datasets, evaluation, files, infer, kitti, optimization, outputs, precision, run_folder,
+                   synthetic, vgg)
+from fcn8s.batches import prefetch
+from fcn8s.command_line import OPERATIONAL
+from fcn8s.errors import LossDiverged, UserError
+from fcn8s.metrics import NUM_CLASSES, score_key
+from fcn8s.recipes import POLY_POWER, RECIPES, WARMUP_STEPS
 
 tf.disable_eager_execution()
 
@@ -57,25 +58,10 @@ UPSCORE8 = (16, 8)
 SCORE_INIT_GAIN = 0.01
 # Weight decay on the new layers, as the classic tf.contrib l2_regularizer(scale): scale * sum(w^2) / 2.
 L2_SCALE = 1e-3
+# A training loss this many times its first value (or 1, if that was lower) has blown up, though finite: a
+# healthy run's mean cross-entropy starts near ln(classes) and never climbs to a hundred nats.
+DIVERGED_LOSS_FACTOR = 100
 
-# Adam's first steps are sign steps of size learning_rate on every weight: on fc6 (fan-in 25088) that moves
-# pre-activations by several times their own scale, and the loss went from 0.85 to ~100 on the second step.
-# A linear warm-up of the learning rate over the first steps avoids it. After it, DeepLab's "poly" decay.
-WARMUP_STEPS = 50
-POLY_POWER = 0.9
-
-# The recommended settings per data source; a flag the user sets wins. docs/training.md explains the choices.
-RECIPES = {
-    'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
-    'synthetic': dict(image_shape=(96, 320), epochs=4, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
-                      num_train=270, num_test=30),
-    # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 and CamVid's 360x480 halved or less.
-    'cityscapes': dict(image_shape=(256, 512), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
-    'camvid': dict(image_shape=(352, 480), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
-}
-
-# Flags about how a run runs, not what it trains: a resumed run takes them anew (a switch turned on stays on).
-OPERATIONAL = ('worker_timeout', 'keep_last_checkpoint', 'no_download')
 # A run's training data: source, layout, split, batches, validation examples, first step and records, epochs.
 TrainingData = collections.namedtuple('TrainingData', 'dataset source layout train_names val_names '
                                                       'get_batches_fn val_examples start_step history epochs')
@@ -165,16 +151,18 @@ def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, skip_sca
     return tf.identity(upscore(fuse_pool3, output_hw, *UPSCORE8, 'upscore8'), name='upscore8_out')
 
 
-def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
+def optimize(nn_last_layer, correct_label, learning_rate, num_classes, valid_pixels=None, decay=None, replicas=1):
     """Loss and Adam training op.
 
     nn_last_layer [N, H, W, K], correct_label [N, H, W, K] one-hot (all zeros = invalid pixel) ->
     (logits [N*H*W, K], train_op, cross_entropy_loss): the loss is the mean cross-entropy over valid pixels
-    only; the train op minimises it plus the L2 weight decay of the new layers.
+    only; the train op minimises it plus the L2 weight decay of the new layers. One replica of several
+    (cluster.py) gives the whole batch's valid_pixels, its own decay terms and the number of replicas, whose
+    gradients the strategy sums: each then carries its share of the decay.
     """
-    logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes)
-    regularization = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)
-    total_loss = cross_entropy_loss + tf.add_n(regularization) if regularization else cross_entropy_loss
+    logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes, valid_pixels)
+    decay = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES) if decay is None else decay
+    total_loss = cross_entropy_loss + tf.add_n(decay) / replicas if decay else cross_entropy_loss
     train_op = tf.train.AdamOptimizer(learning_rate).minimize(
         total_loss, global_step=tf.train.get_or_create_global_step(), name='train_op')
     return logits, train_op, cross_entropy_loss
@@ -218,12 +206,12 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
 
     validate_fn() -> (dict of validation figures such as val_max_f, {name: overlay image}) runs after each
     epoch; its figures are printed and recorded. on_epoch_end(history, overlays) is called after each epoch (to
-    save metrics and checkpoints as training goes), on_step(step, loss) after every step. A NaN or infinite loss
-    raises LossDiverged naming the step. With patience N, training stops once the validation score (MaxF; mean
+    save metrics and checkpoints as training goes), on_step(step, loss) after every step. A loss that becomes NaN,
+    infinite or DIVERGED_LOSS_FACTOR times its first value raises LossDiverged naming the step. With patience N, training stops once the validation score (MaxF; mean
     IoU for scene parsing) has not improved for N epochs. run_options (a RunOptions: a timeout) go with every
     training step.
     """
-    history, step = list(history or []), start_step
+    history, step, first_loss = list(history or []), start_step, None
     num_batches = -(-num_images // batch_size) if num_images else None
     total_steps = num_batches * epochs if num_batches else None
     first_epoch, skip = divmod(start_step, num_batches) if start_step else (0, 0)
@@ -239,10 +227,12 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
                 if learning_rate is not None:
                     feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
                 _, loss = sess.run([train_op, cross_entropy_loss], feed, options=run_options)
-                if not np.isfinite(loss):
+                first_loss = loss if first_loss is None else first_loss
+                if not np.isfinite(loss) or loss > DIVERGED_LOSS_FACTOR * max(first_loss, 1.0):
                     bar.close()
-                    raise LossDiverged(f'the training loss became {loss} at step {step} (epoch {epoch}): training '
-                                       'stopped. Start a new run with a lower --learning-rate.')
+                    raise LossDiverged(f'the training loss became {loss:.4g} at step {step} (epoch {epoch}; it was '
+                                       f'{first_loss:.4g} at this run\'s first step): training diverged and stopped. '
+                                       'Start a new run with a lower --learning-rate.')
                 losses.append(float(loss))
                 bar.set_postfix(loss=f'{np.mean(losses):.4f}')
                 if on_step is not None:
@@ -300,7 +290,7 @@ def run(argv=None):
     """The whole job, as in Udacity's project: data, weights, graph, training, outputs; with --resume, the rest
     of a stopped run. On several devices or machines (cluster.py) the same job, with one writer: the chief.
     Returns the run folder (None on the other workers)."""
-    args = parse_args(argv)
+    args = command_line.parse_args(argv)
     workers = cluster.from_environment()  # a bad TF_CONFIG stops here, before anything is read or written
     resume = run_folder.load_run(args.resume) if args.resume else None
     if resume:  # the run's own settings; of the operational ones, a switch turned on stays on
@@ -318,8 +308,9 @@ def run(argv=None):
         if workers.strategy is None:
             net = build_fcn(sess, vgg_dir, args.seed, num_classes, weights.get('skip_scales'))
         else:
-            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, decoder, masked_cross_entropy,
-                                               num_classes)
+            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, decoder, optimize,
+                                               masked_cross_entropy, num_classes,
+                                               (data.source, data.train_names, data.val_names), data.dataset)
         history, best = train(sess, net, args, data, recipe, run_dir, resume, workers)
         if not workers.chief:
             print(f'task {workers.described["task"]} finished training; the chief writes the outputs', flush=True)
@@ -327,11 +318,12 @@ def run(argv=None):
         best_checkpoint = run_folder.restore_best(sess, best, run_dir)  # the run's model from here on
         record = max(history, key=score_key)
         print(f'validation scores (%) of the best epoch, {record["epoch"]}:\n'
-              + evaluation.format_record_table(record), flush=True)
+              + evaluation.format_record_table(record, data.layout.classes), flush=True)
         with files.writing(run_dir, 'the test-set outputs'):
-            helper.save_test_outputs(sess, net['logits'], net['keep_prob'], net['input_image'], data.layout,
+            outputs.save_test_outputs(sess, net['logits'], net['keep_prob'], net['input_image'], data.layout,
                                      recipe['image_shape'], run_dir)
-    run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, decoder, args.keep_last_checkpoint, num_classes)
+    run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, decoder, args.keep_last_checkpoint,
+                      data.layout.classes)
     print(f'test-set outputs, checkpoints/best, {run_folder.SERVING_DIR}/ and the records written to {run_dir}')
     return run_dir
 
@@ -346,7 +338,8 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
                                               min(evaluation.VALIDATION_BATCH, 2 * recipe['batch_size']))
     if workers.chief:
         run_folder.warn_if_short_of_space(run_dir, (last, best))
-        on_step, on_epoch_end = run_folder.epoch_recorder(sess, run_dir, (last, best), data.history)
+        on_step, on_epoch_end = run_folder.epoch_recorder(sess, run_dir, (last, best), data.history,
+                                                          data.layout.classes)
         stopping = run_folder.checkpoint_on_interrupt(sess, last, run_dir, tf.train.get_global_step(),
                                                       -(-len(data.train_names) // recipe['batch_size']))
     else:
@@ -376,12 +369,9 @@ def load_data(args, resume, workers):
         # Only the chief downloads or generates: the other workers of a cluster may share its data folder.
         dataset, source = datasets.resolve(args.dataset, args.data_dir, args.kitti_url,
                                            workers.chief and not args.no_download, counts,
-                                           0 if workers.chief else cluster.START_TIMEOUT_S)
-    if datasets.detect(dataset) == 'kitti':  # checks KITTI's folders, names and pairs first
-        print(kitti.dataset_summary(dataset, source, kitti.scan_dataset(dataset)), flush=True)
-    layout = datasets.open_layout(dataset, args.classes)
-    if layout.kind != 'kitti':
-        print(datasets.summary(layout, source), flush=True)
+                                           0 if workers.chief else args.worker_timeout)
+    layout, summary = datasets.open_training_layout(dataset, args.classes, source)
+    print(summary, flush=True)
     recipe = settings(args, source, layout.kind)
     names = [n for n, _, _ in layout.train + (layout.val or [])]
     if resume:  # the run's own split, whatever splitting does today
@@ -427,7 +417,7 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
                                                args.vgg_url, download=workers.chief and not args.no_download)
         weights = {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir),
                    'skip_scales': HE_SKIP_SCALES if vgg_dir is None else (POOL4_SCALE, POOL3_SCALE)}
-        run_dir = helper.new_run_dir(args.runs_dir) if workers.chief else None
+        run_dir = run_folder.new_run_dir(args.runs_dir) if workers.chief else None
         config = {
             'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
             'settings': {**vars(args), **recipe},
@@ -461,132 +451,17 @@ def settings(args, data_source, kind='kitti'):
 
 # ---------------------------------------------------------------------------------------- command line
 
-def train_parser():
-    """The flags of `python main.py` (training)."""
-    parser = argparse.ArgumentParser(
-        description='Train FCN-8s (VGG16) road segmentation on KITTI Road and write road overlays of the test '
-                    'images. Offline, without KITTI or the VGG16 weights, it trains on generated road scenes '
-                    'with a randomly initialised VGG16 instead (and says so). Every run writes a new folder '
-                    'RUNS_DIR/<YYYYmmdd-HHMMSS>/ with the overlays, KITTI confidence maps, checkpoints, '
-                    'config.json and metrics.json. Other commands, each with --help: `python main.py evaluate` '
-                    'scores a trained run, `python main.py optimize` makes fast inference models of it, '
-                    '`python main.py infer` segments images or a video.')
-    k, s = RECIPES['kitti'], RECIPES['synthetic']
-    parser.add_argument('--data-dir', default='data',
-                        help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')
-    parser.add_argument('--dataset', help='a dataset folder in KITTI Road\'s, Cityscapes\' or CamVid\'s layout '
-                                          '(docs/datasets.md) [default: DATA_DIR/data_road]')
-    parser.add_argument('--vgg-dir', help='folder of the VGG16 SavedModel: Udacity\'s, or the one converted '
-                                          'from ImageNet weights [default: DATA_DIR/vgg]')
-    parser.add_argument('--vgg-init', choices=vgg.INITS, default='auto',
-                        help='encoder weights: "udacity" = Udacity\'s SavedModel in VGG_DIR (vgg.zip downloaded '
-                             'if missing); "imagenet" = Keras\' ImageNet VGG16 weights converted into VGG_DIR; '
-                             '"random" = He initialisation (no pretraining: much weaker); "auto" = whatever '
-                             'VGG_DIR holds, else udacity, then imagenet, then random, saying which [default: auto]')
-    parser.add_argument('--imagenet-weights', metavar='PATH',
-                        help=f'Keras\' {vgg.KERAS_H5} (with the fully connected layers) for --vgg-init imagenet; '
-                             'implies it under auto [default: DATA_DIR, Keras\' cache ~/.keras/models, download]')
-    parser.add_argument('--vgg-url', default=vgg.VGG_URL,
-                        help='where to download Udacity\'s vgg.zip from [default: %(default)s]')
-    parser.add_argument('--kitti-url', default=kitti.KITTI_URL,
-                        help='where to download KITTI Road\'s data_road.zip from [default: %(default)s]')
-    parser.add_argument('--runs-dir', default='runs',
-                        help='each run writes a new RUNS_DIR/<timestamp>/ folder [default: runs]')
-    parser.add_argument('--epochs', type=int,
-                        help=f'passes over the training split [default: {k["epochs"]}; {s["epochs"]} synthetic]')
-    parser.add_argument('--batch-size', type=int,
-                        help=f'images per step [default: {k["batch_size"]}; {s["batch_size"]} synthetic]')
-    parser.add_argument('--learning-rate', type=float,
-                        help=f'peak Adam learning rate: a {WARMUP_STEPS}-step linear warm-up, then poly decay '
-                             f'[default: {k["learning_rate"]:g}; {s["learning_rate"]:g} synthetic]')
-    parser.add_argument('--keep-prob', type=float,
-                        help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}; '
-                             f'{s["keep_prob"]} synthetic]')
-    parser.add_argument('--image-shape', type=int, nargs=2, metavar=('H', 'W'),
-                        help='network input size, multiples of 32; images are resized to it and predictions '
-                             'back to each image\'s own size [default: 160 576 KITTI; 256 512 Cityscapes; 352 480 '
-                             'CamVid; 96 320 synthetic]')
-    parser.add_argument('--classes', choices=datasets.CLASS_CHOICES, default='all',
-                        help='what to segment in a Cityscapes or CamVid --dataset: "all" its classes (19 for '
-                             'Cityscapes, 11 for CamVid), or "road" against everything labelled, scored as KITTI '
-                             'scores road; KITTI Road is always road [default: all]')
-    parser.add_argument('--val-fraction', type=float, default=0.1,
-                        help='fraction of each category (KITTI: um/umm/uu) held out for validation in stretches '
-                             'of consecutive frames, never trained on; a dataset with a validation split of its own '
-                             'uses that instead [default: 0.1]')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='seeds the split, shuffling and initialisation [default: 0]')
-    parser.add_argument('--patience', type=int, help='stop early when the validation score (MaxF; mean IoU for '
-                        'scene parsing) has not improved for this many epochs [default: off, train all epochs]')
-    parser.add_argument('--balance-classes', action='store_true',
-                        help='weight each class in the training loss by SegNet\'s median-frequency balancing, '
-                             'from the training labels (docs/datasets.md says what it did) [default: off]')
-    parser.add_argument('--no-augment', action='store_true',
-                        help='train on the images as they are: no random flip, zoom, brightness, contrast or '
-                             'gamma (validation is never augmented)')
-    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
-                        help='training and validation arithmetic: bf16 = oneDNN bfloat16 auto mixed precision '
-                             '(weights, Adam\'s state and the loss stay fp32), on CPUs with AVX512_BF16 or AMX only; '
-                             'auto = bf16 where the CPU has it, else fp32 (GPUs too); the choice and its reason go '
-                             'into config.json [default: auto]')
-    parser.add_argument('--no-download', action='store_true',
-                        help='never use the network: missing weights or KITTI fall back at once to what is on '
-                             'disk')
-    parser.add_argument('--worker-timeout', type=float, default=cluster.STEP_TIMEOUT_S, metavar='SECONDS',
-                        help='training on several machines (TF_CONFIG): how long a step waits for the other '
-                             'workers before this one stops with an error naming the tasks that are gone; raise it '
-                             'when a step, or the chief\'s checkpoints at an epoch\'s end, take longer '
-                             '[default: %(default)g]')
-    parser.add_argument('--keep-last-checkpoint', action='store_true',
-                        help='keep checkpoints/last (weights and Adam\'s moments, about 3x the model\'s size) when '
-                             'the run finishes; a finished run cannot be resumed, so by default it is deleted')
-    parser.add_argument('--resume', metavar='RUN_DIR',
-                        help='continue the stopped run in RUN_DIR from its last checkpoint, with its data, split '
-                             'and settings (no other flag may be given, but --worker-timeout, '
-                             '--keep-last-checkpoint and --no-download)')
-    return parser
-
-
-def parse_args(argv=None):
-    """The training flags of argv, checked; argparse's error (exit 2) for a value out of range."""
-    parser = train_parser()
-    args = parser.parse_args(argv)
-    if args.resume:
-        given = [f'--{k.replace("_", "-")}' for k, v in vars(args).items()
-                 if k not in ('resume', *OPERATIONAL) and v != parser.get_default(k)]
-        if given:
-            parser.error(f'--resume continues a run with its own settings: drop {" ".join(given)}')
-    if args.image_shape and any(d <= 0 or d % 32 for d in args.image_shape):
-        parser.error(f'--image-shape {args.image_shape[0]} {args.image_shape[1]}: both must be positive '
-                     'multiples of 32 (the encoder halves the size five times)')
-    for name in ('epochs', 'batch_size', 'patience'):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be at least 1')
-    if args.worker_timeout <= 0:
-        parser.error('--worker-timeout must be positive')
-    if args.keep_prob is not None and not 0 < args.keep_prob <= 1:
-        parser.error('--keep-prob must be in (0, 1]')
-    if not 0 < args.val_fraction < 1:
-        parser.error('--val-fraction must be in (0, 1)')
-    if not 0 <= args.seed < 2 ** 32:
-        parser.error('--seed must be in [0, 2**32)')
-    if args.imagenet_weights and args.vgg_init in ('udacity', 'random'):
-        parser.error(f'--imagenet-weights is for --vgg-init imagenet (or auto), not {args.vgg_init}')
-    return args
-
-
 def main(argv=None):
-    """The command line: `python main.py [flags]` trains (run); `python main.py evaluate|optimize|infer ...` runs
-    that command. A UserError is one `error:` line and exit code 2; anything else keeps its traceback."""
+    """The command line: `python main.py [flags]` trains (run); `python main.py evaluate|optimize|infer|synthetic
+    ...` runs that command. A UserError is one `error:` line and exit code 2; anything else keeps its traceback."""
     argv = sys.argv[1:] if argv is None else argv
+    command, args = command_line.parse(argv)
     precision.reuse_cpu_memory()
-    commands = {'evaluate': lambda rest: evaluation.evaluate_command(rest, build_fcn),
-                'optimize': optimization.optimize_command, 'infer': infer.infer_command}
+    commands = {'train': lambda _: run(argv), 'evaluate': lambda a: evaluation.evaluate_command(a, build_fcn),
+                'optimize': lambda a: optimization.optimize_command(a, argv[1:]), 'infer': infer.infer_command,
+                'synthetic': synthetic.synthetic_command}
     try:
-        if argv[:1] and argv[0] in commands:
-            commands[argv[0]](argv[1:])
-        else:
-            run(argv)
+        commands[command](args)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -17,7 +17,6 @@ import tensorflow.compat.v1 as tf
 import main
 from conftest import KITTI_DIR, THIN, thin_fcn
 
-
 # ------------------------------------------------------------------------- the classic Udacity checks
 
 def test_load_vgg_calls_the_loader_and_returns_the_graph_tensors():

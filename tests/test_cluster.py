@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import cluster
 import helper
-import images
 import main
-import vgg
 from conftest import HERE, THIN
-from errors import UserError
+from fcn8s import cluster, images, vgg
+from fcn8s.errors import UserError
 
 
 def train_steps(build, sess_target_config, vgg_dir, small_dataset, steps, replicas):
@@ -60,7 +58,7 @@ def test_two_devices_train_as_one_device_on_the_same_batches(thin_vgg, small_dat
     two = cluster.local(['/cpu:0', '/cpu:1'])
     assert two.replicas == 2 and two.described['strategy'] == 'MirroredStrategy'
     mirrored = train_steps(lambda sess: cluster.build_replicated_fcn(sess, two, vgg_dir, 0, main.layers,
-                                                                     main.masked_cross_entropy),
+                                                                     main.optimize, main.masked_cross_entropy),
                            ('', two.config), vgg_dir, small_dataset, 2, 2)
     assert single[2] == mirrored[2] == 2  # one global step per step, however many replicas
     np.testing.assert_allclose(mirrored[1], single[1], rtol=1e-5)
@@ -200,6 +198,58 @@ def test_workers_that_start_from_different_weights_stop_with_an_error(small_data
                          r"chief's sum of squares", said), said[-2000:]
         assert 'epoch 1 ' not in said  # before the first step
     assert f'task worker:1 loaded {other}' in logs[1].read_text()
+
+
+def data_flags(data_dir, thin_vgg):
+    """thin_flags for a run on what DATA_DIR holds (KITTI in data_road, else generated scenes in synthetic_road)."""
+    return ['--data-dir', str(data_dir), '--vgg-dir', thin_vgg, '--epochs', '1', '--batch-size', '3',
+            '--image-shape', '64', '224', '--val-fraction', '0.25', '--no-download', '--precision', 'fp32',
+            '--worker-timeout', '5']
+
+
+def test_a_worker_without_the_chiefs_dataset_stops_with_an_error_naming_it(small_dataset, thin_vgg, tmp_path):
+    (tmp_path / 'chief_data').mkdir()
+    (tmp_path / 'chief_data' / 'data_road').symlink_to(small_dataset)  # the chief has KITTI, the worker nothing
+    processes, logs = start_workers([], tmp_path, own_flags={0: data_flags(tmp_path / 'chief_data', thin_vgg),
+                                                             1: data_flags(tmp_path / 'worker_data', thin_vgg)})
+    try:
+        code = processes[1].wait(timeout=120)
+    finally:
+        stop(processes)
+    said = logs[1].read_text()
+    assert code == 2 and 'Traceback' not in said, said[-2000:]
+    missing = os.path.join(str(tmp_path / 'worker_data'), 'data_road')
+    assert (f'error: this worker has no training data: neither KITTI Road ({missing}) nor the generated scenes'
+            in said and 'within 5 s (--worker-timeout)' in said), said[-2000:]
+
+
+def test_a_worker_with_other_data_than_the_chief_stops_before_training(small_dataset, thin_vgg, tmp_path):
+    # The chief trains on KITTI; the worker's data folder has no KITTI but generated scenes of an earlier run.
+    for data_dir, folder in (('chief_data', 'data_road'), ('worker_data', 'synthetic_road')):
+        (tmp_path / data_dir).mkdir()
+        (tmp_path / data_dir / folder).symlink_to(small_dataset)
+    processes, logs = start_workers([], tmp_path, own_flags={0: data_flags(tmp_path / 'chief_data', thin_vgg),
+                                                             1: data_flags(tmp_path / 'worker_data', thin_vgg)})
+    try:
+        codes = [process.wait(timeout=180) for process in processes]
+    finally:
+        stop(processes)
+    for code, log in zip(codes, logs):  # both stop before the first step, naming the worker and both sources
+        said = log.read_text()
+        assert code == 2 and 'Traceback' not in said and 'epoch 1 ' not in said, said[-2000:]
+        assert re.search(r'error: the workers train on different data: worker:1 \(the generated road scenes, \d+ '
+                         r"training images\) against the chief's KITTI Road, \d+ training images", said), said[-2000:]
+
+
+def test_the_data_check_names_the_tasks_that_differ_from_the_chief():
+    spec = {'chief': ['a:1'], 'worker': ['b:1', 'c:1']}
+    three = cluster.Cluster(None, '', None, 3, 3, ('worker', 1), False, None, {'task': 'worker:1'}, spec)
+    kitti = cluster.data_fingerprint('kitti', ['um_000000.png', 'um_000001.png'], ['um_000002.png'])
+    cluster.check_same_data(three, [kitti] * 3, 'data/data_road')
+    other_split = cluster.data_fingerprint('kitti', ['um_000000.png', 'um_000002.png'], ['um_000001.png'])
+    with pytest.raises(UserError, match=r"different data: worker:0 \(KITTI Road, 2 training images\) against the "
+                                        r"chief's KITTI Road, 2 training images \(task worker:1 reads data/data_road"):
+        cluster.check_same_data(three, [kitti, other_split, kitti], 'data/data_road')
 
 
 def test_a_malformed_tf_config_is_one_error_line_and_writes_nothing(small_dataset, thin_vgg, tmp_path):

@@ -11,15 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import batches
 import helper
-import kitti
 import main
-import metrics
-import synthetic
-from conftest import KITTI_SAMPLES, SMALL_SIZES, make_zip, run_main, snapshot
-from errors import UserError
-from images import overlay, read_rgb, resize_image, resize_nearest
+from conftest import KITTI_SAMPLES, SMALL_SIZES, make_zip, run_main, snapshot, write_png16
+from fcn8s import batches, kitti, metrics, synthetic
+from fcn8s.errors import UserError
+from fcn8s.images import overlay, read_rgb, resize_image, resize_nearest
 
 
 def test_decode_label_of_a_hand_made_patch():
@@ -183,6 +180,29 @@ def test_an_image_without_ground_truth_is_a_clear_error(small_dataset, tmp_path)
     os.symlink(os.path.join(small_dataset, 'training', 'image_2'), folder / 'image_2')
     with pytest.raises(UserError, match='um_000000.png needs .*um_road_000000.png'):
         helper.gen_batch_function(str(folder), (64, 224))
+
+
+def test_16_bit_pngs_are_read_scaled_to_8_bits(tmp_path):
+    """Grey [[0, 255, 256], [0x1234, 0xFFFF, 0x8000]] >> 8 = [[0, 0, 1], [0x12, 0xFF, 0x80]], the same in the three
+    channels; RGB alike per channel."""
+    grey = np.array([[0, 255, 256], [0x1234, 0xFFFF, 0x8000]], np.uint16)
+    write_png16(tmp_path / 'grey.png', grey)
+    expected = np.array([[0, 0, 1], [0x12, 0xFF, 0x80]], np.uint8)
+    np.testing.assert_array_equal(read_rgb(str(tmp_path / 'grey.png')), np.repeat(expected[..., None], 3, -1))
+    rgb = np.stack([grey, grey[::-1], 0xFFFF - grey], axis=-1)
+    write_png16(tmp_path / 'rgb.png', rgb)
+    np.testing.assert_array_equal(read_rgb(str(tmp_path / 'rgb.png')), (rgb >> 8).astype(np.uint8))
+
+
+def test_a_16_bit_training_image_is_trained_on_as_its_8_bit_picture(small_dataset, tmp_path):
+    folder = tmp_path / 'training'
+    shutil.copytree(os.path.join(small_dataset, 'training'), folder)
+    image = read_rgb(str(folder / 'image_2' / 'um_000000.png'))
+    grey16 = (image.mean(axis=-1) * 257).astype(np.uint16)  # 0-255 -> 0-65535, as a 16-bit export would
+    write_png16(folder / 'image_2' / 'um_000000.png', grey16)
+    images, _ = next(helper.gen_batch_function(str(folder), (64, 224), names=['um_000000.png'])(1))
+    eight_bit = np.repeat((grey16 >> 8).astype(np.uint8)[..., None], 3, -1)
+    np.testing.assert_array_equal(images[0], resize_image(eight_bit, (64, 224)))
 
 
 def test_a_truncated_png_is_a_clear_error(small_dataset, tmp_path):

@@ -12,15 +12,10 @@ import pytest
 import tensorflow.compat.v1 as tf
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cityscapes_eval
 
-import camvid
-import cityscapes
-import datasets
-import files
 import main
-import metrics
-import synthetic
 from conftest import make_cityscapes
-from errors import UserError
+from fcn8s import camvid, cityscapes, datasets, files, metrics, synthetic
+from fcn8s.errors import UserError
 
 
 def test_each_layout_is_recognised_by_its_folders(small_dataset, small_camvid, small_cityscapes, tmp_path):
@@ -134,23 +129,23 @@ def test_the_synthetic_camvid_set_has_the_scenes_classes(small_camvid):
     np.testing.assert_array_equal(image, kitti_image)  # the same scene as the KITTI-layout one
 
 
-def test_python_synthetic_py_writes_the_camvid_set_and_never_into_an_existing_folder(tmp_path, capsys):
+def test_main_py_synthetic_writes_the_camvid_set_and_never_into_an_existing_folder(tmp_path, capsys):
     root = tmp_path / 'demo'
-    assert synthetic.main([str(root), '--counts', '2', '1', '1']) == 0
+    assert main.main(['synthetic', str(root), '--counts', '2', '1', '1']) == 0
     assert datasets.detect(str(root)) == 'camvid'
     layout = datasets.open_layout(str(root))
     assert (len(layout.train), len(layout.val), len(layout.test)) == (2, 1, 1)
     before = sorted(p.name for p in root.rglob('*'))
-    assert synthetic.main([str(root), '--counts', '1', '1', '1']) == 2
+    assert main.main(['synthetic', str(root), '--counts', '1', '1', '1']) == 2
     assert 'already exists' in capsys.readouterr().err and sorted(p.name for p in root.rglob('*')) == before
     (tmp_path / 'mine.partial').mkdir()
     (tmp_path / 'mine.partial' / 'notes.txt').write_text('a folder of the user that happens to have that name')
-    assert synthetic.main([str(tmp_path / 'mine'), '--counts', '1', '1', '1']) == 2
+    assert main.main(['synthetic', str(tmp_path / 'mine'), '--counts', '1', '1', '1']) == 2
     assert (tmp_path / 'mine.partial' / 'notes.txt').exists() and not (tmp_path / 'mine').exists()
     interrupted = tmp_path / 'again.partial'
     interrupted.mkdir()
     (interrupted / files.STAGING_MARK).touch()  # an interrupted generation: made anew
-    assert synthetic.main([str(tmp_path / 'again'), '--counts', '1', '1', '1']) == 0
+    assert main.main(['synthetic', str(tmp_path / 'again'), '--counts', '1', '1', '1']) == 0
     assert not interrupted.exists() and not (tmp_path / 'again' / files.STAGING_MARK).exists()
 
 

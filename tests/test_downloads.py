@@ -7,13 +7,11 @@ import zipfile
 import pytest
 import tensorflow.compat.v1 as tf
 
-import downloads
 import helper
-import kitti
 import main
-import vgg
 from conftest import FileServer, make_zip, snapshot, vgg_zip, zipfile_members
-from errors import UserError
+from fcn8s import downloads, kitti, vgg
+from fcn8s.errors import UserError
 
 
 def test_vgg_download_from_a_loopback_server(thin_vgg, tmp_path):

@@ -11,24 +11,17 @@ import pytest
 import tensorflow.compat.v1 as tf
 from PIL import Image
 
-import files
-import helper
-import inference
 import main
-import optimization
-import precision
-import run_folder
-import synthetic
-import video
-from conftest import sample_batch, snapshot
+from conftest import sample_batch, snapshot, write_png16
+from fcn8s import files, inference, outputs, paths, precision, synthetic, video
 
 
 def test_optimize_writes_every_variant_and_its_table(optimized_run):
-    out = os.path.join(optimized_run, optimization.OPTIMIZED_DIR)
+    out = os.path.join(optimized_run, paths.OPTIMIZED_DIR)
     report = json.load(open(os.path.join(out, 'optimization.json')))
     measured = {row['variant']: row for row in report['variants']}
     skipped = {row['variant']: row['reason'] for row in report['skipped']}
-    assert set(measured) | set(skipped) == {'saved_model', *inference.FILES} and not set(measured) & set(skipped)
+    assert set(measured) | set(skipped) == {'saved_model', *paths.VARIANT_FILES} and not set(measured) & set(skipped)
     assert ('bf16' in skipped) == (precision.mixed_precision()[0] is None) and set(skipped) <= {'bf16'}
     for variant, row in measured.items():
         if variant != 'saved_model':
@@ -48,8 +41,8 @@ def test_optimize_writes_every_variant_and_its_table(optimized_run):
 
 def test_frozen_graph_gives_the_session_probabilities(optimized_run, small_dataset):
     _, batch = sample_batch(small_dataset)
-    session, _ = inference.saved_model_predictor(os.path.join(optimized_run, run_folder.SERVING_DIR), (64, 224))
-    graph_def = inference.read_graph_def(os.path.join(optimized_run, optimization.OPTIMIZED_DIR, 'fp32.pb'))
+    session, _ = inference.saved_model_predictor(os.path.join(optimized_run, paths.SERVING_DIR), (64, 224))
+    graph_def = inference.read_graph_def(os.path.join(optimized_run, paths.OPTIMIZED_DIR, 'fp32.pb'))
     frozen, frozen_shape = inference.graph_predictor(graph_def)
     assert frozen_shape == (64, 224)
     np.testing.assert_allclose(frozen(batch), session(batch), atol=1e-4)
@@ -65,18 +58,18 @@ def test_frozen_graph_gives_the_session_probabilities(optimized_run, small_datas
                                                              ('tflite-int8', 0.02, 0.98)])
 def test_each_reduced_precision_variant_loads_and_gives_probabilities(optimized_run, small_dataset, variant,
                                                                       tolerance, correlation):
-    path = os.path.join(optimized_run, optimization.OPTIMIZED_DIR, inference.FILES[variant])
+    path = os.path.join(optimized_run, paths.OPTIMIZED_DIR, paths.VARIANT_FILES[variant])
     if not os.path.exists(path):
         pytest.skip(precision.mixed_precision()[1])
     image, batch = sample_batch(small_dataset)
     predict, image_shape = inference.variant_predictor(variant, path)
-    fp32, _ = inference.variant_predictor('fp32', os.path.join(optimized_run, optimization.OPTIMIZED_DIR, 'fp32.pb'))
+    fp32, _ = inference.variant_predictor('fp32', os.path.join(optimized_run, paths.OPTIMIZED_DIR, 'fp32.pb'))
     prob, reference = predict(batch), fp32(batch)
     assert image_shape == (64, 224) and prob.shape == (1, 64, 224) and prob.dtype == np.float32
     assert reference.std() > 0.01  # the thin model's probabilities vary: agreeing with them means something
     assert np.corrcoef(prob.ravel(), reference.ravel())[0, 1] > correlation
     assert np.abs(prob - reference).max() < tolerance
-    full = helper.predict_probability(predict, image, image_shape)
+    full = outputs.predict_probability(predict, image, image_shape)
     assert full.shape == image.shape[:2] and 0 <= full.min() and full.max() <= 1
 
 
@@ -132,6 +125,21 @@ def test_infer_writes_overlays_of_a_folder_at_each_image_size(optimized_run, sma
     before = snapshot(tmp_path)
     assert main.main(args) == 2  # nothing is overwritten
     assert 'um_000000.png exists (and 7 more)' in capsys.readouterr().err and snapshot(tmp_path) == before
+
+
+def test_infer_segments_a_16_bit_png_as_its_8_bit_picture(optimized_run, small_dataset, tmp_path):
+    image, _ = sample_batch(small_dataset)
+    grey16 = (image.mean(axis=-1) * 257).astype(np.uint16)
+    (tmp_path / 'in16').mkdir()
+    (tmp_path / 'in8').mkdir()
+    write_png16(tmp_path / 'in16' / 'frame.png', grey16)
+    iio.imwrite(tmp_path / 'in8' / 'frame.png', np.repeat((grey16 >> 8).astype(np.uint8)[..., None], 3, -1))
+    for bits in ('16', '8'):
+        assert main.main(['infer', '--model', optimized_run, '--input', str(tmp_path / f'in{bits}'), '--output',
+                          str(tmp_path / f'out{bits}'), '--precision', 'fp32', '--probabilities']) == 0
+    confidence = iio.imread(tmp_path / 'out16' / 'probabilities' / 'frame.png')
+    assert confidence.shape == grey16.shape and confidence.std() > 0  # segmented, not refused nor blank
+    np.testing.assert_array_equal(confidence, iio.imread(tmp_path / 'out8' / 'probabilities' / 'frame.png'))
 
 
 @pytest.mark.parametrize('model, input, extra, message', [

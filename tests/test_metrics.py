@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import metrics
+from fcn8s import metrics
 
 
 def test_fast_hist_and_road_iou_on_a_hand_made_case():

@@ -9,7 +9,8 @@ import tensorflow.compat.v1 as tf
 import helper
 import main
 from conftest import thin_fcn
-from errors import UserError
+from fcn8s import recipes
+from fcn8s.errors import UserError
 
 
 def test_patience_stops_training_when_max_f_stops_improving(capsys):
@@ -25,7 +26,7 @@ def test_patience_stops_training_when_max_f_stops_improving(capsys):
 
 def test_learning_rate_warms_up_then_decays_to_zero():
     lr = [main.learning_rate_at(step, 200, 1.0, warmup_steps=50) for step in range(1, 201)]
-    assert lr[0] == pytest.approx(1 / 50) and lr[24] == pytest.approx(0.5 * (1 - 24 / 200) ** main.POLY_POWER)
+    assert lr[0] == pytest.approx(1 / 50) and lr[24] == pytest.approx(0.5 * (1 - 24 / 200) ** recipes.POLY_POWER)
     assert max(lr) == lr[49] and all(a > b for a, b in zip(lr[49:], lr[50:]))
     assert 0 < lr[-1] < 0.01
 
@@ -127,3 +128,22 @@ def test_a_nan_loss_stops_training_naming_the_step():
     with tf.Session() as sess, pytest.raises(UserError, match='loss became nan at step 3 .epoch 1.'):
         main.train_nn(sess, 1, 2, get_batches_fn, tf.no_op(), loss, input_image, tf.placeholder(tf.float32),
                       tf.placeholder(tf.float32), None)
+
+
+def test_a_loss_that_blows_up_without_nan_stops_training_naming_the_step():
+    """Losses 0.7, 0.9, 70 (100x the first: ends the run only above 100 x max(first, 1) = 100), then 7000: 1e4x
+    the first, finite. A loss falling to 0.001 and rising to 0.5 is a hard batch, not a blow-up."""
+    def batches_of(values):
+        def get_batches_fn(batch_size):
+            for value in values:
+                yield np.full((batch_size, 1, 1, 3), value), np.ones((batch_size, 1, 1, 2))
+        return get_batches_fn
+
+    input_image = tf.placeholder(tf.float32)
+    loss = tf.reduce_mean(input_image)
+    placeholders = (input_image, tf.placeholder(tf.float32), tf.placeholder(tf.float32), None)
+    with tf.Session() as sess:
+        main.train_nn(sess, 1, 2, batches_of([0.7, 0.001, 0.5, 70.0]), tf.no_op(), loss, *placeholders)
+        with pytest.raises(UserError, match=r'loss became 7000 at step 4 \(epoch 1; it was 0\.7 at this run\'s first '
+                                            r'step\): training diverged .* lower --learning-rate'):
+            main.train_nn(sess, 1, 2, batches_of([0.7, 0.9, 70.0, 7000.0, 0.8]), tf.no_op(), loss, *placeholders)

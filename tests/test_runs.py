@@ -8,29 +8,19 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import benchmark
-import datasets
-import evaluation
-import files
 import helper
-import images
-import kitti
-import infer
-import inference
 import main
-import optimization
-import precision
-import run_folder
-import synthetic
-import vgg
 from conftest import HERE, THIN, resolve_dataset, resolve_weights, run_main, snapshot, thin_fcn
-from errors import UserError
+from fcn8s import (command_line, datasets, evaluation, files, images, inference, kitti, outputs, paths, precision,
+                   recipes, run_folder, vgg)
+from fcn8s.errors import UserError
 
 
 def test_a_missing_dataset_is_an_error_without_traceback(tmp_path):
@@ -45,17 +35,48 @@ def test_an_image_shape_not_divisible_by_32_is_refused(tmp_path):
     assert result.returncode == 2 and 'multiples of 32' in result.stderr and 'Traceback' not in result.stderr
 
 
+# What TensorFlow prints as it starts: absl's and its C++ log lines, CUDA stubs, CPU-feature and oneDNN notices, its
+# Python deprecation warnings.
+TENSORFLOW_NOISE = re.compile(r'^[IWEF]\d{4} |absl::|cuda|cpu_feature_guard|rebuild TensorFlow|oneDNN custom|'
+                              r'WARNING:tensorflow', re.M)
+
+
+@pytest.mark.parametrize('command', [['main.py'], *[['main.py', name] for name in command_line.COMMANDS],
+                                     ['benchmark.py']])
+def test_help_answers_within_2_seconds_without_a_tensorflow_line(command):
+    start = time.monotonic()  # TensorFlow alone takes 5 to 11 s to import on 2 cores: help must not wait for it
+    result = subprocess.run([sys.executable, os.path.join(HERE, *command[:1]), *command[1:], '--help'],
+                            capture_output=True, text=True, cwd=HERE, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'})
+    seconds = time.monotonic() - start
+    assert result.returncode == 0 and result.stdout.startswith('usage: ') and result.stderr == '', result.stderr
+    assert seconds < 2, f'{" ".join(command)} --help took {seconds:.1f} s'
+
+
+def test_a_training_run_shows_no_tensorflow_start_up_lines(small_dataset, thin_vgg, tmp_path):
+    user_env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}  # as a user's terminal has it
+    result = run_main('--dataset', small_dataset, '--vgg-dir', thin_vgg, '--epochs', '1', '--batch-size', '4',
+                      '--image-shape', '64', '224', '--val-fraction', '0.25', '--no-download', '--precision', 'fp32',
+                      '--runs-dir', str(tmp_path), env=user_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = result.stdout + result.stderr
+    assert 'dataset ' in said and 'validation scores' in said  # the project's own lines are there
+    assert not TENSORFLOW_NOISE.search(said), TENSORFLOW_NOISE.search(said).group(0)
+    shown = run_main('--dataset', str(tmp_path / 'nowhere'), '--runs-dir', str(tmp_path),
+                     env={**user_env, 'TF_CPP_MIN_LOG_LEVEL': '0'})
+    assert TENSORFLOW_NOISE.search(shown.stderr)  # the user's own TF_CPP_MIN_LOG_LEVEL wins
+
+
 @pytest.mark.parametrize('flags', [['--seed', '-1'], ['--val-fraction', '1'], ['--epochs', '0'],
                                    ['--keep-prob', '0']])
 def test_out_of_range_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main.parse_args(flags)
+        command_line.parse_args(flags)
     assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
 
 
-COMMAND_PARSERS = {'main.py': main.train_parser, 'main.py evaluate': evaluation.evaluate_parser,
-                   'main.py optimize': optimization.optimize_parser, 'main.py infer': infer.infer_parser,
-                   'benchmark.py': benchmark.benchmark_parser, 'synthetic.py': synthetic.synthetic_parser}
+COMMAND_PARSERS = {'main.py': command_line.train_parser, 'benchmark.py': command_line.benchmark_parser,
+                   **{f'main.py {name}': parser for name, parser in command_line.COMMANDS.items()}}
 
 
 @pytest.mark.parametrize('command', COMMAND_PARSERS)
@@ -70,7 +91,7 @@ def test_every_option_of_every_command_has_a_help_text(command):
     assert all(action.option_strings[0] in text for action in options)
 
 
-@pytest.mark.parametrize('command', [[], ['evaluate'], ['optimize'], ['infer']])
+@pytest.mark.parametrize('command', [[], ['evaluate'], ['optimize'], ['infer'], ['synthetic']])
 def test_help_of_each_command_prints_and_exits_cleanly(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(command + ['--help'])
@@ -79,9 +100,9 @@ def test_help_of_each_command_prints_and_exits_cleanly(command, capsys):
 
 
 def test_offline_default_falls_back_to_synthetic_scenes_and_a_random_encoder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(main.RECIPES['synthetic'], 'num_train', 6)
-    monkeypatch.setitem(main.RECIPES['synthetic'], 'num_test', 3)
-    args = main.parse_args(['--data-dir', str(tmp_path / 'data'), '--no-download'])
+    monkeypatch.setitem(recipes.RECIPES['synthetic'], 'num_train', 6)
+    monkeypatch.setitem(recipes.RECIPES['synthetic'], 'num_test', 3)
+    args = command_line.parse_args(['--data-dir', str(tmp_path / 'data'), '--no-download'])
     folder, source = resolve_dataset(args)
     assert source == 'synthetic' and folder == str(tmp_path / 'data' / datasets.SYNTHETIC_DIR)
     assert len(os.listdir(os.path.join(folder, 'training', 'gt_image_2'))) == 6
@@ -95,10 +116,10 @@ def test_offline_default_falls_back_to_synthetic_scenes_and_a_random_encoder(tmp
 
 def test_named_folders_never_fall_back(tmp_path, small_dataset):
     with pytest.raises(UserError, match='no such folder'):
-        resolve_dataset(main.parse_args(['--dataset', str(tmp_path / 'missing')]))
+        resolve_dataset(command_line.parse_args(['--dataset', str(tmp_path / 'missing')]))
     with pytest.raises(UserError, match='no VGG16 SavedModel there'):
-        resolve_weights(main.parse_args(['--vgg-dir', str(tmp_path / 'missing'), '--no-download']))
-    assert resolve_dataset(main.parse_args(['--dataset', small_dataset])) == (small_dataset, 'user')
+        resolve_weights(command_line.parse_args(['--vgg-dir', str(tmp_path / 'missing'), '--no-download']))
+    assert resolve_dataset(command_line.parse_args(['--dataset', small_dataset])) == (small_dataset, 'user')
 
 
 def test_incomplete_default_folders_are_errors_not_fallbacks(tmp_path):
@@ -106,7 +127,7 @@ def test_incomplete_default_folders_are_errors_not_fallbacks(tmp_path):
     (tmp_path / 'vgg').mkdir()
     (tmp_path / 'vgg' / 'saved_model.pb').write_bytes(b'')
     before = snapshot(tmp_path)
-    args = main.parse_args(['--data-dir', str(tmp_path), '--no-download'])
+    args = command_line.parse_args(['--data-dir', str(tmp_path), '--no-download'])
     with pytest.raises(UserError, match='data_road exists but does not hold KITTI Road.*untouched'):
         resolve_dataset(args)
     with pytest.raises(UserError, match='vgg exists but does not hold a VGG16 SavedModel.*untouched'):
@@ -147,20 +168,20 @@ def test_end_to_end_run_writes_its_run_folder(thin_run, thin_vgg, small_dataset)
     # The exported model gives the probabilities of the best checkpoint in the training graph.
     image = images.read_rgb(os.path.join(test_dir, os.listdir(test_dir)[0]))
     batch = images.resize_image(image, (64, 224))[None].astype(np.float32)
-    best = tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.BEST_CHECKPOINT))
+    best = tf.train.latest_checkpoint(os.path.join(run_dir, paths.BEST_CHECKPOINT))
     with tf.Graph().as_default(), tf.Session() as sess:
         net = main.build_fcn(sess, thin_vgg, 0)
         tf.train.Saver(tf.trainable_variables()).restore(sess, best)
-        expected = sess.run(helper.road_probability(net['logits']), {net['input_image']: batch}).reshape(64, 224)
+        expected = sess.run(outputs.road_probability(net['logits']), {net['input_image']: batch}).reshape(64, 224)
     with tf.Graph().as_default(), tf.Session() as sess:
-        meta = tf.saved_model.loader.load(sess, ['serve'], os.path.join(run_dir, run_folder.SERVING_DIR))
+        meta = tf.saved_model.loader.load(sess, ['serve'], os.path.join(run_dir, paths.SERVING_DIR))
         signature = meta.signature_def['serving_default']
         served = sess.run(signature.outputs['road_probability'].name, {signature.inputs['image'].name: batch})
     assert served.shape == (1, 64, 224)
     np.testing.assert_allclose(served[0], expected, atol=1e-5)
     assert len(json.load(open(os.path.join(run_dir, 'eval.json')))['images']) == 12
     # A finished run cannot be resumed: its training state is deleted, the best checkpoint and export stay.
-    assert not os.path.exists(os.path.join(run_dir, run_folder.LAST_CHECKPOINT))
+    assert not os.path.exists(os.path.join(run_dir, paths.LAST_CHECKPOINT))
     for name in os.listdir(test_dir):
         confidence = iio.imread(os.path.join(run_dir, 'kitti', kitti.label_name(name)))
         assert confidence.dtype == np.uint8 and confidence.shape == iio.imread(os.path.join(test_dir, name)).shape[:2]
@@ -185,9 +206,9 @@ def test_a_he_initialised_run_trains_evaluates_and_exports_with_unscaled_skips(s
     with tf.Graph().as_default(), tf.Session() as sess:
         net = main.build_fcn(sess, None, 0, skip_scales=main.HE_SKIP_SCALES)
         tf.train.Saver(tf.trainable_variables()).restore(
-            sess, tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.BEST_CHECKPOINT)))
-        expected = sess.run(helper.road_probability(net['logits']), {net['input_image']: batch}).reshape(1, 64, 224)
-    served, _ = inference.saved_model_predictor(os.path.join(run_dir, run_folder.SERVING_DIR), (64, 224))
+            sess, tf.train.latest_checkpoint(os.path.join(run_dir, paths.BEST_CHECKPOINT)))
+        expected = sess.run(outputs.road_probability(net['logits']), {net['input_image']: batch}).reshape(1, 64, 224)
+    served, _ = inference.saved_model_predictor(os.path.join(run_dir, paths.SERVING_DIR), (64, 224))
     np.testing.assert_allclose(served(batch), expected, atol=1e-5)
 
 
@@ -207,7 +228,7 @@ def test_gen_test_output_does_not_grow_the_graph(thin_vgg, small_dataset):
 
 
 def test_new_run_dir_never_reuses_a_folder(tmp_path):
-    dirs = {helper.new_run_dir(str(tmp_path)) for _ in range(3)}
+    dirs = {run_folder.new_run_dir(str(tmp_path)) for _ in range(3)}
     assert len(dirs) == 3
 
 
@@ -266,15 +287,15 @@ def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset,
     resumed = json.load(open(os.path.join(run_dir, 'config.json')))['resumed'][0]
     assert resumed['at_step'] == (4 if where == 'mid-epoch' else 3)
     assert resumed['flags'] == {'worker_timeout': 120, 'keep_last_checkpoint': True, 'no_download': True}
-    a = tf.train.latest_checkpoint(os.path.join(straight, run_folder.LAST_CHECKPOINT))
-    b = tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.LAST_CHECKPOINT))
+    a = tf.train.latest_checkpoint(os.path.join(straight, paths.LAST_CHECKPOINT))
+    b = tf.train.latest_checkpoint(os.path.join(run_dir, paths.LAST_CHECKPOINT))
     names = [name for name, _ in tf.train.list_variables(a)]
     assert 'global_step' in names and 'score_fr/weights/Adam' in names
     assert tf.train.load_variable(b, 'global_step') == 6
     for name in names:
         np.testing.assert_allclose(tf.train.load_variable(b, name), tf.train.load_variable(a, name),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
-    assert tf.train.latest_checkpoint(os.path.join(run_dir, run_folder.BEST_CHECKPOINT))
+    assert tf.train.latest_checkpoint(os.path.join(run_dir, paths.BEST_CHECKPOINT))
     with pytest.raises(UserError, match='that run finished'):
         main.run(['--resume', run_dir])
 
@@ -290,7 +311,7 @@ def test_resume_keeps_the_runs_split_and_refuses_a_dataset_whose_training_images
 
 def test_resume_refuses_other_flags_and_folders_that_are_not_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main.parse_args(['--resume', str(tmp_path), '--epochs', '3'])
+        command_line.parse_args(['--resume', str(tmp_path), '--epochs', '3'])
     assert 'drop --epochs' in capsys.readouterr().err
     with pytest.raises(UserError, match='not a run folder of this project'):
         main.run(['--resume', str(tmp_path)])

@@ -9,9 +9,9 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import main
-import vgg
 from conftest import THIN, FileServer, resolve_weights, write_keras_h5
-from errors import UserError
+from fcn8s import command_line, vgg
+from fcn8s.errors import UserError
 
 
 def conv_relu(x, kernel, bias):
@@ -127,7 +127,7 @@ def test_vgg_init_auto_converts_local_imagenet_weights_once(tmp_path, capsys):
     data_dir = tmp_path / 'data'
     data_dir.mkdir()
     write_keras_h5(data_dir / vgg.KERAS_H5, THIN, seed=3)
-    args = main.parse_args(['--data-dir', str(data_dir), '--no-download'])
+    args = command_line.parse_args(['--data-dir', str(data_dir), '--no-download'])
     vgg_dir, info = resolve_weights(args)
     assert vgg_dir == str(data_dir / 'vgg')
     assert info == {'source': 'imagenet', 'converted_from': str(data_dir / vgg.KERAS_H5)}
@@ -137,12 +137,12 @@ def test_vgg_init_auto_converts_local_imagenet_weights_once(tmp_path, capsys):
         main.load_vgg(sess, vgg_dir)
     assert resolve_weights(args) == (vgg_dir, info)  # converted once, then loaded
     with pytest.raises(UserError, match='holds the imagenet VGG16, not the udacity one'):
-        resolve_weights(main.parse_args(['--data-dir', str(data_dir), '--vgg-init', 'udacity']))
+        resolve_weights(command_line.parse_args(['--data-dir', str(data_dir), '--vgg-init', 'udacity']))
     write_keras_h5(tmp_path / 'other.h5', THIN, seed=4)
     with pytest.raises(UserError, match='already holds the VGG16 converted from .*vgg16.*other.h5'):
-        resolve_weights(main.parse_args(['--data-dir', str(data_dir), '--imagenet-weights',
+        resolve_weights(command_line.parse_args(['--data-dir', str(data_dir), '--imagenet-weights',
                                               str(tmp_path / 'other.h5')]))
-    random_args = main.parse_args(['--data-dir', str(data_dir), '--vgg-init', 'random'])
+    random_args = command_line.parse_args(['--data-dir', str(data_dir), '--vgg-init', 'random'])
     assert resolve_weights(random_args) == (None, {'source': 'random'})
 
 
@@ -153,7 +153,7 @@ def test_vgg_init_imagenet_finds_keras_cache_or_downloads_with_its_checksum(tmp_
     monkeypatch.setattr(vgg, 'IMAGENET_MD5', hashlib.md5(body).hexdigest())
     with FileServer({'/vgg16.h5': body}) as server:
         monkeypatch.setattr(vgg, 'IMAGENET_URL', server.url + '/vgg16.h5')
-        args = main.parse_args(['--data-dir', str(tmp_path / 'data'), '--vgg-init', 'imagenet'])
+        args = command_line.parse_args(['--data-dir', str(tmp_path / 'data'), '--vgg-init', 'imagenet'])
         vgg_dir, info = resolve_weights(args)
     assert info['converted_from'] == str(tmp_path / 'data' / vgg.KERAS_H5) and vgg.vgg_is_complete(vgg_dir)
     assert (tmp_path / 'data' / vgg.KERAS_H5).read_bytes() == body
@@ -162,22 +162,22 @@ def test_vgg_init_imagenet_finds_keras_cache_or_downloads_with_its_checksum(tmp_
     keras_models.mkdir(parents=True)
     os.replace(weights, keras_models / vgg.KERAS_H5)
     monkeypatch.setenv('KERAS_HOME', str(tmp_path / 'keras'))
-    args = main.parse_args(['--data-dir', str(tmp_path / 'other'), '--vgg-init', 'imagenet', '--no-download'])
+    args = command_line.parse_args(['--data-dir', str(tmp_path / 'other'), '--vgg-init', 'imagenet', '--no-download'])
     assert resolve_weights(args)[1]['converted_from'] == str(keras_models / vgg.KERAS_H5)
 
 
 def test_named_weights_are_used_or_refused_never_replaced(thin_vgg, tmp_path, capsys):
-    assert resolve_weights(main.parse_args(['--vgg-dir', thin_vgg])) == (thin_vgg, {'source': 'udacity'})
+    assert resolve_weights(command_line.parse_args(['--vgg-dir', thin_vgg])) == (thin_vgg, {'source': 'udacity'})
     with pytest.raises(UserError, match='no such file'):
-        resolve_weights(main.parse_args(['--imagenet-weights', str(tmp_path / 'missing.h5')]))
+        resolve_weights(command_line.parse_args(['--imagenet-weights', str(tmp_path / 'missing.h5')]))
     with pytest.raises(SystemExit):
-        main.parse_args(['--imagenet-weights', 'x.h5', '--vgg-init', 'udacity'])
+        command_line.parse_args(['--imagenet-weights', 'x.h5', '--vgg-init', 'udacity'])
     assert '--imagenet-weights is for --vgg-init imagenet' in capsys.readouterr().err
     with pytest.raises(UserError, match='not a file'):
-        resolve_weights(main.parse_args(['--imagenet-weights', str(tmp_path)]))
+        resolve_weights(command_line.parse_args(['--imagenet-weights', str(tmp_path)]))
     (tmp_path / 'not.h5').write_text('<html>404</html>')
     with pytest.raises(UserError, match='not.h5: cannot read it as an HDF5 file'):
-        resolve_weights(main.parse_args(['--imagenet-weights', str(tmp_path / 'not.h5'),
+        resolve_weights(command_line.parse_args(['--imagenet-weights', str(tmp_path / 'not.h5'),
                                               '--data-dir', str(tmp_path)]))
     assert sorted(os.listdir(tmp_path)) == ['not.h5']
 

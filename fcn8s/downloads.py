@@ -15,7 +15,7 @@ import zlib
 
 from tqdm import tqdm
 
-from errors import UserError
+from fcn8s.errors import UserError
 
 DOWNLOAD_TIMEOUT_S = 15
 DOWNLOAD_ATTEMPTS = 5

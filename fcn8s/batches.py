@@ -1,14 +1,14 @@
-"""The parts of a training batch (helper.gen_batch_function puts them together): examples read and resized once,
-image and label augmented together, one-hot labels, and a background thread that makes the next batch while the
-current step runs."""
+"""Training batches: examples read and resized once, image and label augmented together, one-hot labels, the
+seeded batch generator (helper.gen_batch_function is Udacity's face of it), and a background thread that makes the
+next batch while the current step runs."""
 import queue
 import threading
 
 import numpy as np
 from tqdm import tqdm
 
-from images import resize_image, resize_nearest
-from kitti import load_pair
+from fcn8s.images import resize_image, resize_nearest
+from fcn8s.kitti import load_pair
 
 # Training augmentation: zoom up to 1.25x, brightness +-0.1 (of 1), contrast x(1 +- 0.2), gamma exp(+-0.2).
 AUGMENT_MAX_SCALE = 1.25
@@ -77,6 +77,43 @@ def jitter_photometric(image, rng):
     x = (x - x.mean()) * rng.uniform(1 - AUGMENT_CONTRAST, 1 + AUGMENT_CONTRAST) + x.mean()
     x = np.clip(x, 0, 1) ** np.exp(rng.uniform(-AUGMENT_LOG_GAMMA, AUGMENT_LOG_GAMMA))
     return np.round(x * 255).astype(np.uint8)
+
+
+def batch_function(pairs, image_shape, load_pair=load_pair, num_classes=2, seed=0, first_epoch=0, augment=False,
+                   balance=False):
+    """get_batches_fn(batch_size) over (image path, label path) pairs read by load_pair, at image_shape (H, W).
+
+    Every image and label is read, checked and resized here, once, so that a bad file stops the job before any
+    training. get_batches_fn yields (images [B, H, W, 3] raw RGB 0-255, labels [B, H, W, num_classes]) in a new
+    order on every call, seeded by (seed, epoch), epochs counted from first_epoch (a resumed run's). With augment,
+    each example is flipped, zoomed and jittered at random, seeded by (seed, epoch, batch) so that a resumed run
+    sees the same batches. With balance, each pixel's one-hot label is scaled by its class's median-frequency
+    weight (of these labels): the loss becomes the weighted mean over the valid pixels.
+    """
+    images, classes = load_resized(pairs, image_shape, load_pair)
+    weights = None
+    if balance:
+        weights = median_frequency_weights(classes, num_classes)
+        print('median-frequency class weights: ' + ' '.join(f'{w:.3g}' for w in weights), flush=True)
+    epoch = first_epoch
+
+    def get_batches_fn(batch_size):
+        nonlocal epoch
+        order = np.random.RandomState([seed, epoch]).permutation(len(pairs))
+        this_epoch, epoch = epoch, epoch + 1
+        for number, start in enumerate(range(0, len(order), batch_size)):
+            batch = order[start:start + batch_size]
+            batch_images, batch_classes = images[batch], classes[batch]
+            if augment:
+                rng = np.random.RandomState([seed, this_epoch, number])
+                examples = [flip_scale_crop(image, labels, rng)
+                            for image, labels in zip(batch_images, batch_classes)]
+                batch_images = np.stack([jitter_photometric(image, rng) for image, _ in examples])
+                batch_classes = np.stack([labels for _, labels in examples])
+            labels = one_hot(batch_classes, num_classes)
+            yield batch_images.astype(np.float32), labels if weights is None else labels * weights
+
+    return get_batches_fn
 
 
 def prefetch(iterable, depth=2):

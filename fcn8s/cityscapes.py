@@ -6,8 +6,8 @@ import os
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as LABELS
 
-from images import UNKNOWN_ID, check_labelled, decode_ids
-from metrics import IGNORE
+from fcn8s.images import UNKNOWN_ID, check_labelled, decode_ids
+from fcn8s.metrics import IGNORE
 
 IMAGE_SUFFIX, LABEL_SUFFIX = '_leftImg8bit.png', '_gtFine_labelIds.png'
 # The 19 classes Cityscapes evaluates, in trainId order, with their colours (cityscapesscripts' table).

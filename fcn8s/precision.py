@@ -6,7 +6,7 @@ import platform
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from errors import UserError
+from fcn8s.errors import UserError
 
 BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 # TensorFlow's switch for its best-fit-with-coalescing allocator (the one it uses on GPUs) on the CPU.

@@ -9,22 +9,24 @@ import json
 import os
 import socket
 import time
+import zlib
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-import vgg
-from errors import UserError
-from metrics import NUM_CLASSES
+from fcn8s import vgg
+from fcn8s.errors import UserError
+from fcn8s.metrics import NUM_CLASSES
 
-# Without an answer from every worker within this time, a step fails with an error naming the tasks that are
-# gone, instead of waiting forever (main.py --worker-timeout). The chief's checkpoints at an epoch's end make the
-# others wait too. Setting the cluster up waits longer: workers started by hand start minutes apart.
-STEP_TIMEOUT_S = 120
+# Setting the cluster up waits longer than a step (recipes.STEP_TIMEOUT_S): workers started by hand start minutes
+# apart.
 START_TIMEOUT_S = 600
 # A killed process's ports close only once the kernel has freed its memory (gigabytes for the full VGG16), which
 # can outlast the first error of its peers on a busy machine: lost tasks are looked for this long.
 LOST_TASK_PATIENCE_S = 15
+# Where a run's training data comes from (datasets.resolve), as the workers' data check names it.
+SOURCES = ('user', 'kitti', 'synthetic')
+SOURCE_NAMES = {'user': 'a --dataset folder', 'kitti': 'KITTI Road', 'synthetic': 'the generated road scenes'}
 # Relative difference of two workers' weight fingerprints beyond what another summation order can round.
 WEIGHTS_TOLERANCE = 1e-9
 
@@ -202,26 +204,55 @@ def encoder_builder(vgg_dir, seed):
     return vgg.saved_model_encoder(vgg_dir)
 
 
-def weight_fingerprints(strategy):
-    """[replicas] float64, the same on every worker: each replica's sum of squares of all its weights (at its
-    replica id; the strategy sums the one-hot vectors). Workers with equal weights give equal sums; one that
-    restored other weights than the chief's (a machine without the VGG16 files falls back on a random encoder
-    of the same shapes) gives another. Squares of float32 values are exact in float64."""
+def data_fingerprint(source, train_names, val_names):
+    """Numbers that tell a worker's training data from another's: its source (SOURCES' position), the number of
+    training images, and checksums of the training and validation names (float64 holds them exactly)."""
+    return (float(SOURCES.index(source)), float(len(train_names)), float(zlib.crc32('\n'.join(train_names).encode())),
+            float(zlib.crc32('\n'.join(val_names).encode())))
+
+
+def start_fingerprints(strategy, data):
+    """[replicas, 1 + len(data)] float64, the same on every worker: per replica (its row, at its replica id; the
+    strategy sums the one-hot rows) the sum of squares of all its weights, then its data_fingerprint. Workers
+    with equal weights give equal sums; one that restored other weights than the chief's (a machine without the
+    VGG16 files falls back on a random encoder of the same shapes) gives another. Squares of float32 values are
+    exact in float64."""
     def fingerprint():
         context = tf.distribute.get_replica_context()
-        own = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in tf.trainable_variables()])
-        return own * tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync, dtype=tf.float64)
+        weights = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in tf.trainable_variables()])
+        own = tf.concat([weights[None], tf.constant(data, tf.float64)], axis=0)
+        return own[None] * tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync,
+                                      dtype=tf.float64)[:, None]
 
     return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.extended.call_for_each_replica(fingerprint),
                            axis=None)
 
 
-def check_same_weights(cluster, fingerprints, vgg_dir):
-    """UserError naming the workers whose weights differ from the chief's (its first replica's), given every
-    replica's weight_fingerprints."""
+def replica_tasks(cluster):
+    """The task ('chief:0', 'worker:1', ...) of each replica id."""
     per_worker = cluster.replicas // cluster.workers
     tasks = [f'{job}:{i}' for job in ('chief', 'worker') for i in range(len(cluster.spec.get(job, ())))]  # id order
-    differ = [f'{tasks[i // per_worker]} ({value:.9g})' for i, value in enumerate(fingerprints)
+    return [tasks[i // per_worker] for i in range(cluster.replicas)]
+
+
+def check_same_data(cluster, data, dataset):
+    """UserError naming the workers whose data fingerprints (one row per replica) differ from the chief's."""
+    def described(row):
+        return f'{SOURCE_NAMES[SOURCES[int(row[0])]]}, {int(row[1])} training images'
+
+    differ = sorted({f'{task} ({described(row)})' for task, row in zip(replica_tasks(cluster), data)
+                     if tuple(row) != tuple(data[0])})
+    if differ:
+        raise UserError(f'the workers train on different data: {", ".join(differ)} against the chief\'s '
+                        f'{described(data[0])} (task {cluster.described["task"]} reads {dataset}). Put the same '
+                        'dataset on every machine (DATA_DIR/data_road, or the same --dataset) before starting the '
+                        'workers')
+
+
+def check_same_weights(cluster, fingerprints, vgg_dir):
+    """UserError naming the workers whose weights differ from the chief's (its first replica's), given every
+    replica's sum of squares of its weights (start_fingerprints)."""
+    differ = [f'{task} ({value:.9g})' for task, value in zip(replica_tasks(cluster), fingerprints)
               if abs(value - fingerprints[0]) > WEIGHTS_TOLERANCE * abs(fingerprints[0])]
     if differ:
         raise UserError(f'the workers start from different weights: {", ".join(sorted(set(differ)))} against the '
@@ -230,14 +261,17 @@ def check_same_weights(cluster, fingerprints, vgg_dir):
                         '(data/vgg or --vgg-dir) on every machine before starting the workers')
 
 
-def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entropy, num_classes=NUM_CLASSES):
+def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, optimize, masked_cross_entropy,
+                         num_classes=NUM_CLASSES, data=None, dataset=None):
     """FCN-8s trained by cluster's strategy in sess's graph, every replica on its share of each batch, every
     variable initialised (the chief's initial values broadcast to all; the encoder's weights from vgg_dir).
 
-    layers and masked_cross_entropy are main's. Each replica computes the cross-entropy of its images over the
-    valid pixels of the whole batch, plus its share of the weight decay, so that the strategy's sum of the
-    replicas' gradients is the gradient of the single-device loss. Returns the tensors by name, as main's
-    build_fcn does, with train_loss, the loss summed over the replicas, for training.
+    layers, optimize and masked_cross_entropy are main's. Each replica's optimize takes the cross-entropy of its
+    images over the valid pixels of the whole batch, plus its share of the weight decay, so that the strategy's
+    sum of the replicas' gradients is the gradient of the single-device loss. Returns the tensors by name, as main's
+    build_fcn does, with train_loss, the loss summed over the replicas, for training. On several machines, data
+    (source, training names, validation names) of this worker's dataset folder and its weights are compared with
+    the chief's before the first step (a UserError names the workers that differ).
     """
     strategy = cluster.strategy
     encoder = encoder_builder(vgg_dir, seed)
@@ -256,11 +290,8 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entr
             nn_last_layer = layers(*encoder(images[first:first + share], keep_prob), num_classes)
             # This replica's own decay terms: replicas are built one after the other, each adding its own.
             decay = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)[decay_before:]
-            _, loss = masked_cross_entropy(nn_last_layer, labels[first:first + share], num_classes,
-                                           valid_pixels=tf.reduce_sum(labels))
-            total = loss + tf.add_n(decay) / context.num_replicas_in_sync if decay else loss
-            train_op = tf.train.AdamOptimizer(learning_rate).minimize(
-                total, global_step=tf.train.get_or_create_global_step())
+            _, train_op, loss = optimize(nn_last_layer, labels[first:first + share], learning_rate, num_classes,
+                                         tf.reduce_sum(labels), decay, context.num_replicas_in_sync)
             return train_op, loss
 
         train_ops, losses = strategy.extended.call_for_each_replica(replica_step, args=(input_image, correct_label))
@@ -272,14 +303,15 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, masked_cross_entr
             nn_last_layer = layers(*encoder(input_image, keep_prob), num_classes)
             logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes)
         # One process's replicas are equal by construction (the Saver fills every copy): machines are compared.
-        fingerprints = weight_fingerprints(strategy) if cluster.task else None
+        fingerprints = start_fingerprints(strategy, data_fingerprint(*data)) if cluster.task else None
     with reporting_lost_workers(cluster):  # the chief's initial values go to every worker here
         sess.run(tf.global_variables_initializer(), options=run_options(cluster, START_TIMEOUT_S))
         if vgg_dir:
             vgg.restore_saved_model_weights(sess, vgg_dir)
         if fingerprints is not None:
-            check_same_weights(cluster, sess.run(fingerprints, options=run_options(cluster, START_TIMEOUT_S)),
-                               vgg_dir)
+            table = sess.run(fingerprints, options=run_options(cluster, START_TIMEOUT_S))
+            check_same_data(cluster, table[:, 1:], dataset)
+            check_same_weights(cluster, table[:, 0], vgg_dir)
     return dict(input_image=input_image, keep_prob=keep_prob, correct_label=correct_label,
                 learning_rate=learning_rate, logits=logits, cross_entropy_loss=cross_entropy_loss,
                 train_op=train_op, train_loss=train_loss)

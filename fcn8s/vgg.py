@@ -18,8 +18,9 @@ import tensorflow.compat.v1 as tf
 from tensorflow.core.framework import variable_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-import downloads
-from errors import UserError, warn
+from fcn8s import downloads
+from fcn8s.errors import UserError, warn
+from fcn8s.paths import IMAGENET_URL, KERAS_H5, VGG_URL
 
 TAG = 'vgg16'
 # Caffe's ImageNet mean in BGR order: the ImageNet VGG16 weights expect mean-subtracted BGR input, and a
@@ -36,19 +37,15 @@ SOURCE_FILE = os.path.join('assets.extra', 'source.json')
 # Keras' ImageNet VGG16 weights (keras.applications), the legacy HDF5 file with the fully connected layers:
 # one top-level group per Keras layer, mapped here to this module's variable scopes in network order. Keras'
 # last layer, `predictions` (the 1000 ImageNet classes), has no counterpart in the Udacity model.
-KERAS_H5 = 'vgg16_weights_tf_dim_ordering_tf_kernels.h5'
 KERAS_SCOPES = {**{f'block{block}_conv{i}': f'conv{block}_{i}' for block, depth in BLOCKS
                    for i in range(1, depth + 1)},
                 'fc1': 'fc6', 'fc2': 'fc7'}
 
 
-VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
 VGG_FILES = ('saved_model.pb', 'variables/variables.index', 'variables/variables.data-00000-of-00001')
-IMAGENET_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/vgg16/' + KERAS_H5
 # The checksum Keras publishes for that file (keras.applications.vgg16, `file_hash`); Keras gives an MD5, and no
 # checksum is published for vgg.zip, which is checked as a zip (integrity, expected files).
 IMAGENET_MD5 = '64373286793e3c8b2b4e3219cbf3544b'
-INITS = ('auto', 'udacity', 'imagenet', 'random')
 WEIGHT_NAMES = {'udacity': "Udacity's pretrained VGG16", 'imagenet': "Keras' ImageNet VGG16"}
 
 

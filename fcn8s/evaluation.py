@@ -2,24 +2,16 @@
 models, the confusion matrix's figures (per-class and mean IoU, pixel and class accuracy) for scene parsing.
 The one scoring loop behind validation during training, `main.py evaluate` (this module's command) and the
 accuracy columns of `main.py optimize`."""
-import argparse
 import os
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-import batches
-import datasets
-import files
-import helper
-import kitti
-import metrics
-import plots
-import precision
-import run_folder
-from errors import UserError
-from images import class_overlay, overlay, resize_image, resize_nearest, resize_probabilities, resize_probability
+from fcn8s import batches, datasets, files, kitti, metrics, outputs, plots, precision, run_folder
+from fcn8s.datasets import is_road
+from fcn8s.errors import UserError
+from fcn8s.images import class_overlay, overlay, resize_image, resize_nearest, resize_probabilities, resize_probability
 
 # Validation images per forward pass, at most (and at most twice the training batch, which a forward pass without
 # gradients holds in less memory): the weights' conversion for oneDNN (and to bfloat16) is paid once per forward
@@ -31,11 +23,6 @@ def load_examples(pairs, load_pair=kitti.load_pair):
     """[(name, uint8 image [h, w, 3], int8 classes [h, w])] of (image path, label path) pairs, read and checked."""
     return [(os.path.basename(image), *load_pair(image, label))
             for image, label in tqdm(pairs, desc='loading', leave=False)]
-
-
-def is_road(classes):
-    """Whether a model of these classes is a road model, scored as KITTI scores road."""
-    return tuple(classes) == datasets.ROAD_CLASSES
 
 
 def network_batches(examples, image_shape, batch_size):
@@ -114,8 +101,7 @@ def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDA
     size (the mean over all valid pixels), the counts at each image's own size. batch_size images go through
     the network at once.
     """
-    probabilities = (helper.road_probability if is_road(layout.classes) else helper.class_probabilities)(
-        net['logits'])
+    probabilities = outputs.probabilities(net['logits'], layout.classes)
     net_batches = network_batches(examples, image_shape, batch_size)  # once: the same images every epoch
 
     def run_model(image, labels):
@@ -154,9 +140,10 @@ def format_class_table(record):
     return '\n'.join(lines)
 
 
-def format_record_table(record):
-    """The validation table of a record: KITTI's for a road model, per class for scene parsing."""
-    return format_kitti_table(record['val_kitti']) if 'val_kitti' in record else format_class_table(record)
+def format_record_table(record, classes):
+    """The validation table of a record of a model of these classes: KITTI's for a road model, per class for scene
+    parsing."""
+    return format_kitti_table(record['val_kitti']) if is_road(classes) else format_class_table(record)
 
 
 def format_kitti_table(table):
@@ -170,52 +157,47 @@ def format_kitti_table(table):
     return '\n'.join(lines)
 
 
-def evaluate_parser():
-    parser = argparse.ArgumentParser(
-        prog='main.py evaluate',
-        description='Score a trained run (its best checkpoint) at each image\'s original resolution: KITTI\'s road '
-                    'figures per category and pooled for a road model, per-class and mean IoU and accuracies for '
-                    'scene parsing; print a table and write RUN_DIR/eval.json and a plot.')
-    parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True, help='a run folder of main.py')
-    parser.add_argument('--dataset', metavar='DIR',
-                        help='score the labelled images of DIR (KITTI: all of training/; Cityscapes and CamVid: '
-                             'val and whatever test images have labels) instead of the run\'s validation split')
-    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'),
-                        help='arithmetic of the network: auto = bf16 on CPUs with AVX512_BF16 or AMX, else fp32 '
-                             '[default: the precision the run validated with, so that its figures are repeated; '
-                             'auto where this machine lacks it]')
-    return parser
+def run_classes(config):
+    """(the class names of a run's model, the --classes any dataset is opened with to score it): 'road' for a
+    road model, which every layout can score, else the run's own choice."""
+    classes = tuple(config['data'].get('classes', datasets.ROAD_CLASSES))
+    return classes, 'road' if is_road(classes) else config['settings'].get('classes', 'all')
 
 
-def evaluation_examples(args, config):
-    """(layout, examples) evaluate scores: the run's validation split, or the labelled images of --dataset; a road
-    run opens any layout as road / non-road."""
-    road = tuple(config['data'].get('classes', datasets.ROAD_CLASSES)) == datasets.ROAD_CLASSES
-    classes = 'road' if road else config['settings'].get('classes', 'all')
-    if args.dataset:
-        if not os.path.isdir(args.dataset):
-            raise UserError(f'--dataset {args.dataset}: no such folder')
-        layout = datasets.open_layout(args.dataset, classes)
-        labelled = layout.train if layout.kind == 'kitti' else (layout.val or []) + layout.test
-        pairs = [(image, label) for _, image, label in labelled if label]
-        if tuple(layout.classes) != tuple(config['data'].get('classes', datasets.ROAD_CLASSES)):
-            raise UserError(f'--dataset {args.dataset}: its classes ({", ".join(layout.classes)}) are not those of '
-                            f'{args.checkpoint}')
-    else:
-        layout = datasets.open_layout(config['data']['dataset'], classes)
-        pairs = datasets.labelled_pairs(layout, config['data']['val_names'], f'--checkpoint {args.checkpoint}')
+def validation_set(run_dir, config, flag='--checkpoint'):
+    """(layout, examples) of a run's validation split: its dataset opened as the run opened it, its validation
+    images read and checked; UserError when the dataset is gone or has changed."""
+    dataset = config['data']['dataset']
+    if not os.path.isdir(dataset):
+        raise UserError(f'{flag} {run_dir}: its dataset {dataset} is gone (its validation images are needed)')
+    layout = datasets.open_layout(dataset, run_classes(config)[1])
+    pairs = datasets.labelled_pairs(layout, config['data']['val_names'], f'{flag} {run_dir}')
     return layout, load_examples(pairs, layout.load_pair)
 
 
-def evaluate_command(argv, build_fcn):
-    """`main.py evaluate`: the scores of a run's best checkpoint, printed and written to eval.json.
-    build_fcn(sess, vgg_dir, seed, num_classes, skip_scales) -> tensors by name is main's graph builder."""
-    args = evaluate_parser().parse_args(argv)
+def labelled_set(dataset, run_dir, config):
+    """(layout, examples) of every labelled image of another dataset folder (KITTI: all of training/; Cityscapes
+    and CamVid: val and whatever test images have labels), opened to score the run's model."""
+    if not os.path.isdir(dataset):
+        raise UserError(f'--dataset {dataset}: no such folder')
+    classes, opened_as = run_classes(config)
+    layout = datasets.open_layout(dataset, opened_as)
+    if tuple(layout.classes) != classes:
+        raise UserError(f'--dataset {dataset}: its classes ({", ".join(layout.classes)}) are not those of {run_dir}')
+    labelled = layout.train if layout.kind == 'kitti' else (layout.val or []) + layout.test
+    return layout, load_examples([(image, label) for _, image, label in labelled if label], layout.load_pair)
+
+
+def evaluate_command(args, build_fcn):
+    """`main.py evaluate`: the scores of a run's best checkpoint (args: command_line.evaluate_parser's), printed and
+    written to eval.json. build_fcn(sess, vgg_dir, seed, num_classes, skip_scales) -> tensors by name is main's
+    graph builder."""
     config = run_folder.read_config(args.checkpoint, '--checkpoint')
     best = tf.train.latest_checkpoint(os.path.join(args.checkpoint, run_folder.BEST_CHECKPOINT))
     if best is None:
         raise UserError(f'{args.checkpoint}: no best checkpoint yet (one is saved after the first epoch)')
-    layout, examples = evaluation_examples(args, config)
+    layout, examples = (labelled_set(args.dataset, args.checkpoint, config) if args.dataset
+                        else validation_set(args.checkpoint, config))
     if not examples:
         raise UserError(f'{args.checkpoint}: no labelled images to evaluate')
     image_shape = tuple(config['settings']['image_shape'])
@@ -236,18 +218,13 @@ def evaluate_command(argv, build_fcn):
         sess.graph.finalize()
         record, _ = validate_fn()
     print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"} (%):\n'
-          + format_record_table(record))
+          + format_record_table(record, layout.classes))
     path = os.path.join(args.checkpoint, 'eval.json')
-    plot = os.path.join(args.checkpoint,
-                        'eval_precision_recall.png' if is_road(layout.classes) else 'eval_class_iou.png')
     title = f'{os.path.basename(best)}, {len(examples)} images'
     with files.writing(args.checkpoint, 'the evaluation'):
         files.write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],
                                 'precision': arithmetic, 'images': [name for name, _, _ in examples],
                                 'loss': record['val_loss'], **{key[4:]: value for key, value in record.items()
                                                                if key.startswith('val_') and key != 'val_loss'}})
-        if is_road(layout.classes):
-            plots.plot_precision_recall(record['val_counts'], plot, title)
-        else:
-            plots.plot_class_iou(record['val_classes'], plot, title)
+        plot = plots.plot_scores(record, is_road(layout.classes), args.checkpoint, 'eval_', title)
     print(f'written to {path} and {plot}')

@@ -3,7 +3,7 @@ import imageio
 import imageio.v3 as iio
 import numpy as np
 
-from errors import UserError
+from fcn8s.errors import UserError
 
 VIDEO_EXTENSIONS = ('.mp4', '.mov', '.avi', '.mkv')
 

@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 
-import downloads
-from errors import UserError
-from images import check_convertible, read_header, read_pair
-from metrics import IGNORE, NON_ROAD, ROAD
+from fcn8s import downloads
+from fcn8s.errors import UserError
+from fcn8s.images import check_convertible, read_header, read_pair
+from fcn8s.metrics import IGNORE, NON_ROAD, ROAD
 
 KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 KITTI_FOLDERS = ('training/image_2', 'training/gt_image_2', 'testing/image_2')
@@ -108,7 +108,8 @@ def load_pair(image_path, label_path):
 
 
 def scan_dataset(dataset):
-    """Check dataset's KITTI layout and pairing and read every image header: a dict for dataset_summary.
+    """Check dataset's KITTI layout and pairing and read every image header: a dict for dataset_summary, with the
+    training pairs [(image path, label path)] and the test image names it listed.
 
     UserError for a missing folder, an empty training set or an image without its road label.
     """
@@ -122,7 +123,8 @@ def scan_dataset(dataset):
     pairs = training_pairs(train_dir)
     test_images = list_images(os.path.join(test_dir, 'image_2'))
     scan = {'counts': collections.OrderedDict(), 'sizes': collections.Counter(),
-            'converted': collections.Counter(), 'unreadable_tests': [], 'ignored': []}
+            'converted': collections.Counter(), 'unreadable_tests': [], 'ignored': [], 'pairs': pairs,
+            'test_images': test_images}
     scan['counts']['training images'] = collections.Counter(category(os.path.basename(i)) for i, _ in pairs)
     road_labels = [f for f in os.listdir(os.path.join(train_dir, 'gt_image_2')) if ROAD_LABEL_NAME.match(f)]
     scan['counts']['road labels'] = collections.Counter(ROAD_LABEL_NAME.match(f).group(1) for f in road_labels)

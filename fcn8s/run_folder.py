@@ -17,23 +17,35 @@ import imageio.v3 as iio
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-import files
-import helper
-import plots
-import vgg
-from errors import LossDiverged, UserError
-from metrics import NUM_CLASSES, score_key
+from fcn8s import files, outputs, plots, vgg
+from fcn8s.datasets import ROAD_CLASSES, is_road
+from fcn8s.errors import LossDiverged, UserError
+from fcn8s.metrics import score_key
+from fcn8s.paths import BEST_CHECKPOINT, LAST_CHECKPOINT, SERVING_DIR
 
-LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'  # inside the run folder
 # The validation figures drawn in TensorBoard, where a record has them (road models, or scene parsing).
 SCALARS = ('val_max_f', 'val_iou_at_0.5', 'val_mean_iou', 'val_pixel_accuracy', 'val_mean_accuracy')
-SERVING_DIR = 'saved_model'  # inside the run folder: the best model with a serving signature
 
 # A stopped run to continue: its config.json, the path of its last checkpoint, that checkpoint's global step,
 # and the metrics.json records of the epochs it finished.
 Resume = collections.namedtuple('Resume', 'config checkpoint step history')
 # A kind of checkpoint of a run: its saver, its folder inside the run folder, and the bytes one checkpoint takes.
 Checkpoint = collections.namedtuple('Checkpoint', 'saver folder bytes')
+
+
+def new_run_dir(runs_dir):
+    """Create and return runs_dir/<YYYYmmdd-HHMMSS>, with a suffix if that exists: never reuse a folder."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    with files.writing(runs_dir, 'a run folder'):
+        os.makedirs(runs_dir, exist_ok=True)
+        for suffix in [''] + [f'-{i}' for i in range(1, 100)]:
+            path = os.path.join(runs_dir, stamp + suffix)
+            try:
+                os.makedirs(path)
+                return path
+            except FileExistsError:
+                continue
+    raise UserError(f'could not create a new run folder in {runs_dir}')
 
 
 def read_config(run_dir, flag):
@@ -195,10 +207,10 @@ def image_summary(tag, image):
         height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=encoded))])
 
 
-def epoch_recorder(sess, run_dir, checkpoints, history):
+def epoch_recorder(sess, run_dir, checkpoints, history, classes):
     """(on_step, on_epoch_end) for train_nn: TensorBoard events (`tensorboard --logdir runs`) of every step, and
     after each epoch its events, plots, the best checkpoint if it is the best epoch, metrics.json and the last
-    checkpoint. history: the records of the epochs already finished (a resumed run's)."""
+    checkpoint. history: the records of the epochs already finished (a resumed run's); classes: the model's."""
     last, best = checkpoints
     writer = tf.summary.FileWriter(run_dir)
     global_step = tf.train.get_global_step()
@@ -218,12 +230,7 @@ def epoch_recorder(sess, run_dir, checkpoints, history):
         writer.flush()
         with files.writing(run_dir, 'the plots and metrics.json'):
             plots.plot_history(epochs, os.path.join(run_dir, 'history.png'))
-            if 'val_counts' in record:
-                plots.plot_precision_recall(record['val_counts'], os.path.join(run_dir, 'precision_recall.png'),
-                                            f'validation, epoch {record["epoch"]}')
-            else:
-                plots.plot_class_iou(record['val_classes'], os.path.join(run_dir, 'class_iou.png'),
-                                     f'validation, epoch {record["epoch"]}')
+            plots.plot_scores(record, is_road(classes), run_dir, '', f'validation, epoch {record["epoch"]}')
         # Committed in this order so that an interruption anywhere leaves a consistent run: a best checkpoint
         # without its record is saved again when the epoch is redone, and a record whose last checkpoint is
         # missing is dropped on resume (history is cut at the checkpoint's step).
@@ -239,10 +246,10 @@ def epoch_recorder(sess, run_dir, checkpoints, history):
 
 # ------------------------------------------------------------------------------------------- the end of a run
 
-def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, num_classes=NUM_CLASSES):
+def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, classes=ROAD_CLASSES):
     """Write the model of checkpoint as a SavedModel (tag `serve`) whose `serving_default` signature maps
     `image` [N, H, W, 3] raw RGB 0-255 (H, W multiples of 32: the run's image_shape is what it was trained at)
-    to `road_probability` [N, H, W] for a road model, else to `class_probabilities` [N, H, W, num_classes]:
+    to `road_probability` [N, H, W] for a road model, else to `class_probabilities` [N, H, W, K] (K classes):
     inference without this project's code. A fresh graph, without training ops: the VGG16 of vgg_dir (None: a
     He-initialised one, seeded) and layers, main's decoder with the run's skip scales; export_dir must not exist."""
     with tf.Graph().as_default(), tf.Session() as sess:
@@ -254,16 +261,16 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, num_clas
                 'image_input:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0'))
         else:
             input_image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed, fc_as_matmul=False)
-        last = layers(layer3, layer4, layer7, num_classes)
-        logits = tf.reshape(last, [-1, num_classes], name='logits')
-        if num_classes == NUM_CLASSES:
-            outputs = {'road_probability': tf.reshape(helper.road_probability(logits), tf.shape(input_image)[:3],
-                                                      name='road_probability')}
+        last = layers(layer3, layer4, layer7, len(classes))
+        logits = tf.reshape(last, [-1, len(classes)], name='logits')
+        if is_road(classes):
+            output = {'road_probability': tf.reshape(outputs.road_probability(logits), tf.shape(input_image)[:3],
+                                                     name='road_probability')}
         else:
-            outputs = {'class_probabilities': tf.reshape(helper.class_probabilities(logits), tf.shape(last),
-                                                         name='class_probabilities')}
+            output = {'class_probabilities': tf.reshape(outputs.class_probabilities(logits), tf.shape(last),
+                                                        name='class_probabilities')}
         tf.train.Saver(tf.trainable_variables()).restore(sess, checkpoint)
-        signature = tf.saved_model.signature_def_utils.predict_signature_def({'image': input_image}, outputs)
+        signature = tf.saved_model.signature_def_utils.predict_signature_def({'image': input_image}, output)
         builder = tf.saved_model.Builder(export_dir)
         builder.add_meta_graph_and_variables(sess, [tf.saved_model.tag_constants.SERVING],
                                              signature_def_map={'serving_default': signature})
@@ -271,14 +278,14 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, num_clas
     return export_dir
 
 
-def finish(run_dir, config, best, vgg_dir, layers, keep_last, num_classes=NUM_CLASSES):
+def finish(run_dir, config, best, vgg_dir, layers, keep_last, classes=ROAD_CLASSES):
     """Export the best checkpoint as RUN_DIR/saved_model, mark the run finished in config.json and, unless
     keep_last, delete checkpoints/last: a finished run cannot be resumed, so its training state is dead weight."""
     serving_dir = os.path.join(run_dir, SERVING_DIR)
     if os.path.isdir(serving_dir):  # this run's own, from an export that was interrupted
         shutil.rmtree(serving_dir)
     try:
-        export_serving_model(best, vgg_dir, config['settings']['seed'], serving_dir, layers, num_classes)
+        export_serving_model(best, vgg_dir, config['settings']['seed'], serving_dir, layers, classes)
     except (tf.errors.OpError, OSError) as e:
         shutil.rmtree(serving_dir, ignore_errors=True)
         if not _out_of_disk(e):

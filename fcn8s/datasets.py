@@ -10,23 +10,19 @@ import zipfile
 
 import numpy as np
 
-import camvid
-import cityscapes
-import downloads
-import files
-import kitti
-import synthetic
-from errors import UserError, warn
-from images import OVERLAY_COLOR, read_pair
-
-SYNTHETIC_DIR = 'synthetic_road'  # inside the data folder
+from fcn8s import camvid, cityscapes, downloads, files, kitti, synthetic
+from fcn8s.errors import UserError, warn
+from fcn8s.images import OVERLAY_COLOR, read_pair
+from fcn8s.paths import SYNTHETIC_DIR
 
 
 def resolve(dataset, data_dir, kitti_url, download, synthetic_images, wait_s=0):
     """(dataset folder, source) where source is 'user' (dataset, a folder the user named: never replaced), 'kitti'
     (data_dir/data_road, downloaded from kitti_url if download allows) or 'synthetic' (data_dir/synthetic_road,
-    generated once with synthetic_images = (training, test) images). With wait_s, the generated scenes are not
-    made but waited for, up to wait_s seconds: a worker of a cluster sharing data_dir leaves them to the chief.
+    generated once with synthetic_images = (training, test) images). With wait_s (a worker of a cluster, which
+    never downloads or generates), a missing KITTI is waited for, or the generated scenes, whichever appears first
+    within wait_s seconds: the chief downloads or generates into a data_dir they share, and a worker whose own
+    data_dir holds neither stops with an error instead of training on other data than the chief's.
     """
     if dataset:
         if os.path.isfile(dataset):
@@ -38,6 +34,8 @@ def resolve(dataset, data_dir, kitti_url, download, synthetic_images, wait_s=0):
     road_dir = os.path.join(data_dir, 'data_road')
     if not kitti.kitti_is_present(road_dir):  # an incomplete KITTI folder is to be fixed, not replaced
         downloads.refuse_incomplete(road_dir, 'KITTI Road', kitti.KITTI_FOLDERS)
+    if wait_s:
+        return wait_for_data(road_dir, os.path.join(data_dir, SYNTHETIC_DIR), wait_s)
     try:
         if not download and not kitti.kitti_is_present(road_dir):
             raise UserError(f'it is not in {road_dir} (--no-download)\n  '
@@ -47,17 +45,26 @@ def resolve(dataset, data_dir, kitti_url, download, synthetic_images, wait_s=0):
         folder = os.path.join(data_dir, SYNTHETIC_DIR)
         warn(f'KITTI Road is not available: {e}\nTraining on generated road scenes instead: {folder} '
              f'({synthetic_images[0]} training, {synthetic_images[1]} test images). See docs/data-and-weights.md.')
-        if wait_s:
-            deadline = time.time() + wait_s
-            while not os.path.isdir(folder) and time.time() < deadline:  # the chief renames it into place whole
-                time.sleep(2)
-            if not os.path.isdir(folder):
-                raise UserError(f'{folder} did not appear within {wait_s} s: the chief makes it (or give every '
-                                'worker the same --dataset)')
-        elif not os.path.isdir(folder):
+        if not os.path.isdir(folder):
             with files.writing(data_dir, 'the generated road scenes'):
                 synthetic.make_synthetic_kitti(folder, *synthetic_images, seed=0)
         return folder, 'synthetic'
+
+
+def wait_for_data(road_dir, synthetic_dir, wait_s):
+    """(folder, source) of KITTI Road in road_dir or the generated scenes in synthetic_dir, whichever is there
+    first within wait_s seconds (the chief renames either into place whole); UserError naming both otherwise."""
+    deadline = time.time() + wait_s
+    while True:
+        if kitti.kitti_is_present(road_dir):
+            return road_dir, 'kitti'
+        if os.path.isdir(synthetic_dir):
+            return synthetic_dir, 'synthetic'
+        if time.time() >= deadline:
+            raise UserError(f'this worker has no training data: neither KITTI Road ({road_dir}) nor the generated '
+                            f'scenes ({synthetic_dir}) appeared within {wait_s:g} s (--worker-timeout). Put the '
+                            'chief\'s dataset on every machine (or give every worker the same --dataset)')
+        time.sleep(1)
 
 
 # ------------------------------------------------------------------------------------------- three layouts
@@ -72,6 +79,12 @@ Layout = collections.namedtuple('Layout', 'kind root classes palette train val t
 ROAD_CLASSES = ('non-road', 'road')
 ROAD_PALETTE = ((0, 0, 0), OVERLAY_COLOR)
 CLASS_CHOICES = ('all', 'road')
+
+
+def is_road(classes):
+    """Whether a model of these class names is a road model (road against the rest, scored as KITTI scores road,
+    with a road probability as its output), rather than scene parsing (every class, scored by IoU)."""
+    return tuple(classes) == ROAD_CLASSES
 KINDS = {'kitti': 'KITTI Road (training/image_2, training/gt_image_2, testing/image_2)',
          'cityscapes': 'Cityscapes (leftImg8bit/{train,val,test}/CITY/*_leftImg8bit.png, '
                        'gtFine/{train,val}/CITY/*_gtFine_labelIds.png)',
@@ -93,17 +106,32 @@ def detect(folder):
                     + '; '.join(f'{KINDS[kind]}: no {", ".join(parts)}' for kind, parts in lacks.items()))
 
 
+def open_training_layout(folder, classes, source):
+    """(Layout, a few lines about it) of the dataset a run trains on, its folder listed and checked once: KITTI's
+    three folders, pairs and image headers (kitti.scan_dataset), or the splits of Cityscapes or CamVid."""
+    if detect(folder) != 'kitti':
+        layout = open_layout(folder, classes)
+        return layout, summary(layout, source)
+    scan = kitti.scan_dataset(folder)
+    return kitti_layout(folder, scan['pairs'], scan['test_images']), kitti.dataset_summary(folder, source, scan)
+
+
+def kitti_layout(folder, pairs, test_names):
+    """The Layout of a KITTI Road folder with these training pairs [(image path, label path)] and test images."""
+    test_dir = os.path.join(folder, 'testing', 'image_2')
+    return Layout('kitti', folder, ROAD_CLASSES, ROAD_PALETTE,
+                  [(os.path.basename(image), image, label) for image, label in pairs], None,
+                  [(name, os.path.join(test_dir, name), None) for name in test_names], kitti.category,
+                  kitti.load_pair, None)
+
+
 def open_layout(folder, classes='all'):
     """The Layout of a dataset folder; classes 'road' makes any layout a road / non-road one (void ignored)."""
     kind = detect(folder)
-    if kind == 'kitti':
-        pairs = [(os.path.basename(image), image, label)
-                 for image, label in kitti.training_pairs(os.path.join(folder, 'training'))]
+    if kind == 'kitti':  # evaluate needs no test images; training checks them (open_training_layout)
         test_dir = os.path.join(folder, 'testing', 'image_2')
-        test = [(name, os.path.join(test_dir, name), None) for name in kitti.list_images(test_dir)] \
-            if os.path.isdir(test_dir) else []  # training checks it (scan_dataset); evaluate needs no test images
-        return Layout(kind, folder, ROAD_CLASSES, ROAD_PALETTE, pairs, None, test, kitti.category, kitti.load_pair,
-                      None)
+        return kitti_layout(folder, kitti.training_pairs(os.path.join(folder, 'training')),
+                            kitti.list_images(test_dir) if os.path.isdir(test_dir) else [])
     module = cityscapes if kind == 'cityscapes' else camvid
     road_only = classes == 'road'
     table = module.decoder(road_only)

@@ -13,4 +13,4 @@ def warn(message):
 
 
 class LossDiverged(UserError):
-    """The training loss became NaN or infinite: training stops, naming the step."""
+    """The training loss became NaN, infinite or blew up: training stops, naming the step."""

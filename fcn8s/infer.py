@@ -1,7 +1,6 @@
 """`main.py infer`: overlays (road green, or each class in its colour) and confidence maps or label images of
 images, a folder of them, or a video, with any model a run has: its optimized/ variants, its saved_model/, a
 frozen .pb or a .tflite file."""
-import argparse
 import os
 import shutil
 import time
@@ -12,45 +11,14 @@ import tensorflow.compat.v1 as tf
 from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
-import datasets
-import files
-import inference
-import precision
-import run_folder
-from errors import UserError
-from helper import predict_classes, predict_probability
-from images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
-from metrics import confidence
-from optimization import OPTIMIZED_DIR
-from video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
-
-
-def infer_parser():
-    parser = argparse.ArgumentParser(
-        prog='main.py infer',
-        description='Segment images or a video with a trained model (the road, or every class of a scene-parsing '
-                    'model). Overlays are written at the '
-                    'input\'s own resolution: a PNG per image into the OUTPUT folder, or, for a video, an mp4 '
-                    'with the same frame rate. Nothing existing is overwritten; an unreadable image is skipped '
-                    'with a warning (and the command then ends with an error listing what it skipped).')
-    parser.add_argument('--model', metavar='PATH', required=True,
-                        help='a run folder (its optimized/ model of --precision if main.py optimize made one, '
-                             'else its saved_model/), an optimized/ or saved_model/ folder, a frozen .pb or a '
-                             '.tflite file')
-    parser.add_argument('--input', metavar='PATH', required=True,
-                        help='a PNG/JPEG image, a folder of them, or a video (mp4, mov, avi, mkv)')
-    parser.add_argument('--output', metavar='PATH', required=True,
-                        help='a folder for the overlays of images; an .mp4 file for a video')
-    parser.add_argument('--precision', choices=('auto', *inference.PRECISION_VARIANT), default='auto',
-                        help='fp32; bf16 (bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX, float16 on a '
-                             'GPU); int8 (needs main.py optimize\'s int8.tflite); auto = bf16 where the CPU has '
-                             'it, else fp32, and a .tflite model\'s own [default: auto]')
-    parser.add_argument('--probabilities', action='store_true',
-                        help='also write, for a road model, KITTI-style confidence maps (uint8 road probability '
-                             'x 255), for scene parsing the label images (class ids as the dataset\'s benchmark '
-                             'reads them), into OUTPUT/probabilities/ (OUTPUT_probabilities/ for a video, a PNG per '
-                             'frame)')
-    return parser
+from fcn8s import datasets, files, inference, precision, run_folder
+from fcn8s.datasets import is_road
+from fcn8s.errors import UserError
+from fcn8s.images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
+from fcn8s.metrics import confidence
+from fcn8s.outputs import predict_classes, predict_probability
+from fcn8s.paths import OPTIMIZED_DIR, PRECISION_VARIANT, SERVING_DIR, VARIANT_FILES
+from fcn8s.video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
 
 
 def load_model(path, requested):
@@ -65,19 +33,19 @@ def load_model(path, requested):
     if not os.path.isdir(path):
         raise UserError(f'--model {path}: no such file or folder')
     chosen = precision.choose('auto')[0] if requested == 'auto' else requested
-    variant = inference.PRECISION_VARIANT[chosen]
+    variant = PRECISION_VARIANT[chosen]
     optimized = path if os.path.isfile(os.path.join(path, 'optimization.json')) else os.path.join(path,
                                                                                                    OPTIMIZED_DIR)
-    file = os.path.join(optimized, inference.FILES[variant])
+    file = os.path.join(optimized, VARIANT_FILES[variant])
     if os.path.isfile(file):
         return inference.variant_predictor(variant, file), f'{file} ({variant})'
     if os.path.isfile(os.path.join(path, 'saved_model.pb')):
         run_dir, saved_model = os.path.dirname(os.path.abspath(path)), path
     else:
-        run_dir, saved_model = path, os.path.join(path, run_folder.SERVING_DIR)
+        run_dir, saved_model = path, os.path.join(path, SERVING_DIR)
     if chosen == 'int8' or not os.path.isfile(os.path.join(saved_model, 'saved_model.pb')):
         raise UserError(f'--model {path}: no {chosen} model there: give a run folder, its {OPTIMIZED_DIR}/ or '
-                        f'{run_folder.SERVING_DIR}/ folder, a .pb or a .tflite file'
+                        f'{SERVING_DIR}/ folder, a .pb or a .tflite file'
                         + (' (int8 models are made by python main.py optimize --checkpoint RUN_DIR)'
                            if chosen == 'int8' else ''))
     config = run_folder.read_config(run_dir, '--model')  # the input size the model was trained at
@@ -147,17 +115,16 @@ def output_paths(args, video, pictures):
 
 
 def painter(predictor, classes):
-    """paint(image uint8 [h, w, 3]) -> (overlay, map) at the image's own size: for a road model (classes None)
-    the green overlay and the uint8 confidence map; for scene parsing, classes = (names, palette, encode), the
+    """paint(image uint8 [h, w, 3]) -> (overlay, map) at the image's own size, for a model of classes = (names,
+    palette, encode): for a road model the green overlay and the uint8 confidence map; for scene parsing the
     class-coloured overlay and the label image (encode's ids)."""
     predict, image_shape = predictor
-    if classes is None:
+    names, palette, encode = classes
+    if is_road(names):
         def paint(image):
             prob = predict_probability(predict, image, image_shape)
             return overlay(image, prob), confidence(prob)
     else:
-        names, palette, encode = classes
-
         def paint(image):
             predicted = predict_classes(predict, image, image_shape, len(names))
             return class_overlay(image, predicted, palette), encode(predicted)
@@ -220,11 +187,12 @@ def infer_video(video, output, probability_dir, paint, written):
 
 
 def model_classes(model_path, warmup_output):
-    """None for a road model (its output has no class axis), else (names, palette, encode) of its classes: those
-    of the run the model belongs to, when its config.json is found beside it, else told by their count."""
+    """(names, palette, encode) of a model's classes: a road model's when its output has no class axis (a road
+    probability), else those of the run the model belongs to, when its config.json is found beside it, else told
+    by their count."""
     output = np.asarray(warmup_output)
     if output.ndim < 4:
-        return None
+        return datasets.ROAD_CLASSES, datasets.ROAD_PALETTE, None
     folder = os.path.abspath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
     kind = None
     for run_dir in (folder, os.path.dirname(folder)):  # a run folder, or its optimized/ or saved_model/
@@ -246,13 +214,12 @@ def timed(predictor, seconds):
     return timed_predict, image_shape
 
 
-def infer_command(argv):
-    """`main.py infer`: overlays (and confidence maps, or label images) of images, a folder of them, or a video."""
-    parser = infer_parser()
-    args = parser.parse_args(argv)
+def infer_command(args):
+    """`main.py infer` (args: command_line.infer_parser's): overlays (and confidence maps, or label images) of
+    images, a folder of them, or a video."""
     video, pictures = infer_inputs(args.input)
     if video and not args.output.lower().endswith('.mp4'):
-        parser.error(f'--output {args.output}: the overlay of a video is an .mp4 file')
+        raise UserError(f'--output {args.output}: the overlay of a video is an .mp4 file')
     names, targets = output_paths(args, video, pictures)
     try:
         predictor, description = load_model(args.model, args.precision)
@@ -267,7 +234,7 @@ def infer_command(argv):
     warmup = predict(np.zeros((1, *image_shape, 3), np.float32))  # a Session sets its graph up at the first run
     classes = model_classes(args.model, warmup)
     print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, '
-          + (f'{len(classes[0])} classes, ' if classes else 'road, ')
+          + ('road, ' if is_road(classes[0]) else f'{len(classes[0])} classes, ')
           + f'ready in {time.perf_counter() - start:.1f} s', flush=True)
     model_seconds, written, skipped = [], [], []  # written: this command's own outputs, removed if it fails
     start = time.perf_counter()

@@ -1,13 +1,14 @@
 """PNG plots of a run, from what metrics.json holds: loss and the validation score per epoch, and of the last
 validation the precision-recall curves per category (road models) or the IoU of every class (scene parsing)."""
+import os
+
 import matplotlib
 
 matplotlib.use('Agg')  # files only: no display on a training machine
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-import metrics  # noqa: E402
-
+from fcn8s import metrics  # noqa: E402
 
 # The validation figures drawn per epoch, where the records have them: (key, legend).
 HISTORY_SCORES = (('val_max_f', 'MaxF'), ('val_iou_at_0.5', 'road IoU at 0.5'), ('val_mean_iou', 'mean IoU'),
@@ -32,6 +33,18 @@ def plot_history(history, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_scores(record, road, folder, prefix, title):
+    """The figure of a validation record into folder: a road model's precision-recall curves
+    (PREFIXprecision_recall.png), or scene parsing's per-class IoU (PREFIXclass_iou.png). Returns its path."""
+    if road:
+        path = os.path.join(folder, prefix + 'precision_recall.png')
+        plot_precision_recall(record['val_counts'], path, title)
+    else:
+        path = os.path.join(folder, prefix + 'class_iou.png')
+        plot_class_iou(record['val_classes'], path, title)
+    return path
 
 
 def plot_precision_recall(counts, path, title='validation'):

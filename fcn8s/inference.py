@@ -21,19 +21,15 @@ import tensorflow.compat.v1 as tf
 # Offline Grappler has no public entry point; TensorFlow's own converters call this one.
 from tensorflow.python.grappler import tf_optimizer
 
-from precision import cores, session_config
+from fcn8s.precision import cores, session_config
+from fcn8s.recipes import WARMUP_RUNS
 
 INPUT = 'image'  # tensor names of the frozen graphs: INPUT, and one of OUTPUTS (a road or a scene-parsing model)
 OUTPUTS = ('road_probability', 'class_probabilities')
-FILES = {'fp32': 'fp32.pb', 'bf16': 'bf16.pb', 'tflite-fp16': 'fp16.tflite',
-         'tflite-int8-dynamic': 'int8_dynamic.tflite', 'tflite-int8': 'int8.tflite'}
-PRECISION_VARIANT = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'}  # infer --precision -> variant
 # Ops left in float in the full-integer model. TFLite's int8 REVERSE_V2, the RGB -> BGR flip at the input of the
 # random and ImageNet encoders, gave wrong values (RMSE of 49 quantization steps against float in TFLite's
 # quantization debugger) and cost 5.9 points of MaxF; in float it costs nothing measurable in speed.
 INT8_FLOAT_OPS = ['REVERSE_V2']
-CALIBRATION_IMAGES = 300  # "a few hundred" representative images for full-integer quantization
-WARMUP_RUNS = 3
 
 
 def _zero_dropout_noise(graph_def):

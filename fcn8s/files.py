@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 
-from errors import UserError
+from fcn8s.errors import UserError
 
 # The OSErrors that come from the user's disk, not from a bug: no space, no permission, a read-only file system.
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)

@@ -8,10 +8,8 @@ road coordinates: ``u`` is the lateral position in road half-widths (|u| = 1 at 
 ``t`` is the perspective row parameter (0 at the horizon, 1 at the bottom row). Everything placed in
 these coordinates narrows toward the vanishing point automatically.
 """
-import argparse
 import concurrent.futures
 import os
-import sys
 from collections import deque, namedtuple
 from functools import partial
 
@@ -20,9 +18,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-import camvid
-import files
-from kitti import CATEGORIES, INVALID_COLOR, NON_ROAD_COLOR, ROAD_COLOR
+from fcn8s import camvid, files
+from fcn8s.errors import UserError
+from fcn8s.kitti import CATEGORIES, INVALID_COLOR, NON_ROAD_COLOR, ROAD_COLOR
 
 KITTI_SIZES = ((375, 1242), (376, 1241), (370, 1226), (370, 1224))   # (height, width)
 
@@ -627,35 +625,13 @@ def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVI
     return root
 
 
-def synthetic_parser():
-    parser = argparse.ArgumentParser(description='Write the generated road scenes, with their classes, to a new '
-                                     'folder in CamVid\'s SegNet layout (train/, trainannot/, val/, valannot/, '
-                                     'test/, testannot/): the offline demonstration of scene parsing, '
-                                     '`python main.py --dataset DIR`. (main.py makes the KITTI-layout set itself.)')
-    parser.add_argument('root', metavar='DIR', help='the folder to create; it must not exist')
-    parser.add_argument('--counts', type=int, nargs=3, default=(240, 30, 30), metavar=('TRAIN', 'VAL', 'TEST'),
-                        help='images per split [default: 240 30 30]')
-    parser.add_argument('--seed', type=int, default=0, help='the scenes\' seed [default: 0]')
-    return parser
-
-
-def main(argv=None):
-    """`python synthetic.py DIR`: the generated scenes in CamVid's layout."""
-    parser = synthetic_parser()
-    args = parser.parse_args(argv)
-    if min(args.counts) < 1:
-        parser.error('--counts: every split needs at least one image')
+def synthetic_command(args):
+    """`python main.py synthetic DIR` (args: command_line.synthetic_parser's): the generated scenes in CamVid's
+    layout."""
     try:
         make_synthetic_camvid(args.root, *args.counts, seed=args.seed)
     except FileExistsError as e:
-        print(f'error: {e}: choose a new folder (nothing was written)', file=sys.stderr)
-        return 2
+        raise UserError(f'{e}: choose a new folder (nothing was written)') from None
     except OSError as e:  # an unwritable place or a full disk
-        print(f'error: cannot write {args.root}: {e.strerror or e}', file=sys.stderr)
-        return 2
+        raise UserError(f'cannot write {args.root}: {e.strerror or e}') from None
     print(f'written to {args.root}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

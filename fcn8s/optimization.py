@@ -1,6 +1,5 @@
 """`main.py optimize`: a finished run's model made fast for inference (frozen fp32, bf16, TFLite fp16 and int8),
 each variant timed at batch 1 and scored on the validation split, into RUN_DIR/optimized/."""
-import argparse
 import os
 import time
 
@@ -8,38 +7,15 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-import datasets
-import evaluation
-import files
-import inference
-import run_folder
-from errors import UserError
-from images import read_rgb, resize_image
-from precision import machine, mixed_precision
-
-OPTIMIZED_DIR = 'optimized'  # inside the run folder: main.py optimize's models and table
-LATENCY_RUNS = 20
+from fcn8s import datasets, evaluation, files, inference, run_folder
+from fcn8s.errors import UserError
+from fcn8s.images import read_rgb, resize_image
+from fcn8s.paths import OPTIMIZED_DIR, SERVING_DIR, VARIANT_FILES
+from fcn8s.precision import machine, mixed_precision
+from fcn8s.recipes import CALIBRATION_IMAGES, WARMUP_RUNS
 
 
-def optimize_parser():
-    parser = argparse.ArgumentParser(
-        prog='main.py optimize',
-        description='Make fast inference models of a finished run in RUN_DIR/optimized/: fp32.pb (frozen graph, '
-                    'Grappler-optimized), bf16.pb (auto mixed precision: oneDNN bfloat16 on CPUs with '
-                    'AVX512_BF16 or AMX, float16 on a GPU), fp16.tflite, int8_dynamic.tflite and int8.tflite '
-                    f'(full integer, calibrated on up to {inference.CALIBRATION_IMAGES} training images). Each '
-                    'is timed at batch 1 and scored on the validation split; the table goes to '
-                    'optimization.md and optimization.json. A previous optimized/ is replaced once the new '
-                    'one is complete.')
-    parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True,
-                        help='a finished run folder of main.py (its saved_model/ is what gets optimized)')
-    parser.add_argument('--runs', type=int, default=LATENCY_RUNS,
-                        help=f'timed runs per variant, after {inference.WARMUP_RUNS} warm-up runs '
-                             '[default: %(default)s]')
-    return parser
-
-
-def calibration_images(layout, exclude, image_shape, count=inference.CALIBRATION_IMAGES):
+def calibration_images(layout, exclude, image_shape, count=CALIBRATION_IMAGES):
     """Up to count training images of a datasets.Layout (uint8 [H, W, 3] at image_shape), spread evenly over the
     sorted names, never one of exclude (the validation split)."""
     exclude = set(exclude)
@@ -62,7 +38,7 @@ def format_optimization_table(report):
     lines = [f'# Optimized models of {report["run"]}', '',
              f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}. Input {report["image_shape"][0]}x'
              f'{report["image_shape"][1]}, batch 1: latency over {report["runs"]} runs after '
-             f'{inference.WARMUP_RUNS} warm-up runs. {report["score_name"]} and IoU ({report["iou_name"]}) on the '
+             f'{WARMUP_RUNS} warm-up runs. {report["score_name"]} and IoU ({report["iou_name"]}) on the '
              f'{report["val_images"]} validation images. tflite-int8 calibrated on '
              f'{report["calibration_images"]} training images. Command: `{report["command"]}`.', '',
              f'| variant | file | size (MB) | median (ms) | p90 (ms) | images/s | speed-up vs fp32 | '
@@ -78,23 +54,13 @@ def format_optimization_table(report):
     return '\n'.join(lines) + '\n'
 
 
-def optimize_command(argv):
-    """`main.py optimize`: the run's model frozen, in bf16 and as TFLite fp16/int8, each timed and scored."""
-    parser = optimize_parser()
-    args = parser.parse_args(argv)
-    if args.runs < 2:
-        parser.error('--runs must be at least 2')
+def optimize_command(args, argv):
+    """`main.py optimize`: the run's model frozen, in bf16 and as TFLite fp16/int8, each timed and scored. args:
+    command_line.optimize_parser's, parsed from argv (recorded in the report)."""
     config, saved_model = run_folder.finished_run(args.checkpoint, '--checkpoint')
     image_shape = tuple(config['settings']['image_shape'])
-    dataset = config['data']['dataset']
-    if not os.path.isdir(dataset):
-        raise UserError(f'--checkpoint {args.checkpoint}: its dataset {dataset} is gone (validation images '
-                        'score each variant, training images calibrate int8)')
-    layout = datasets.open_layout(dataset, config['settings'].get('classes', 'all'))
-    val_names = config['data']['val_names']
-    examples = evaluation.load_examples(datasets.labelled_pairs(layout, val_names, f'--checkpoint {args.checkpoint}'),
-                                        layout.load_pair)
-    calibration = calibration_images(layout, val_names, image_shape)
+    layout, examples = evaluation.validation_set(args.checkpoint, config)
+    calibration = calibration_images(layout, config['data']['val_names'], image_shape)
     if not calibration:
         raise UserError(f'--checkpoint {args.checkpoint}: no training image outside the validation split to '
                         'calibrate int8 on')
@@ -114,10 +80,10 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
     frozen = inference.freeze(saved_model, image_shape)
     reference = measure_variant('saved_model', inference.saved_model_predictor(saved_model, image_shape),
                                 examples, args.runs, layout)
-    reference.update(file=run_folder.SERVING_DIR, size_mb=files.folder_bytes(saved_model) / 2 ** 20)
+    reference.update(file=SERVING_DIR, size_mb=files.folder_bytes(saved_model) / 2 ** 20)
     rows, skipped = [], []
     precision, why = mixed_precision()
-    for variant, file in inference.FILES.items():
+    for variant, file in VARIANT_FILES.items():
         path = os.path.join(staging, file)
         if variant == 'bf16' and precision is None:
             print(f'{variant}: skipped: {why}', flush=True)
@@ -139,8 +105,8 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
     report = {'run': args.checkpoint, 'command': ' '.join(['python main.py optimize', *argv]),
               'machine': machine(), 'tensorflow': tf.__version__, 'image_shape': list(image_shape),
               'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration),
-              'score_name': 'MaxF' if evaluation.is_road(layout.classes) else 'mean IoU',
-              'iou_name': 'road, at the MaxF threshold' if evaluation.is_road(layout.classes) else 'mean over classes',
+              'score_name': 'MaxF' if datasets.is_road(layout.classes) else 'mean IoU',
+              'iou_name': 'road, at the MaxF threshold' if datasets.is_road(layout.classes) else 'mean over classes',
               'variants': [reference] + rows, 'skipped': skipped}
     files.write_json(os.path.join(staging, 'optimization.json'), report)
     return report

@@ -1,0 +1,276 @@
+"""The command line of main.py: every command's flags with their help and checks, and a terminal kept for the
+project's own lines. Nothing here imports TensorFlow, so that `--help` and a mistyped flag answer at once, before
+the library (and TensorFlow, which takes seconds to load) is imported."""
+import argparse
+import contextlib
+import logging
+import os
+import sys
+
+from fcn8s.datasets import CLASS_CHOICES
+from fcn8s.kitti import KITTI_URL
+from fcn8s.paths import KERAS_H5, PRECISION_VARIANT, VGG_URL
+from fcn8s.recipes import CALIBRATION_IMAGES, INITS, LATENCY_RUNS, RECIPES, STEP_TIMEOUT_S, WARMUP_RUNS, WARMUP_STEPS
+
+# Flags about how a run runs, not what it trains: a resumed run takes them anew (a switch turned on stays on).
+OPERATIONAL = ('worker_timeout', 'keep_last_checkpoint', 'no_download')
+
+
+def train_parser():
+    """The flags of `python main.py` (training)."""
+    parser = argparse.ArgumentParser(
+        description='Train FCN-8s (VGG16) road segmentation on KITTI Road and write road overlays of the test '
+                    'images. Offline, without KITTI or the VGG16 weights, it trains on generated road scenes '
+                    'with a randomly initialised VGG16 instead (and says so). Every run writes a new folder '
+                    'RUNS_DIR/<YYYYmmdd-HHMMSS>/ with the overlays, KITTI confidence maps, checkpoints, '
+                    'config.json and metrics.json. Other commands, each with --help: `python main.py evaluate` '
+                    'scores a trained run, `python main.py optimize` makes fast inference models of it, '
+                    '`python main.py infer` segments images or a video.')
+    k, s = RECIPES['kitti'], RECIPES['synthetic']
+    parser.add_argument('--data-dir', default='data',
+                        help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')
+    parser.add_argument('--dataset', help='a dataset folder in KITTI Road\'s, Cityscapes\' or CamVid\'s layout '
+                                          '(docs/datasets.md) [default: DATA_DIR/data_road]')
+    parser.add_argument('--vgg-dir', help='folder of the VGG16 SavedModel: Udacity\'s, or the one converted '
+                                          'from ImageNet weights [default: DATA_DIR/vgg]')
+    parser.add_argument('--vgg-init', choices=INITS, default='auto',
+                        help='encoder weights: "udacity" = Udacity\'s SavedModel in VGG_DIR (vgg.zip downloaded '
+                             'if missing); "imagenet" = Keras\' ImageNet VGG16 weights converted into VGG_DIR; '
+                             '"random" = He initialisation (no pretraining: much weaker); "auto" = whatever '
+                             'VGG_DIR holds, else udacity, then imagenet, then random, saying which [default: auto]')
+    parser.add_argument('--imagenet-weights', metavar='PATH',
+                        help=f'Keras\' {KERAS_H5} (with the fully connected layers) for --vgg-init imagenet; '
+                             'implies it under auto [default: DATA_DIR, Keras\' cache ~/.keras/models, download]')
+    parser.add_argument('--vgg-url', default=VGG_URL,
+                        help='where to download Udacity\'s vgg.zip from [default: %(default)s]')
+    parser.add_argument('--kitti-url', default=KITTI_URL,
+                        help='where to download KITTI Road\'s data_road.zip from [default: %(default)s]')
+    parser.add_argument('--runs-dir', default='runs',
+                        help='each run writes a new RUNS_DIR/<timestamp>/ folder [default: runs]')
+    parser.add_argument('--epochs', type=int,
+                        help=f'passes over the training split [default: {k["epochs"]}; {s["epochs"]} synthetic]')
+    parser.add_argument('--batch-size', type=int,
+                        help=f'images per step [default: {k["batch_size"]}; {s["batch_size"]} synthetic]')
+    parser.add_argument('--learning-rate', type=float,
+                        help=f'peak Adam learning rate: a {WARMUP_STEPS}-step linear warm-up, then poly decay '
+                             f'[default: {k["learning_rate"]:g}; {s["learning_rate"]:g} synthetic]')
+    parser.add_argument('--keep-prob', type=float,
+                        help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}; '
+                             f'{s["keep_prob"]} synthetic]')
+    parser.add_argument('--image-shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='network input size, multiples of 32; images are resized to it and predictions '
+                             'back to each image\'s own size [default: 160 576 KITTI; 256 512 Cityscapes; 352 480 '
+                             'CamVid; 96 320 synthetic]')
+    parser.add_argument('--classes', choices=CLASS_CHOICES, default='all',
+                        help='what to segment in a Cityscapes or CamVid --dataset: "all" its classes (19 for '
+                             'Cityscapes, 11 for CamVid), or "road" against everything labelled, scored as KITTI '
+                             'scores road; KITTI Road is always road [default: all]')
+    parser.add_argument('--val-fraction', type=float, default=0.1,
+                        help='fraction of each category (KITTI: um/umm/uu) held out for validation in stretches '
+                             'of consecutive frames, never trained on; a dataset with a validation split of its own '
+                             'uses that instead [default: 0.1]')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seeds the split, shuffling and initialisation [default: 0]')
+    parser.add_argument('--patience', type=int, help='stop early when the validation score (MaxF; mean IoU for '
+                        'scene parsing) has not improved for this many epochs [default: off, train all epochs]')
+    parser.add_argument('--balance-classes', action='store_true',
+                        help='weight each class in the training loss by SegNet\'s median-frequency balancing, '
+                             'from the training labels (docs/datasets.md says what it did) [default: off]')
+    parser.add_argument('--no-augment', action='store_true',
+                        help='train on the images as they are: no random flip, zoom, brightness, contrast or '
+                             'gamma (validation is never augmented)')
+    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
+                        help='training and validation arithmetic: bf16 = oneDNN bfloat16 auto mixed precision '
+                             '(weights, Adam\'s state and the loss stay fp32), on CPUs with AVX512_BF16 or AMX only; '
+                             'auto = bf16 where the CPU has it, else fp32 (GPUs too); the choice and its reason go '
+                             'into config.json [default: auto]')
+    parser.add_argument('--no-download', action='store_true',
+                        help='never use the network: missing weights or KITTI fall back at once to what is on '
+                             'disk')
+    parser.add_argument('--worker-timeout', type=float, default=STEP_TIMEOUT_S, metavar='SECONDS',
+                        help='training on several machines (TF_CONFIG): how long a step waits for the other '
+                             'workers before this one stops with an error naming the tasks that are gone; raise it '
+                             'when a step, or the chief\'s checkpoints at an epoch\'s end, take longer '
+                             '[default: %(default)g]')
+    parser.add_argument('--keep-last-checkpoint', action='store_true',
+                        help='keep checkpoints/last (weights and Adam\'s moments, about 3x the model\'s size) when '
+                             'the run finishes; a finished run cannot be resumed, so by default it is deleted')
+    parser.add_argument('--resume', metavar='RUN_DIR',
+                        help='continue the stopped run in RUN_DIR from its last checkpoint, with its data, split '
+                             'and settings (no other flag may be given, but --worker-timeout, '
+                             '--keep-last-checkpoint and --no-download)')
+    return parser
+
+
+def parse_args(argv=None):
+    """The training flags of argv, checked; argparse's error (exit 2) for a value out of range."""
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        given = [f'--{k.replace("_", "-")}' for k, v in vars(args).items()
+                 if k not in ('resume', *OPERATIONAL) and v != parser.get_default(k)]
+        if given:
+            parser.error(f'--resume continues a run with its own settings: drop {" ".join(given)}')
+    if args.image_shape and any(d <= 0 or d % 32 for d in args.image_shape):
+        parser.error(f'--image-shape {args.image_shape[0]} {args.image_shape[1]}: both must be positive '
+                     'multiples of 32 (the encoder halves the size five times)')
+    for name in ('epochs', 'batch_size', 'patience'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be at least 1')
+    if args.worker_timeout <= 0:
+        parser.error('--worker-timeout must be positive')
+    if args.keep_prob is not None and not 0 < args.keep_prob <= 1:
+        parser.error('--keep-prob must be in (0, 1]')
+    if not 0 < args.val_fraction < 1:
+        parser.error('--val-fraction must be in (0, 1)')
+    if not 0 <= args.seed < 2 ** 32:
+        parser.error('--seed must be in [0, 2**32)')
+    if args.imagenet_weights and args.vgg_init in ('udacity', 'random'):
+        parser.error(f'--imagenet-weights is for --vgg-init imagenet (or auto), not {args.vgg_init}')
+    return args
+
+
+def evaluate_parser():
+    parser = argparse.ArgumentParser(
+        prog='main.py evaluate',
+        description='Score a trained run (its best checkpoint) at each image\'s original resolution: KITTI\'s road '
+                    'figures per category and pooled for a road model, per-class and mean IoU and accuracies for '
+                    'scene parsing; print a table and write RUN_DIR/eval.json and a plot.')
+    parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True, help='a run folder of main.py')
+    parser.add_argument('--dataset', metavar='DIR',
+                        help='score the labelled images of DIR (KITTI: all of training/; Cityscapes and CamVid: '
+                             'val and whatever test images have labels) instead of the run\'s validation split')
+    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'),
+                        help='arithmetic of the network: auto = bf16 on CPUs with AVX512_BF16 or AMX, else fp32 '
+                             '[default: the precision the run validated with, so that its figures are repeated; '
+                             'auto where this machine lacks it]')
+    return parser
+
+
+def optimize_parser():
+    parser = argparse.ArgumentParser(
+        prog='main.py optimize',
+        description='Make fast inference models of a finished run in RUN_DIR/optimized/: fp32.pb (frozen graph, '
+                    'Grappler-optimized), bf16.pb (auto mixed precision: oneDNN bfloat16 on CPUs with '
+                    'AVX512_BF16 or AMX, float16 on a GPU), fp16.tflite, int8_dynamic.tflite and int8.tflite '
+                    f'(full integer, calibrated on up to {CALIBRATION_IMAGES} training images). Each '
+                    'is timed at batch 1 and scored on the validation split; the table goes to '
+                    'optimization.md and optimization.json. A previous optimized/ is replaced once the new '
+                    'one is complete.')
+    parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True,
+                        help='a finished run folder of main.py (its saved_model/ is what gets optimized)')
+    parser.add_argument('--runs', type=int, default=LATENCY_RUNS,
+                        help=f'timed runs per variant, after {WARMUP_RUNS} warm-up runs '
+                             '[default: %(default)s]')
+    return parser
+
+
+def infer_parser():
+    parser = argparse.ArgumentParser(
+        prog='main.py infer',
+        description='Segment images or a video with a trained model (the road, or every class of a scene-parsing '
+                    'model). Overlays are written at the '
+                    'input\'s own resolution: a PNG per image into the OUTPUT folder, or, for a video, an mp4 '
+                    'with the same frame rate. Nothing existing is overwritten; an unreadable image is skipped '
+                    'with a warning (and the command then ends with an error listing what it skipped).')
+    parser.add_argument('--model', metavar='PATH', required=True,
+                        help='a run folder (its optimized/ model of --precision if main.py optimize made one, '
+                             'else its saved_model/), an optimized/ or saved_model/ folder, a frozen .pb or a '
+                             '.tflite file')
+    parser.add_argument('--input', metavar='PATH', required=True,
+                        help='a PNG/JPEG image, a folder of them, or a video (mp4, mov, avi, mkv)')
+    parser.add_argument('--output', metavar='PATH', required=True,
+                        help='a folder for the overlays of images; an .mp4 file for a video')
+    parser.add_argument('--precision', choices=('auto', *PRECISION_VARIANT), default='auto',
+                        help='fp32; bf16 (bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX, float16 on a '
+                             'GPU); int8 (needs main.py optimize\'s int8.tflite); auto = bf16 where the CPU has '
+                             'it, else fp32, and a .tflite model\'s own [default: auto]')
+    parser.add_argument('--probabilities', action='store_true',
+                        help='also write, for a road model, KITTI-style confidence maps (uint8 road probability '
+                             'x 255), for scene parsing the label images (class ids as the dataset\'s benchmark '
+                             'reads them), into OUTPUT/probabilities/ (OUTPUT_probabilities/ for a video, a PNG per '
+                             'frame)')
+    return parser
+
+
+def synthetic_parser():
+    parser = argparse.ArgumentParser(description='Write the generated road scenes, with their classes, to a new '
+                                     'folder in CamVid\'s SegNet layout (train/, trainannot/, val/, valannot/, '
+                                     'test/, testannot/): the offline demonstration of scene parsing, '
+                                     '`python main.py --dataset DIR`. (main.py makes the KITTI-layout set itself.)')
+    parser.add_argument('root', metavar='DIR', help='the folder to create; it must not exist')
+    parser.add_argument('--counts', type=int, nargs=3, default=(240, 30, 30), metavar=('TRAIN', 'VAL', 'TEST'),
+                        help='images per split [default: 240 30 30]')
+    parser.add_argument('--seed', type=int, default=0, help='the scenes\' seed [default: 0]')
+    return parser
+
+
+def benchmark_parser():
+    parser = argparse.ArgumentParser(
+        prog='benchmark.py',
+        description='How fast FCN-8s runs on this machine: prints a table and writes benchmark.json. Random weights '
+                    'and generated images: no data needed; about 15 minutes on 2 cores (--profile: about 5).')
+    parser.add_argument('--repeats', type=int, default=2,
+                        help='timed runs per forward and training measurement, after one warm-up run '
+                             '[default: %(default)s]')
+    parser.add_argument('--variant-runs', type=int, default=10,
+                        help='timed runs per optimized variant, after '
+                             f'{WARMUP_RUNS} warm-up runs [default: %(default)s]')
+    parser.add_argument('--profile', action='store_true',
+                        help='instead: where a training step\'s time goes, per phase and op type (TensorFlow\'s '
+                             'step stats), at 96x320 batch 2 and 160x576 batch 4, fp32 and bf16, and the forward '
+                             'pass in the training graph against the frozen one')
+    parser.add_argument('--output',
+                        help='where to write the results [default: benchmark.json; profile.json with --profile]')
+    return parser
+
+
+def parse_benchmark_args(argv=None):
+    """benchmark.py's flags, checked."""
+    parser = benchmark_parser()
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.variant_runs < 2:
+        parser.error('--repeats must be at least 1 and --variant-runs at least 2')
+    return args
+
+
+# The commands of main.py besides training, by their first word.
+COMMANDS = {'evaluate': evaluate_parser, 'optimize': optimize_parser, 'infer': infer_parser,
+            'synthetic': synthetic_parser}
+
+
+def parse(argv):
+    """(command: 'train' or one of COMMANDS, its flags) of main.py's arguments, checked: --help prints and exits
+    0, a bad value is argparse's error (exit 2)."""
+    if argv[:1] and argv[0] in COMMANDS:
+        parser = COMMANDS[argv[0]]()
+        args = parser.parse_args(argv[1:])
+        if argv[0] == 'optimize' and args.runs < 2:
+            parser.error('--runs must be at least 2')
+        if argv[0] == 'synthetic' and min(args.counts) < 1:
+            parser.error('--counts: every split needs at least one image')
+        return argv[0], args
+    return 'train', parse_args(argv)
+
+
+@contextlib.contextmanager
+def quiet_tensorflow():
+    """Import TensorFlow inside this block to keep its start-up lines (CUDA stubs, CPU-feature notices, absl's
+    notice) off the terminal, unless the user chose a TF_CPP_MIN_LOG_LEVEL: then nothing changes. Some of those
+    lines are written by absl before any log level applies, so the process's stderr is closed for the import;
+    later, TF_CPP_MIN_LOG_LEVEL=3 keeps TensorFlow's C++ notices quiet (its errors still reach the user as
+    Python exceptions) and its Python logger says only errors (no deprecation notices)."""
+    if 'TF_CPP_MIN_LOG_LEVEL' in os.environ:
+        yield
+        return
+    os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    logging.getLogger('tensorflow').setLevel(logging.ERROR)

@@ -1,0 +1,114 @@
+"""What a trained model makes of test images: its probabilities (softmax ops built once per logits tensor), a
+prediction per image at the image's own size, and the files of a run's test set: road overlays and KITTI
+confidence maps, or, for scene parsing, class overlays, label images and their legend."""
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import tensorflow.compat.v1 as tf
+from tqdm import tqdm
+
+from fcn8s import kitti
+from fcn8s.datasets import is_road
+from fcn8s.errors import UserError
+from fcn8s.images import (class_overlay, legend, overlay, read_rgb, resize_image, resize_probabilities,
+                          resize_probability)
+from fcn8s.metrics import ROAD, confidence
+
+
+def road_probability(logits):
+    """Softmax road probability [N*H*W] of 2-D logits, built once per logits tensor (never once per image)."""
+    name = logits.op.name + '_road_probability'
+    try:
+        return logits.graph.get_tensor_by_name(name + ':0')
+    except KeyError:
+        return tf.identity(tf.nn.softmax(logits)[:, ROAD], name=name)
+
+
+def class_probabilities(logits):
+    """Softmax class probabilities [N*H*W, K] of 2-D logits, built once per logits tensor."""
+    name = logits.op.name + '_class_probabilities'
+    try:
+        return logits.graph.get_tensor_by_name(name + ':0')
+    except KeyError:
+        return tf.nn.softmax(logits, name=name)
+
+
+def probabilities(logits, classes):
+    """What a model of these class names outputs: road_probability for a road model, else class_probabilities."""
+    return (road_probability if is_road(classes) else class_probabilities)(logits)
+
+
+def predict_probability(predict, image, image_shape):
+    """Road probability float32 [h, w] of one uint8 image [h, w, 3]: predict (float32 [1, H, W, 3] raw RGB 0-255
+    -> road probability, H*W values in any shape) runs at image_shape (H, W); the result is resized back."""
+    prob = predict(resize_image(image, image_shape)[None].astype(np.float32))
+    return resize_probability(np.reshape(prob, image_shape), image.shape[:2])
+
+
+def predict_classes(predict, image, image_shape, num_classes):
+    """Class ids int [h, w] of one uint8 image [h, w, 3]: predict (float32 [1, H, W, 3] -> the class
+    probabilities, H*W*K values) runs at image_shape (H, W); the probabilities are resized back, then argmax."""
+    probs = np.reshape(predict(resize_image(image, image_shape)[None].astype(np.float32)), (*image_shape, num_classes))
+    return np.argmax(resize_probabilities(probs, image.shape[:2]), axis=-1)
+
+
+def test_predictions(sess, logits, keep_prob, image_pl, images, image_shape, classes):
+    """Yield (name, uint8 image [h, w, 3], prediction [h, w]) for every test image of images [(name, path)]: the
+    road probability for a road model (classes: its class names), else class ids. An unreadable image is skipped
+    with a warning: one bad test image must not cost the trained model's other outputs."""
+    output = probabilities(logits, classes)
+
+    def predict(batch):
+        return sess.run(output, {image_pl: batch, keep_prob: 1.0})
+
+    for name, path in images:
+        try:
+            image = read_rgb(path)
+        except UserError as e:
+            tqdm.write(f'warning: skipped: {e}')
+            continue
+        if is_road(classes):
+            yield name, image, predict_probability(predict, image, image_shape)
+        else:
+            yield name, image, predict_classes(predict, image, image_shape, len(classes))
+
+
+def png_name(name):
+    """An output's name: the test image's, with .png."""
+    return os.path.splitext(name)[0] + '.png'
+
+
+def save_road_outputs(predictions, count, output_dir, kitti_dir=None, kitti_name=kitti.label_name):
+    """Per (name, image, road probability) of predictions (count of them), a green overlay PNG in output_dir and,
+    with kitti_dir, its KITTI confidence map kitti_dir/<kitti_name(name)> (uint8 road probability x 255)."""
+    if kitti_dir:
+        os.makedirs(kitti_dir, exist_ok=True)
+    for name, image, prob in tqdm(predictions, total=count, desc='test overlays'):
+        iio.imwrite(os.path.join(output_dir, png_name(name)), overlay(image, prob))
+        if kitti_dir:
+            iio.imwrite(os.path.join(kitti_dir, kitti_name(name)), confidence(prob))
+
+
+def save_class_outputs(predictions, count, classes, palette, encode, output_dir):
+    """Scene parsing's test outputs: per (name, image, class ids) of predictions an overlay in its classes' palette
+    colours (output_dir/<name>.png), its label image output_dir/labels/<name>.png (class ids encoded by encode,
+    as the dataset's benchmark reads them), and legend.png, the palette's key."""
+    os.makedirs(os.path.join(output_dir, 'labels'), exist_ok=True)
+    iio.imwrite(os.path.join(output_dir, 'legend.png'), legend(classes, palette))
+    for name, image, predicted in tqdm(predictions, total=count, desc='test outputs'):
+        iio.imwrite(os.path.join(output_dir, png_name(name)), class_overlay(image, predicted, palette))
+        iio.imwrite(os.path.join(output_dir, 'labels', png_name(name)), encode(predicted))
+
+
+def save_test_outputs(sess, logits, keep_prob, input_image, layout, image_shape, output_dir):
+    """The test-set outputs of a run into output_dir, for every test image of a datasets.Layout: for a road model
+    overlays and KITTI confidence maps in kitti/ (named as KITTI names them, or like the test image for the other
+    layouts); for scene parsing class overlays, labels/ and the legend."""
+    images = [(name, path) for name, path, _ in layout.test]
+    predictions = test_predictions(sess, logits, keep_prob, input_image, images, image_shape, layout.classes)
+    if is_road(layout.classes):
+        save_road_outputs(predictions, len(images), output_dir, os.path.join(output_dir, 'kitti'),
+                          kitti.label_name if layout.kind == 'kitti' else png_name)
+    else:
+        save_class_outputs(predictions, len(images), layout.classes, layout.palette, layout.encode, output_dir)

@@ -1,0 +1,22 @@
+"""The names of what the project reads and writes, and where it downloads from: folders inside a run folder and
+the data folder, the files of the optimized models, and the weights' addresses. Names only (no TensorFlow), so
+that any module, and the command line's help, can use them without importing the code that writes them."""
+
+# Inside a run folder: checkpoints (last: everything to resume; best: the model), the exported SavedModel, and
+# main.py optimize's models with their table.
+LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'
+SERVING_DIR = 'saved_model'
+OPTIMIZED_DIR = 'optimized'
+# The optimized variants' files in OPTIMIZED_DIR, and which of them `infer --precision` runs.
+VARIANT_FILES = {'fp32': 'fp32.pb', 'bf16': 'bf16.pb', 'tflite-fp16': 'fp16.tflite',
+                 'tflite-int8-dynamic': 'int8_dynamic.tflite', 'tflite-int8': 'int8.tflite'}
+PRECISION_VARIANT = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'}
+
+# Inside the data folder: the generated road scenes (made when KITTI is missing).
+SYNTHETIC_DIR = 'synthetic_road'
+
+# Udacity's pretrained VGG16 (a zip with a vgg/ SavedModel folder), and Keras' ImageNet VGG16 weights: the legacy
+# HDF5 file with the fully connected layers.
+VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
+KERAS_H5 = 'vgg16_weights_tf_dim_ordering_tf_kernels.h5'
+IMAGENET_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/vgg16/' + KERAS_H5

@@ -1,0 +1,31 @@
+"""The recommended settings: the training recipe of each data source, the learning-rate schedule, and the
+defaults of the commands' operational flags. A flag the user sets wins; docs/training.md explains the choices."""
+
+RECIPES = {
+    'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
+    'synthetic': dict(image_shape=(96, 320), epochs=4, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
+                      num_train=270, num_test=30),
+    # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 and CamVid's 360x480 halved or less.
+    'cityscapes': dict(image_shape=(256, 512), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
+    'camvid': dict(image_shape=(352, 480), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5),
+}
+
+# Adam's first steps are sign steps of size learning_rate on every weight: on fc6 (fan-in 25088) that moves
+# pre-activations by several times their own scale, and the loss went from 0.85 to ~100 on the second step.
+# A linear warm-up of the learning rate over the first steps avoids it. After it, DeepLab's "poly" decay.
+WARMUP_STEPS = 50
+POLY_POWER = 0.9
+
+# Where the encoder's weights come from (main.py --vgg-init).
+INITS = ('auto', 'udacity', 'imagenet', 'random')
+
+# Without an answer from every worker within this time, a step fails with an error naming the tasks that are
+# gone, instead of waiting forever (main.py --worker-timeout). The chief's checkpoints at an epoch's end make the
+# others wait too.
+STEP_TIMEOUT_S = 120
+
+# main.py optimize: timed runs per variant after a few untimed ones, and "a few hundred" representative images
+# to calibrate full-integer quantization on.
+LATENCY_RUNS = 20
+WARMUP_RUNS = 3
+CALIBRATION_IMAGES = 300
