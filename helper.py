@@ -3,8 +3,8 @@ road overlays of KITTI's test images, each a thin face over the library (fcn8s/v
 import os
 
 from fcn8s import batches, kitti, outputs, run_folder, vgg
-from fcn8s.datasets import ROAD_CLASSES
 from fcn8s.images import overlay
+from fcn8s.metrics import ROAD_CLASSES
 
 
 def maybe_download_pretrained_vgg(data_dir, url=vgg.VGG_URL):

@@ -7,11 +7,12 @@ import logging
 import os
 import sys
 
-from fcn8s.datasets import CLASS_CHOICES
 from fcn8s.kitti import KITTI_URL
 from fcn8s.paths import KERAS_H5, PRECISION_VARIANT, VGG_URL
 from fcn8s.recipes import CALIBRATION_IMAGES, INITS, LATENCY_RUNS, RECIPES, STEP_TIMEOUT_S, WARMUP_RUNS, WARMUP_STEPS
 
+# --classes: every class of a Cityscapes or CamVid dataset, or road against the rest.
+CLASS_CHOICES = ('all', 'road')
 # Flags about how a run runs, not what it trains: a resumed run takes them anew (a switch turned on stays on).
 OPERATIONAL = ('worker_timeout', 'keep_last_checkpoint', 'no_download')
 

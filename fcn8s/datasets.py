@@ -13,6 +13,7 @@ import numpy as np
 from fcn8s import camvid, cityscapes, downloads, files, kitti, synthetic
 from fcn8s.errors import UserError, warn
 from fcn8s.images import OVERLAY_COLOR, read_pair
+from fcn8s.metrics import ROAD_CLASSES
 from fcn8s.paths import SYNTHETIC_DIR
 
 
@@ -76,15 +77,8 @@ def wait_for_data(road_dir, synthetic_dir, wait_s):
 # class ids [H, W], IGNORE where not evaluated), checked; encode(class ids [H, W]) -> the label image the
 # dataset's benchmark reads (None for a road model, whose outputs are KITTI's confidence maps).
 Layout = collections.namedtuple('Layout', 'kind root classes palette train val test category load_pair encode')
-ROAD_CLASSES = ('non-road', 'road')
 ROAD_PALETTE = ((0, 0, 0), OVERLAY_COLOR)
-CLASS_CHOICES = ('all', 'road')
 
-
-def is_road(classes):
-    """Whether a model of these class names is a road model (road against the rest, scored as KITTI scores road,
-    with a road probability as its output), rather than scene parsing (every class, scored by IoU)."""
-    return tuple(classes) == ROAD_CLASSES
 KINDS = {'kitti': 'KITTI Road (training/image_2, training/gt_image_2, testing/image_2)',
          'cityscapes': 'Cityscapes (leftImg8bit/{train,val,test}/CITY/*_leftImg8bit.png, '
                        'gtFine/{train,val}/CITY/*_gtFine_labelIds.png)',

@@ -9,9 +9,9 @@ import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
 from fcn8s import batches, datasets, files, kitti, metrics, outputs, plots, precision, run_folder
-from fcn8s.datasets import is_road
 from fcn8s.errors import UserError
 from fcn8s.images import class_overlay, overlay, resize_image, resize_nearest, resize_probabilities, resize_probability
+from fcn8s.metrics import ROAD_CLASSES, is_road
 
 # Validation images per forward pass, at most (and at most twice the training batch, which a forward pass without
 # gradients holds in less memory): the weights' conversion for oneDNN (and to bfloat16) is paid once per forward
@@ -160,7 +160,7 @@ def format_kitti_table(table):
 def run_classes(config):
     """(the class names of a run's model, the --classes any dataset is opened with to score it): 'road' for a
     road model, which every layout can score, else the run's own choice."""
-    classes = tuple(config['data'].get('classes', datasets.ROAD_CLASSES))
+    classes = tuple(config['data'].get('classes', ROAD_CLASSES))
     return classes, 'road' if is_road(classes) else config['settings'].get('classes', 'all')
 
 

@@ -12,10 +12,9 @@ from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
 from fcn8s import datasets, files, inference, precision, run_folder
-from fcn8s.datasets import is_road
 from fcn8s.errors import UserError
 from fcn8s.images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
-from fcn8s.metrics import confidence
+from fcn8s.metrics import ROAD_CLASSES, confidence, is_road
 from fcn8s.outputs import predict_classes, predict_probability
 from fcn8s.paths import OPTIMIZED_DIR, PRECISION_VARIANT, SERVING_DIR, VARIANT_FILES
 from fcn8s.video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
@@ -192,7 +191,7 @@ def model_classes(model_path, warmup_output):
     by their count."""
     output = np.asarray(warmup_output)
     if output.ndim < 4:
-        return datasets.ROAD_CLASSES, datasets.ROAD_PALETTE, None
+        return ROAD_CLASSES, datasets.ROAD_PALETTE, None
     folder = os.path.abspath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
     kind = None
     for run_dir in (folder, os.path.dirname(folder)):  # a run folder, or its optimized/ or saved_model/

@@ -14,6 +14,13 @@ LEVELS = 256  # uint8 confidence levels, the KITTI benchmark's input
 # "road probability > 0.5" as the benchmark sees it: round(255 p) >= 128 (p = 0.5 itself rounds to 128).
 LEVEL_AT_HALF = 128
 AP_RECALLS = np.linspace(0, 1, 11)  # Pascal VOC's 11-point interpolated average precision, as in the devkit
+ROAD_CLASSES = ('non-road', 'road')  # a road model's classes, ids NON_ROAD and ROAD
+
+
+def is_road(classes):
+    """Whether a model of these class names is a road model (road against the rest, scored as KITTI scores road,
+    with a road probability as its output), rather than scene parsing (every class, scored by IoU)."""
+    return tuple(classes) == ROAD_CLASSES
 
 
 def fast_hist(label, pred, num_classes=NUM_CLASSES, num_preds=None):

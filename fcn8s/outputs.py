@@ -9,11 +9,10 @@ import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
 from fcn8s import kitti
-from fcn8s.datasets import is_road
 from fcn8s.errors import UserError
 from fcn8s.images import (class_overlay, legend, overlay, read_rgb, resize_image, resize_probabilities,
                           resize_probability)
-from fcn8s.metrics import ROAD, confidence
+from fcn8s.metrics import ROAD, confidence, is_road
 
 
 def road_probability(logits):

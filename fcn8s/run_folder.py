@@ -18,9 +18,8 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 from fcn8s import files, outputs, plots, vgg
-from fcn8s.datasets import ROAD_CLASSES, is_road
 from fcn8s.errors import LossDiverged, UserError
-from fcn8s.metrics import score_key
+from fcn8s.metrics import ROAD_CLASSES, is_road, score_key
 from fcn8s.paths import BEST_CHECKPOINT, LAST_CHECKPOINT, SERVING_DIR
 
 # The validation figures drawn in TensorBoard, where a record has them (road models, or scene parsing).

@@ -339,8 +339,9 @@ BROKEN_DATASETS = {
     'truncated image': (lambda d: (d / 'training/image_2/um_000003.png').write_bytes(
                             (d / 'training/image_2/um_000003.png').read_bytes()[:3000]),
                         'training/image_2/um_000003.png', 'cannot be read as an image'),
-    '16-bit image': (lambda d: Image.fromarray(np.full((64, 224), 40000, np.uint16)).save(
-                         d / 'training/image_2/umm_000002.png'), 'training/image_2/umm_000002.png', 'not 8-bit'),
+    'float image': (lambda d: Image.fromarray(np.full((64, 224), 0.5, np.float32)).save(
+                        d / 'training/image_2/umm_000002.png', format='TIFF'),  # a .png in name only
+                    'training/image_2/umm_000002.png', 'neither 8-bit nor 16-bit grey'),
     'not an image': (lambda d: (d / 'training/image_2/uu_000001.png').write_text('<html>'),
                      'training/image_2/uu_000001.png', 'cannot be read as an image'),
 }

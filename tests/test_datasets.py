@@ -16,6 +16,7 @@ import main
 from conftest import make_cityscapes
 from fcn8s import camvid, cityscapes, datasets, files, metrics, synthetic
 from fcn8s.errors import UserError
+from fcn8s.metrics import ROAD_CLASSES
 
 
 def test_each_layout_is_recognised_by_its_folders(small_dataset, small_camvid, small_cityscapes, tmp_path):
@@ -58,7 +59,7 @@ def test_layouts_pair_images_and_labels_by_name_and_take_their_own_splits(small_
                for _, image, label in cam.train)
     assert all(label for _, _, label in cam.test) and cam.category('0006R0_000001.png') == '0006R0'
     city = datasets.open_layout(small_cityscapes, 'road')
-    assert (len(city.train), len(city.val), len(city.test)) == (6, 3, 2) and city.classes == datasets.ROAD_CLASSES
+    assert (len(city.train), len(city.val), len(city.test)) == (6, 3, 2) and city.classes == ROAD_CLASSES
     assert all(label.endswith(name.replace('_leftImg8bit.png', '_gtFine_labelIds.png'))
                for name, _, label in city.train)
     assert [label for _, _, label in city.test] == [None, None]  # the benchmark withholds them
