@@ -10,9 +10,14 @@ import os
 import sys
 from unittest import mock
 
+from fcn8s import command_line
+
+with command_line.quiet_tensorflow():  # as main.py: the test run's screen shows the tests, not TensorFlow
+    import tensorflow.compat.v1 as tf
+
+# isort: split
 import numpy as np
 import pytest
-import tensorflow.compat.v1 as tf
 
 import main
 from conftest import KITTI_DIR, THIN, thin_fcn

@@ -26,7 +26,8 @@ def train_parser():
                     'RUNS_DIR/<YYYYmmdd-HHMMSS>/ with the overlays, KITTI confidence maps, checkpoints, '
                     'config.json and metrics.json. Other commands, each with --help: `python main.py evaluate` '
                     'scores a trained run, `python main.py optimize` makes fast inference models of it, '
-                    '`python main.py infer` segments images or a video.')
+                    '`python main.py infer` segments images or a video, `python main.py synthetic DIR` writes the '
+                    'generated scenes with their classes in CamVid\'s layout.')
     k, s = RECIPES['kitti'], RECIPES['synthetic']
     parser.add_argument('--data-dir', default='data',
                         help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')

@@ -7,9 +7,10 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from fcn8s import datasets, evaluation, files, inference, run_folder
+from fcn8s import evaluation, files, inference, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import read_rgb, resize_image
+from fcn8s.metrics import is_road
 from fcn8s.paths import OPTIMIZED_DIR, SERVING_DIR, VARIANT_FILES
 from fcn8s.precision import machine, mixed_precision
 from fcn8s.recipes import CALIBRATION_IMAGES, WARMUP_RUNS
@@ -105,8 +106,8 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
     report = {'run': args.checkpoint, 'command': ' '.join(['python main.py optimize', *argv]),
               'machine': machine(), 'tensorflow': tf.__version__, 'image_shape': list(image_shape),
               'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration),
-              'score_name': 'MaxF' if datasets.is_road(layout.classes) else 'mean IoU',
-              'iou_name': 'road, at the MaxF threshold' if datasets.is_road(layout.classes) else 'mean over classes',
+              'score_name': 'MaxF' if is_road(layout.classes) else 'mean IoU',
+              'iou_name': 'road, at the MaxF threshold' if is_road(layout.classes) else 'mean over classes',
               'variants': [reference] + rows, 'skipped': skipped}
     files.write_json(os.path.join(staging, 'optimization.json'), report)
     return report
