@@ -222,7 +222,8 @@ def write_png16(path, pixels):
 
     header = struct.pack('>IIBBBBB', width, height, 16, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
     with open(path, 'wb') as f:
-        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw))
+                + chunk(b'IEND', b''))
 
 
 def sample_batch(small_dataset, shape=(64, 224)):

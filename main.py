@@ -207,9 +207,9 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     validate_fn() -> (dict of validation figures such as val_max_f, {name: overlay image}) runs after each
     epoch; its figures are printed and recorded. on_epoch_end(history, overlays) is called after each epoch (to
     save metrics and checkpoints as training goes), on_step(step, loss) after every step. A loss that becomes NaN,
-    infinite or DIVERGED_LOSS_FACTOR times its first value raises LossDiverged naming the step. With patience N, training stops once the validation score (MaxF; mean
-    IoU for scene parsing) has not improved for N epochs. run_options (a RunOptions: a timeout) go with every
-    training step.
+    infinite or DIVERGED_LOSS_FACTOR times its first value raises LossDiverged naming the step. With patience N,
+    training stops once the validation score (MaxF; mean IoU for scene parsing) has not improved for N epochs.
+    run_options (a RunOptions: a timeout) go with every training step.
     """
     history, step, first_loss = list(history or []), start_step, None
     num_batches = -(-num_images // batch_size) if num_images else None

@@ -7,6 +7,18 @@ every pixel, so the ground truth matches the image exactly by construction. Grou
 road coordinates: ``u`` is the lateral position in road half-widths (|u| = 1 at the road edge) and
 ``t`` is the perspective row parameter (0 at the horizon, 1 at the bottom row). Everything placed in
 these coordinates narrows toward the vanishing point automatically.
+
+The drawing is a pinhole image, written down per scene as a KITTI calibration file (scene_calibration): a level
+camera (no pitch or roll; KITTI's is within a degree of level) with the horizon row and vanishing column as its
+principal point, square pixels of focal length f = PX_PER_METRE * width * BOTTOM_ROW_DISTANCE_M (720 px for KITTI's
+1242 columns; KITTI's is 721) and height h = BOTTOM_ROW_DISTANCE_M * (height - horizon) / f above the road (1.36 to
+1.96 m over HORIZON_RANGE at KITTI's image shape, 1.66 m at its middle; KITTI's is 1.65 m). Then a ground row at t is
+BOTTOM_ROW_DISTANCE_M / t metres ahead and px_per_metre(t) = f / depth, across and up alike. The road's edges
+(|u| = 1) lie 10 * (half_bottom - ROAD_FAR_HALF_WIDTH) + ROAD_FAR_HALF_WIDTH / (PX_PER_METRE *
+BOTTOM_ROW_DISTANCE_M) * depth metres either side of its centre line: 4.3-11.9 m wide at the camera (two 3.5 m
+lanes at half_bottom 0.354), widening by 1.4 cm per metre ahead (ROAD_FAR_HALF_WIDTH keeps the far road visible);
+not exactly parallel edges, but an exact projection of them. The centre line starts 10 * ego_offset metres right
+of the camera and bends with `curve`.
 """
 import concurrent.futures
 import os
@@ -18,7 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fcn8s import camvid, files
+from fcn8s import bev, camvid, files
 from fcn8s.errors import UserError
 from fcn8s.kitti import CATEGORIES, INVALID_COLOR, NON_ROAD_COLOR, ROAD_COLOR
 
@@ -546,6 +558,35 @@ def render_scene_classes(rng, height, width):
     return s.image, s.scene
 
 
+def render_kitti_scene(rng, height, width):
+    """The scene of render_scene(rng, height, width) with its camera: (image uint8 [H, W, 3], gt uint8 [H, W, 3],
+    {calibration key: matrix} of scene_calibration, for bev.format_calibration)."""
+    s = _render(rng, height, width)
+    return s.image, GT_COLOURS[s.label], scene_calibration(height, width, s.horizon, s.vanish_x * width)
+
+
+def scene_calibration(height, width, horizon, vanish_col):
+    """The KITTI calibration {key: matrix} of the level pinhole camera that draws a scene (see the module's
+    docstring): horizon row and vanishing column in the generator's pixel coordinates (pixel [r, c] spans [r, r + 1)
+    x [c, c + 1)), written in the devkit's 1-based ones (bev.DEVKIT_FIRST_PIXEL), so that the devkit's BEV reads
+    the pixel the generator drew at the point. Road frame: x right, y down (the road plane y = 0), z ahead.
+
+    R0_rect is the identity (one camera, nothing to rectify); P0, P1 and P3 repeat P2 and Tr_velo_to_cam,
+    Tr_imu_to_velo are identities: a generated scene has no other camera, lidar or IMU, but the file keeps KITTI's
+    eight lines for tools that read them all.
+    """
+    focal = PX_PER_METRE * width * BOTTOM_ROW_DISTANCE_M
+    camera_height = BOTTOM_ROW_DISTANCE_M * (height - horizon) / focal
+    p2 = np.array([[focal, 0, vanish_col + bev.DEVKIT_FIRST_PIXEL, 0],
+                   [0, focal, horizon + bev.DEVKIT_FIRST_PIXEL, 0],
+                   [0, 0, 1, 0]])
+    identity = np.eye(4)[:3]
+    # Level: no rotation. y points down, so the camera, camera_height above the road, is at road y = -height.
+    cam_to_road = np.array([[1, 0, 0, 0], [0, 1, 0, -camera_height], [0, 0, 1, 0]], np.float64)
+    return {'P0': p2, 'P1': p2, 'P2': p2, 'P3': p2, 'R0_rect': np.eye(3), 'Tr_velo_to_cam': identity,
+            'Tr_imu_to_velo': identity, 'Tr_cam_to_road': cam_to_road}
+
+
 def _render(rng, height, width):
     """The painted _Scene, its camera applied: s.image uint8, s.label (KITTI's three), s.scene (CamVid ids)."""
     s = _Scene(rng, height, width)
@@ -577,7 +618,8 @@ def _write_scenes(jobs, scene, desc, progress):
 
 def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, progress=True):
     """Write a KITTI-layout dataset to root (which must not exist) and return root:
-    training/image_2/{cat}_{idx:06d}.png, training/gt_image_2/{cat}_road_{idx:06d}.png, testing/image_2/...
+    training/image_2/{cat}_{idx:06d}.png, training/gt_image_2/{cat}_road_{idx:06d}.png, testing/image_2/..., and
+    each image's camera (scene_calibration) in KITTI's format in training/calib/{cat}_{idx:06d}.txt, testing/calib/...
 
     Images go round-robin over the categories um, umm, uu (indices from 0 within each, like KITTI) and cycle
     over `sizes`. Image i of a split is rendered from its own generator default_rng([seed, split, i]), so a
@@ -586,13 +628,17 @@ def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, p
     """
     jobs = [('training', i) for i in range(num_train)] + [('testing', i) for i in range(num_test)]
     with files.staged_folder(root) as partial:
-        for folder in ('training/image_2', 'training/gt_image_2', 'testing/image_2'):
+        calib = [os.path.join(split, bev.CALIB_FOLDER) for split in ('training', 'testing')]
+        for folder in ['training/image_2', 'training/gt_image_2', 'testing/image_2'] + calib:
             os.makedirs(os.path.join(partial, folder))
 
         def scene(job):
             split, i = job
             category, idx = CATEGORIES[i % len(CATEGORIES)], i // len(CATEGORIES)
-            image, gt = render_scene(np.random.default_rng([seed, SPLIT_IDS[split], i]), *sizes[i % len(sizes)])
+            rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
+            image, gt, calibration = render_kitti_scene(rng, *sizes[i % len(sizes)])
+            with open(os.path.join(partial, split, bev.CALIB_FOLDER, f'{category}_{idx:06d}.txt'), 'w') as f:
+                f.write(bev.format_calibration(calibration))
             outputs = [(os.path.join(partial, split, 'image_2', f'{category}_{idx:06d}.png'), image)]
             if split == 'training':
                 outputs.append((os.path.join(partial, split, 'gt_image_2', f'{category}_road_{idx:06d}.png'), gt))
