@@ -26,8 +26,10 @@ import os
 from collections import namedtuple
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from fcn8s.errors import UserError
+from fcn8s.images import overlay
 from fcn8s.metrics import IGNORE
 
 # --- The benchmark's BEV grid (devkit_road, BirdsEyeView.py) ---
@@ -212,3 +214,38 @@ def calibration_path(calib_dir, image_name):
         if os.path.isfile(path):
             return path
     return None
+
+
+# --- Pictures: the road seen from above, a line every GRID_M metres ---
+GRID_M = 5
+GRID_COLOUR = (255, 255, 255)
+OUTSIDE_COLOUR = (40, 40, 40)   # cells the camera does not see
+
+
+def bev_image(image, homography):
+    """uint8 [800, 400, 3]: an RGB picture uint8 [H, W, 3] seen from above (bilinear per channel), OUTSIDE_COLOUR
+    where a cell falls outside it."""
+    u, v = cell_image_positions(homography)
+    channels = [sample_bilinear(image[..., c], u, v) for c in range(3)]
+    view = np.round(np.stack([values for values, _ in channels], axis=-1)).astype(np.uint8)
+    view[~channels[0][1]] = OUTSIDE_COLOUR
+    return view
+
+
+def bev_picture(image, probability, homography):
+    """uint8 [800, 400, 3] for a person: the picture seen from above, green where the road probability [H, W]
+    exceeds 0.5 (as in the perspective overlays), and a grid line every GRID_M metres labelled with its
+    distance ahead (rows) or to the side (columns, 0 = the camera's)."""
+    prob, inside = bev_probability(probability, homography)
+    picture = Image.fromarray(overlay(bev_image(image, homography), np.where(inside, prob, 0)))
+    draw = ImageDraw.Draw(picture)
+    for metres in range(int(BEV_Z_LIMITS_M[0]) + GRID_M - int(BEV_Z_LIMITS_M[0]) % GRID_M, int(BEV_Z_LIMITS_M[1]),
+                        GRID_M):
+        row = int(round((BEV_Z_LIMITS_M[1] - metres) / BEV_RES_M))
+        draw.line([(0, row), (BEV_SHAPE[1] - 1, row)], fill=GRID_COLOUR)
+        draw.text((3, row + 2), f'{metres} m', fill=GRID_COLOUR)
+    for metres in range(int(BEV_X_LIMITS_M[0]) + GRID_M, int(BEV_X_LIMITS_M[1]), GRID_M):
+        col = int(round((metres - BEV_X_LIMITS_M[0]) / BEV_RES_M))
+        draw.line([(col, 0), (col, BEV_SHAPE[0] - 1)], fill=GRID_COLOUR)
+        draw.text((col + 3, BEV_SHAPE[0] - 14), f'{metres:+d} m' if metres else '0', fill=GRID_COLOUR)
+    return np.asarray(picture)

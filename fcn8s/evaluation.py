@@ -4,11 +4,12 @@ The one scoring loop behind validation during training, `main.py evaluate` (this
 accuracy columns of `main.py optimize`."""
 import os
 
+import imageio.v3 as iio
 import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from fcn8s import batches, datasets, files, kitti, metrics, outputs, plots, precision, run_folder
+from fcn8s import batches, bev, datasets, files, kitti, metrics, outputs, plots, precision, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import class_overlay, overlay, resize_image, resize_nearest, resize_probabilities, resize_probability
 from fcn8s.metrics import ROAD_CLASSES, is_road
@@ -34,19 +35,41 @@ def network_batches(examples, image_shape, batch_size):
             for i in range(0, len(examples), batch_size)]
 
 
-def score_examples(run_model, examples, net_batches, image_shape, layout, desc='scoring'):
+def bev_views(examples, layout):
+    """({name: (homography [3, 3], BEV labels int8 [800, 400])} of the road examples whose image has a KITTI
+    calibration (LAYOUT_ROOT/training/calib/<name>.txt), the number of examples without one): what scoring in
+    KITTI's bird's-eye view needs, made once. Nothing for scene parsing or a layout other than KITTI's."""
+    if not is_road(layout.classes) or layout.kind != 'kitti':
+        return {}, len(examples)
+    calib_dir = os.path.join(layout.root, 'training', bev.CALIB_FOLDER)
+    views = {}
+    for name, _, classes in examples:
+        path = bev.calibration_path(calib_dir, name)
+        if path is not None:
+            homography = bev.plane_homography(bev.read_calibration(path))
+            views[name] = homography, bev.bev_labels(classes, homography)
+    return views, len(examples) - len(views)
+
+
+def _pool(counts, category, hist):
+    counts[category] = counts.get(category, 0) + hist
+
+
+def score_examples(run_model, examples, net_batches, image_shape, layout, desc='scoring', views=None):
     """Run a model over examples and pool its counts per category: the project's one scoring loop.
 
     run_model(images [b, H, W, 3], labels [b, H, W, K]) -> (probabilities: the road's, b*H*W values, for a road
     model, else every class's, b*H*W*K; the mean loss over the batch's valid pixels, or None), for the
     network_batches of examples at image_shape (H, W); layout: a datasets.Layout (classes, palette, category).
-    Each probability map is scored at its image's own size (resized back bilinearly). Returns {'hists':
-    {category: counts}, 'loss': the mean loss over all valid pixels or None, 'overlays': {name: overlay} of
-    the first image of each category}; counts are [2, LEVELS] (true class, confidence level) for a road model,
-    else the confusion matrix [K, K].
+    Each probability map is scored at its image's own size (resized back bilinearly), and, for the examples of
+    views (bev_views), in KITTI's bird's-eye view too. Returns {'hists': {category: counts}, 'bev_hists': the
+    same in the bird's-eye view, 'bev_images': how many were, 'loss': the mean loss over all valid pixels or
+    None, 'overlays': {name: overlay} of the first image of each category, 'bev_pictures': {name:
+    bev.bev_picture} likewise}; counts are [2, LEVELS] (true class, confidence level) for a road model, else the
+    confusion matrix [K, K].
     """
-    road, num_classes = is_road(layout.classes), len(layout.classes)
-    hists, loss_sum, valid, overlays = {}, 0.0, 0, {}
+    road, num_classes, views = is_road(layout.classes), len(layout.classes), views or {}
+    hists, bev_hists, loss_sum, valid, overlays, pictures = {}, {}, 0.0, 0, {}, {}
     position = iter(examples)
     for net_images, net_classes in tqdm(net_batches, desc=desc, leave=False):
         probs, loss = run_model(net_images.astype(np.float32), batches.one_hot(net_classes, num_classes))
@@ -63,10 +86,25 @@ def score_examples(run_model, examples, net_batches, image_shape, layout, desc='
             else:
                 prob = np.argmax(resize_probabilities(prob, image.shape[:2]), axis=-1)
                 hist = metrics.fast_hist(classes, prob, num_classes)
-            hists[category] = hists.get(category, 0) + hist
+            _pool(hists, category, hist)
             if not any(layout.category(n) == category for n in overlays):
                 overlays[name] = overlay(image, prob) if road else class_overlay(image, prob, layout.palette)
-    return {'hists': hists, 'loss': loss_sum / max(valid, 1) if valid else None, 'overlays': overlays}
+            if name in views:
+                homography, bev_classes = views[name]
+                bev_prob, _ = bev.bev_probability(prob, homography)
+                _pool(bev_hists, category, metrics.fast_hist(bev_classes, metrics.confidence(bev_prob),
+                                                             metrics.NUM_CLASSES, metrics.LEVELS))
+                if not any(layout.category(n) == category for n in pictures):
+                    pictures[name] = bev.bev_picture(image, prob, homography)
+    return {'hists': hists, 'bev_hists': bev_hists, 'bev_images': sum(name in views for name, _, _ in examples),
+            'loss': loss_sum / max(valid, 1) if valid else None, 'overlays': overlays, 'bev_pictures': pictures}
+
+
+def _counts(hists):
+    """The counts of kitti_table's curves as lists, per category and pooled ('all')."""
+    counts = {category: hist.tolist() for category, hist in sorted(hists.items())}
+    counts['all'] = sum(hists.values()).tolist()
+    return counts
 
 
 def validation_record(scores, layout):
@@ -74,7 +112,9 @@ def validation_record(scores, layout):
     epoch is chosen on. Road: val_loss, the headline KITTI figures of the pooled counts, the KITTI table per
     category (val_kitti) and the counts behind every curve (val_counts); val_score is MaxF. Scene parsing:
     val_loss, mean IoU, pixel and mean class accuracy, per-class IoU and accuracy (val_classes) and the
-    confusion matrix (val_confusion); val_score is the mean IoU."""
+    confusion matrix (val_confusion); val_score is the mean IoU. Road examples scored in the bird's-eye view too
+    add its headline MaxF, table and counts (val_bev_max_f, val_bev_kitti, val_bev_counts) and how many images
+    it covers (val_bev_images)."""
     if not is_road(layout.classes):
         confusion = sum(scores['hists'].values())
         figures = metrics.segmentation_scores(confusion)
@@ -85,21 +125,24 @@ def validation_record(scores, layout):
                                 zip(layout.classes, figures['iou'], figures['accuracy'])},
                 'val_confusion': confusion.tolist()}
     table = metrics.kitti_table(scores['hists'])
-    counts = {category: hist.tolist() for category, hist in sorted(scores['hists'].items())}
-    counts['all'] = sum(scores['hists'].values()).tolist()
-    return {'val_loss': scores['loss'], 'val_iou_at_0.5': table['all']['iou_at_0.5'],
-            'val_max_f': table['all']['max_f'], 'val_road_recall': table['all']['recall_at_0.5'],
-            'val_non_road_as_road': table['all']['fpr_at_0.5'], 'val_score': table['all']['max_f'],
-            'val_kitti': table, 'val_counts': counts}
+    record = {'val_loss': scores['loss'], 'val_iou_at_0.5': table['all']['iou_at_0.5'],
+              'val_max_f': table['all']['max_f'], 'val_road_recall': table['all']['recall_at_0.5'],
+              'val_non_road_as_road': table['all']['fpr_at_0.5'], 'val_score': table['all']['max_f'],
+              'val_kitti': table, 'val_counts': _counts(scores['hists'])}
+    if scores['bev_hists']:
+        bev_table = metrics.kitti_table(scores['bev_hists'])
+        record.update(val_bev_max_f=bev_table['all']['max_f'], val_bev_kitti=bev_table,
+                      val_bev_counts=_counts(scores['bev_hists']), val_bev_images=scores['bev_images'])
+    return record
 
 
-def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDATION_BATCH):
+def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDATION_BATCH, views=None):
     """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])]: () ->
-    (validation_record, overlays {name: uint8 image} of one image per category).
+    (validation_record, overlays {name: uint8 image} of one image per category, perspective and bird's-eye).
 
     net holds build_fcn's tensors, layout the dataset's datasets.Layout. The loss is taken at the network's input
-    size (the mean over all valid pixels), the counts at each image's own size. batch_size images go through
-    the network at once.
+    size (the mean over all valid pixels), the counts at each image's own size, and in the bird's-eye view for
+    the examples of views (bev_views). batch_size images go through the network at once.
     """
     probabilities = outputs.probabilities(net['logits'], layout.classes)
     net_batches = network_batches(examples, image_shape, batch_size)  # once: the same images every epoch
@@ -109,11 +152,12 @@ def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDA
                         {net['input_image']: image, net['correct_label']: labels, net['keep_prob']: 1.0})
 
     def validate_fn():
-        scores = score_examples(run_model, examples, net_batches, image_shape, layout, desc='validation')
+        scores = score_examples(run_model, examples, net_batches, image_shape, layout, 'validation', views)
         record = validation_record(scores, layout)
         if not is_road(layout.classes):
             tqdm.write(format_class_table(record))
-        return record, scores['overlays']
+        return record, {**scores['overlays'], **{f'bev_{name}': picture
+                                                 for name, picture in scores['bev_pictures'].items()}}
 
     return validate_fn
 
@@ -141,9 +185,16 @@ def format_class_table(record):
 
 
 def format_record_table(record, classes):
-    """The validation table of a record of a model of these classes: KITTI's for a road model, per class for scene
-    parsing."""
-    return format_kitti_table(record['val_kitti']) if is_road(classes) else format_class_table(record)
+    """The validation table of a record of a model of these classes: KITTI's for a road model (in the perspective
+    view, then in the bird's-eye view when the record has it), per class for scene parsing."""
+    if not is_road(classes):
+        return format_class_table(record)
+    table = format_kitti_table(record['val_kitti'])
+    if 'val_bev_kitti' in record:
+        table += (f'\nbird\'s-eye view (KITTI\'s 0.05 m grid, x -10..10 m, z 6..46 m), the '
+                  f'{record["val_bev_images"]} images with a calibration:\n'
+                  + format_kitti_table(record['val_bev_kitti']))
+    return table
 
 
 def format_kitti_table(table):
@@ -214,17 +265,26 @@ def evaluate_command(args, build_fcn):
         net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'], len(layout.classes),
                         config['weights'].get('skip_scales'))
         tf.train.Saver(tf.trainable_variables()).restore(sess, best)
-        validate_fn = make_validate_fn(sess, net, examples, image_shape, layout)
+        views, without = bev_views(examples, layout)
+        validate_fn = make_validate_fn(sess, net, examples, image_shape, layout, views=views)
         sess.graph.finalize()
-        record, _ = validate_fn()
+        record, pictures = validate_fn()
     print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"} (%):\n'
           + format_record_table(record, layout.classes))
+    if is_road(layout.classes) and without:
+        print(f'bird\'s-eye view: {without} of the {len(examples)} images have no calibration '
+              f'({os.path.join(layout.root, "training", bev.CALIB_FOLDER)}/<name>.txt) and are left out of it')
     path = os.path.join(args.checkpoint, 'eval.json')
     title = f'{os.path.basename(best)}, {len(examples)} images'
     with files.writing(args.checkpoint, 'the evaluation'):
         files.write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],
                                 'precision': arithmetic, 'images': [name for name, _, _ in examples],
                                 'loss': record['val_loss'], **{key[4:]: value for key, value in record.items()
-                                                               if key.startswith('val_') and key != 'val_loss'}})
-        plot = plots.plot_scores(record, is_road(layout.classes), args.checkpoint, 'eval_', title)
-    print(f'written to {path} and {plot}')
+                                                               if key.startswith('val_') and key != 'val_loss'},
+                                **({'bev_without_calibration': without} if is_road(layout.classes) else {})})
+        written = [path, plots.plot_scores(record, is_road(layout.classes), args.checkpoint, 'eval_', title)]
+        for name, picture in pictures.items():
+            if name.startswith('bev_'):  # one bird's-eye picture per category
+                written.append(os.path.join(args.checkpoint, f'eval_bev_{layout.category(name[4:])}.png'))
+                iio.imwrite(written[-1], picture)
+    print(f'written to {", ".join(written)}')

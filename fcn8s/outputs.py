@@ -1,18 +1,23 @@
 """What a trained model makes of test images: its probabilities (softmax ops built once per logits tensor), a
 prediction per image at the image's own size, and the files of a run's test set: road overlays and KITTI
 confidence maps, or, for scene parsing, class overlays, label images and their legend."""
+import io
 import os
+import zipfile
 
 import imageio.v3 as iio
 import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from fcn8s import kitti
+from fcn8s import bev, files, kitti
 from fcn8s.errors import UserError
 from fcn8s.images import (class_overlay, legend, overlay, read_rgb, resize_image, resize_probabilities,
                           resize_probability)
 from fcn8s.metrics import ROAD, confidence, is_road
+
+
+BEV_SUBMISSION = 'kitti_bev'  # inside the run folder: the test set's bird's-eye-view maps (and .zip) for KITTI
 
 
 def road_probability(logits):
@@ -78,15 +83,38 @@ def png_name(name):
     return os.path.splitext(name)[0] + '.png'
 
 
-def save_road_outputs(predictions, count, output_dir, kitti_dir=None, kitti_name=kitti.label_name):
+def save_road_outputs(predictions, count, output_dir, kitti_dir=None, kitti_name=kitti.label_name, calib_dir=None,
+                      bev_dir=None):
     """Per (name, image, road probability) of predictions (count of them), a green overlay PNG in output_dir and,
-    with kitti_dir, its KITTI confidence map kitti_dir/<kitti_name(name)> (uint8 road probability x 255)."""
-    if kitti_dir:
-        os.makedirs(kitti_dir, exist_ok=True)
+    with kitti_dir, its KITTI confidence map kitti_dir/<kitti_name(name)> (uint8 road probability x 255); with
+    calib_dir and bev_dir, the same map in KITTI's bird's-eye view, bev_dir/<kitti_name(name)> (uint8 [800,
+    400], 0 outside the camera's view), for the images with a calibration. Returns the names of those without."""
+    for folder in (kitti_dir, bev_dir):
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+    uncalibrated = []
     for name, image, prob in tqdm(predictions, total=count, desc='test overlays'):
         iio.imwrite(os.path.join(output_dir, png_name(name)), overlay(image, prob))
         if kitti_dir:
             iio.imwrite(os.path.join(kitti_dir, kitti_name(name)), confidence(prob))
+        calibration = bev_dir and bev.calibration_path(calib_dir, name)
+        if calibration:
+            bev_prob, _ = bev.bev_probability(prob, bev.plane_homography(bev.read_calibration(calibration)))
+            iio.imwrite(os.path.join(bev_dir, kitti_name(name)), confidence(bev_prob))
+        elif bev_dir:
+            uncalibrated.append(name)
+    return uncalibrated
+
+
+def zip_submission(folder, zip_path):
+    """Zip the files of folder into zip_path, in the archive's root as KITTI's server wants them (sorted; PNGs
+    are compressed already, so stored as they are), written whole or not at all."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_STORED) as archive:
+        for name in sorted(os.listdir(folder)):
+            archive.write(os.path.join(folder, name), arcname=name)
+    files.atomic_write(zip_path, buffer.getvalue())
+    return zip_path
 
 
 def save_class_outputs(predictions, count, classes, palette, encode, output_dir):
@@ -103,11 +131,19 @@ def save_class_outputs(predictions, count, classes, palette, encode, output_dir)
 def save_test_outputs(sess, logits, keep_prob, input_image, layout, image_shape, output_dir):
     """The test-set outputs of a run into output_dir, for every test image of a datasets.Layout: for a road model
     overlays and KITTI confidence maps in kitti/ (named as KITTI names them, or like the test image for the other
-    layouts); for scene parsing class overlays, labels/ and the legend."""
+    layouts), and, for KITTI's layout with testing/calib/, the bird's-eye-view maps in kitti_bev/ and
+    kitti_bev.zip, ready to upload to KITTI's server; for scene parsing class overlays, labels/ and the legend."""
     images = [(name, path) for name, path, _ in layout.test]
     predictions = test_predictions(sess, logits, keep_prob, input_image, images, image_shape, layout.classes)
+    calib_dir = os.path.join(layout.root, 'testing', bev.CALIB_FOLDER)
+    bev_dir = os.path.join(output_dir, BEV_SUBMISSION) if layout.kind == 'kitti' and os.path.isdir(calib_dir) else None
     if is_road(layout.classes):
-        save_road_outputs(predictions, len(images), output_dir, os.path.join(output_dir, 'kitti'),
-                          kitti.label_name if layout.kind == 'kitti' else png_name)
+        uncalibrated = save_road_outputs(predictions, len(images), output_dir, os.path.join(output_dir, 'kitti'),
+                                         kitti.label_name if layout.kind == 'kitti' else png_name, calib_dir, bev_dir)
+        if bev_dir:
+            archive = zip_submission(bev_dir, bev_dir + '.zip')
+            print(f'KITTI bird\'s-eye-view submission: {archive} ({len(images) - len(uncalibrated)} maps'
+                  + (f'; {len(uncalibrated)} test images without a calibration left out, e.g. {uncalibrated[0]}'
+                     if uncalibrated else '') + ')', flush=True)
     else:
         save_class_outputs(predictions, len(images), layout.classes, layout.palette, layout.encode, output_dir)

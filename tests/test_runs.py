@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 
 import imageio.v3 as iio
 import numpy as np
@@ -225,6 +226,36 @@ def test_gen_test_output_does_not_grow_the_graph(thin_vgg, small_dataset):
         assert len(sess.graph.get_operations()) == ops
     assert len(rest) == 3 and len(again) == 4
     assert first.shape == iio.imread(os.path.join(small_dataset, 'testing', 'image_2', name)).shape
+
+
+def test_a_run_on_calibrated_kitti_scores_and_writes_the_birds_eye_view(thin_run, small_dataset, tmp_path, capsys):
+    """The generated scenes have KITTI calibrations: the test set's BEV maps and their zip are written as KITTI's
+    server takes them, evaluate scores in the bird's-eye view too and reports an image without calibration."""
+    assert main.main(['evaluate', '--checkpoint', thin_run]) == 0
+    evaluated = json.load(open(os.path.join(thin_run, 'eval.json')))
+    assert evaluated['bev_images'] == 3 and evaluated['bev_without_calibration'] == 0  # the validation images
+    assert set(evaluated['bev_kitti']) == {'um', 'umm', 'uu', 'all'} and 0 < evaluated['bev_max_f'] <= 1
+    test_names = os.listdir(os.path.join(small_dataset, 'testing', 'image_2'))
+    bev_dir = os.path.join(thin_run, 'kitti_bev')
+    assert sorted(os.listdir(bev_dir)) == sorted(kitti.label_name(name) for name in test_names)
+    for name in os.listdir(bev_dir):
+        confidence = iio.imread(os.path.join(bev_dir, name))
+        assert confidence.shape == (800, 400) and confidence.dtype == np.uint8 and confidence.max() > 0
+    with zipfile.ZipFile(bev_dir + '.zip') as archive:  # the files in the archive's root
+        assert sorted(archive.namelist()) == sorted(os.listdir(bev_dir))
+    dataset = tmp_path / 'road'
+    shutil.copytree(small_dataset, dataset)
+    os.remove(dataset / 'training' / 'calib' / 'uu_000001.txt')
+    capsys.readouterr()
+    assert main.main(['evaluate', '--checkpoint', thin_run, '--dataset', str(dataset)]) == 0
+    said = capsys.readouterr().out
+    assert "bird's-eye view (KITTI's 0.05 m grid, x -10..10 m, z 6..46 m), the 11 images with a calibration" in said
+    assert "bird's-eye view: 1 of the 12 images have no calibration" in said
+    evaluated = json.load(open(os.path.join(thin_run, 'eval.json')))
+    assert evaluated['bev_images'] == 11 and evaluated['bev_without_calibration'] == 1
+    assert 0 < evaluated['bev_kitti']['all']['max_f'] <= 1
+    for category in ('um', 'umm', 'uu'):
+        assert iio.imread(os.path.join(thin_run, f'eval_bev_{category}.png')).shape == (800, 400, 3)
 
 
 def test_new_run_dir_never_reuses_a_folder(tmp_path):
