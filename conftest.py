@@ -25,6 +25,7 @@ from fcn8s.images import read_rgb, resize_image
 HERE = os.path.dirname(os.path.abspath(__file__))
 KITTI_DIR = os.path.join(HERE, 'data', 'data_road')
 KITTI_SAMPLES = os.path.join(HERE, '..', 'shared', 'kitti_samples')
+CAMVID = os.path.join(HERE, '..', 'shared', 'camvid')  # SegNet's CamVid train and val splits: real driving images
 THIN = (4, 8, 16, 32, 32, 64)  # VGG16 channels cut down so that tests run in seconds
 SMALL_SIZES = ((70, 230), (64, 224), (72, 240))  # mixed sizes, like KITTI's, but small
 
@@ -275,6 +276,23 @@ def make_cityscapes(root, counts=(('train', 'aachen', 3), ('train', 'bochum', 3)
             iio.imwrite(os.path.join(root, 'leftImg8bit', split, city, f'{stem}_leftImg8bit.png'), image)
             if split != 'test':
                 iio.imwrite(os.path.join(root, 'gtFine', split, city, f'{stem}_gtFine_labelIds.png'), ids)
+    return str(root)
+
+
+@pytest.fixture(scope='session')
+def real_camvid(tmp_path_factory):
+    """A CamVid folder of a few real frames of ../shared/camvid, linked (never copied into the repository): train
+    from two drives, val from a third stretch; skipped where ../shared/camvid is absent."""
+    if not os.path.isdir(CAMVID):
+        pytest.skip('the real CamVid frames are not in ../shared/camvid')
+    root = tmp_path_factory.mktemp('camvid')
+    chosen = {'train': sorted(os.listdir(os.path.join(CAMVID, 'train')))[::60][:6],
+              'val': sorted(os.listdir(os.path.join(CAMVID, 'val')))[:2]}
+    for split, names in chosen.items():
+        for folder in (split, split + 'annot'):
+            os.makedirs(root / folder)
+            for name in names:
+                os.symlink(os.path.join(CAMVID, folder, name), root / folder / name)
     return str(root)
 
 

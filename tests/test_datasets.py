@@ -12,6 +12,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cityscapes_eval
 
+import helper
 import main
 from conftest import make_cityscapes
 from fcn8s import camvid, cityscapes, datasets, files, metrics, synthetic
@@ -218,3 +219,38 @@ def test_optimize_and_infer_work_on_a_multi_class_run(camvid_run, small_camvid, 
             assert labels.shape == (64, 96) and labels.max() <= 10
     run_labels = iio.imread(os.path.join(camvid_run, 'labels', name))
     assert (iio.imread(tmp_path / 'run' / 'probabilities' / name) == run_labels).mean() > 0.99  # as training's
+
+
+# ----------------------------------------------------------------------------- real frames: SegNet's CamVid
+
+def test_real_camvid_frames_are_read_as_a_camvid_layout_with_its_11_classes_and_void(real_camvid):
+    layout = datasets.open_layout(real_camvid)
+    assert layout.kind == 'camvid' and layout.classes == camvid.CLASSES and len(layout.classes) == 11
+    assert [name for name, _, _ in layout.train] == sorted(os.listdir(os.path.join(real_camvid, 'train')))
+    assert all(os.path.basename(image) == os.path.basename(label) for _, image, label in layout.train + layout.val)
+    raw_void, void, seen = 0, 0, set()
+    for _, image_path, label_path in layout.train + layout.val:
+        image, classes = layout.load_pair(image_path, label_path)
+        raw = iio.imread(label_path)
+        assert image.shape == (360, 480, 3) and classes.shape == (360, 480) and classes.dtype == np.int8
+        assert set(np.unique(classes)) <= set(range(11)) | {metrics.IGNORE}
+        np.testing.assert_array_equal(classes[raw < 11], raw[raw < 11])  # ids 0-10 are the classes themselves
+        raw_void, void = raw_void + int((raw == camvid.UNLABELLED).sum()), void + int((classes == metrics.IGNORE).sum())
+        seen |= set(np.unique(classes[classes >= 0]).tolist())
+    assert void == raw_void > 0  # unlabelled (11), and only it, is void
+    assert {camvid.ROAD, camvid.CLASSES.index('Sky'), camvid.CLASSES.index('Building')} <= seen
+
+
+def test_a_short_training_on_real_camvid_frames_lowers_the_loss(real_camvid, thin_vgg):
+    layout = datasets.open_layout(real_camvid)
+    pairs = [(image, label) for _, image, label in layout.train]
+    get_batches_fn = helper.gen_batch_function(None, (96, 128), pairs=pairs, load_pair=layout.load_pair,
+                                               num_classes=11)
+    images, labels = next(get_batches_fn(6))
+    with tf.Graph().as_default(), tf.Session() as sess:
+        net = main.build_fcn(sess, thin_vgg, 0, num_classes=11)
+        feed = {net['input_image']: images, net['correct_label']: labels, net['keep_prob']: 1.0,
+                net['learning_rate']: 1e-3}
+        losses = [sess.run([net['train_op'], net['cross_entropy_loss']], feed)[1] for _ in range(20)]
+    assert losses[0] == pytest.approx(np.log(11), rel=0.1)  # score layers start near zero: a uniform guess
+    assert losses[-1] < 0.8 * losses[0]
