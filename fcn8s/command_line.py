@@ -11,6 +11,8 @@ from fcn8s.kitti import KITTI_URL
 from fcn8s.paths import KERAS_H5, PRECISION_VARIANT, VGG_URL
 from fcn8s.recipes import CALIBRATION_IMAGES, INITS, LATENCY_RUNS, RECIPES, STEP_TIMEOUT_S, WARMUP_RUNS, WARMUP_STEPS
 
+# --tta: test-time augmentation, none or the mean with the mirror image's prediction.
+TTA_CHOICES = ('none', 'flip')
 # --classes: every class of a Cityscapes or CamVid dataset, or road against the rest.
 CLASS_CHOICES = ('all', 'road')
 # Flags about how a run runs, not what it trains: a resumed run takes them anew (a switch turned on stays on).
@@ -146,6 +148,9 @@ def evaluate_parser():
                         help='arithmetic of the network: auto = bf16 on CPUs with AVX512_BF16 or AMX, else fp32 '
                              '[default: the precision the run validated with, so that its figures are repeated; '
                              'auto where this machine lacks it]')
+    parser.add_argument('--tta', choices=TTA_CHOICES, default='none',
+                        help='test-time augmentation: "flip" scores the mean of each image\'s prediction and its '
+                             'mirror image\'s (twice the time) [default: %(default)s]')
     return parser
 
 

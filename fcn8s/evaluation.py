@@ -136,20 +136,25 @@ def validation_record(scores, layout):
     return record
 
 
-def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDATION_BATCH, views=None):
+def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDATION_BATCH, views=None, flip=False):
     """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])]: () ->
     (validation_record, overlays {name: uint8 image} of one image per category, perspective and bird's-eye).
 
     net holds build_fcn's tensors, layout the dataset's datasets.Layout. The loss is taken at the network's input
     size (the mean over all valid pixels), the counts at each image's own size, and in the bird's-eye view for
-    the examples of views (bev_views). batch_size images go through the network at once.
+    the examples of views (bev_views). batch_size images go through the network at once. With flip, the
+    probabilities are the mean of each image's and its mirror's (outputs.flip_mean); the loss is the image's.
     """
     probabilities = outputs.probabilities(net['logits'], layout.classes)
     net_batches = network_batches(examples, image_shape, batch_size)  # once: the same images every epoch
 
-    def run_model(image, labels):
-        return sess.run([probabilities, net['cross_entropy_loss']],
-                        {net['input_image']: image, net['correct_label']: labels, net['keep_prob']: 1.0})
+    def run_model(images, labels):
+        probs, loss = sess.run([probabilities, net['cross_entropy_loss']],
+                               {net['input_image']: images, net['correct_label']: labels, net['keep_prob']: 1.0})
+        if flip:
+            mirrored = sess.run(probabilities, {net['input_image']: images[:, :, ::-1], net['keep_prob']: 1.0})
+            probs = outputs.flip_mean(probs, mirrored, images.shape[:3])
+        return probs, loss
 
     def validate_fn():
         scores = score_examples(run_model, examples, net_batches, image_shape, layout, 'validation', views)
@@ -266,10 +271,11 @@ def evaluate_command(args, build_fcn):
                         config['weights'].get('skip_scales'))
         tf.train.Saver(tf.trainable_variables()).restore(sess, best)
         views, without = bev_views(examples, layout)
-        validate_fn = make_validate_fn(sess, net, examples, image_shape, layout, views=views)
+        validate_fn = make_validate_fn(sess, net, examples, image_shape, layout, views=views, flip=args.tta == 'flip')
         sess.graph.finalize()
         record, pictures = validate_fn()
-    print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"} (%):\n'
+    print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"}'
+          + (', each averaged with its mirror image (--tta flip)' if args.tta == 'flip' else '') + ' (%):\n'
           + format_record_table(record, layout.classes))
     if is_road(layout.classes) and without:
         print(f'bird\'s-eye view: {without} of the {len(examples)} images have no calibration '
@@ -278,7 +284,7 @@ def evaluate_command(args, build_fcn):
     title = f'{os.path.basename(best)}, {len(examples)} images'
     with files.writing(args.checkpoint, 'the evaluation'):
         files.write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],
-                                'precision': arithmetic, 'images': [name for name, _, _ in examples],
+                                'precision': arithmetic, 'tta': args.tta, 'images': [name for name, _, _ in examples],
                                 'loss': record['val_loss'], **{key[4:]: value for key, value in record.items()
                                                                if key.startswith('val_') and key != 'val_loss'},
                                 **({'bev_without_calibration': without} if is_road(layout.classes) else {})})

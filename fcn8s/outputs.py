@@ -43,6 +43,21 @@ def probabilities(logits, classes):
     return (road_probability if is_road(classes) else class_probabilities)(logits)
 
 
+def flip_mean(probabilities, mirrored, batch_shape):
+    """Test-time flip: the mean of a batch's probabilities and those of its mirror image (the batch flipped left to
+    right), flipped back; either is N*H*W (road) or N*H*W*K values in any shape, batch_shape (N, H, W). A road
+    scene is as likely mirrored, but FCN's outputs are not mirror-symmetric: the two views are a cheap ensemble."""
+    probabilities = np.asarray(probabilities)
+    views = np.reshape(mirrored, (*batch_shape, -1))[:, :, ::-1]
+    return (probabilities + views.reshape(probabilities.shape)) / 2
+
+
+def with_flip(predict):
+    """predict (float32 [N, H, W, 3] -> probabilities) averaged with its prediction of the mirrored batch
+    (flip_mean): twice the work."""
+    return lambda batch: flip_mean(predict(batch), predict(batch[:, :, ::-1]), batch.shape[:3])
+
+
 def predict_probability(predict, image, image_shape):
     """Road probability float32 [h, w] of one uint8 image [h, w, 3]: predict (float32 [1, H, W, 3] raw RGB 0-255
     -> road probability, H*W values in any shape) runs at image_shape (H, W); the result is resized back."""

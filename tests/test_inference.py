@@ -127,6 +127,20 @@ def test_infer_writes_overlays_of_a_folder_at_each_image_size(optimized_run, sma
     assert 'um_000000.png exists (and 7 more)' in capsys.readouterr().err and snapshot(tmp_path) == before
 
 
+def test_flip_mean_averages_a_prediction_with_its_mirror_images_flipped_back():
+    """One 1x3 image: road probabilities [0.1, 0.5, 0.9]; of its mirror [0.3, 0.6, 0.7], which flipped back are
+    [0.7, 0.6, 0.3]: the mean is [0.4, 0.55, 0.6]. Two classes per pixel flip the same way, pixel by pixel."""
+    np.testing.assert_allclose(outputs.flip_mean([0.1, 0.5, 0.9], [0.3, 0.6, 0.7], (1, 1, 3)), [0.4, 0.55, 0.6])
+    classes = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    mirrored = np.array([[0.6, 0.4], [0.5, 0.5], [0.7, 0.3]])  # back: [0.7, 0.3], [0.5, 0.5], [0.6, 0.4]
+    np.testing.assert_allclose(outputs.flip_mean(classes, mirrored, (1, 1, 3)), [[0.8, 0.2], [0.5, 0.5], [0.4, 0.6]])
+    # A model that sees every column on its own (here the red channel / 255) predicts the mirror of the mirror:
+    # flipping back gives its own prediction again, whatever the batch.
+    batch = np.random.RandomState(0).randint(0, 256, (2, 4, 5, 3)).astype(np.float32)
+    predict = lambda images: images[..., 0].ravel() / 255  # noqa: E731
+    np.testing.assert_allclose(outputs.with_flip(predict)(batch), predict(batch))
+
+
 def test_infer_segments_a_16_bit_png_as_its_8_bit_picture(optimized_run, small_dataset, tmp_path):
     image, _ = sample_batch(small_dataset)
     grey16 = (image.mean(axis=-1) * 257).astype(np.uint16)

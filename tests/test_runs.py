@@ -258,6 +258,16 @@ def test_a_run_on_calibrated_kitti_scores_and_writes_the_birds_eye_view(thin_run
         assert iio.imread(os.path.join(thin_run, f'eval_bev_{category}.png')).shape == (800, 400, 3)
 
 
+def test_evaluate_with_test_time_flip_scores_the_mean_with_the_mirror_image(thin_run, capsys):
+    assert main.main(['evaluate', '--checkpoint', thin_run]) == 0
+    plain = json.load(open(os.path.join(thin_run, 'eval.json')))
+    assert main.main(['evaluate', '--checkpoint', thin_run, '--tta', 'flip']) == 0
+    flipped = json.load(open(os.path.join(thin_run, 'eval.json')))
+    assert 'each averaged with its mirror image (--tta flip)' in capsys.readouterr().out
+    assert (plain['tta'], flipped['tta']) == ('none', 'flip') and flipped['loss'] == pytest.approx(plain['loss'])
+    assert 0 < flipped['max_f'] <= 1 and flipped['counts'] != plain['counts']  # other probabilities, scored
+
+
 def test_new_run_dir_never_reuses_a_folder(tmp_path):
     dirs = {run_folder.new_run_dir(str(tmp_path)) for _ in range(3)}
     assert len(dirs) == 3
