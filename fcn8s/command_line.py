@@ -7,8 +7,7 @@ import logging
 import os
 import sys
 
-from fcn8s.kitti import KITTI_URL
-from fcn8s.paths import KERAS_H5, PRECISION_VARIANT, VGG_URL
+from fcn8s.paths import KERAS_H5, KITTI_URL, PRECISION_VARIANT, VGG_URL
 from fcn8s.recipes import CALIBRATION_IMAGES, INITS, LATENCY_RUNS, RECIPES, STEP_TIMEOUT_S, WARMUP_RUNS, WARMUP_STEPS
 
 # --tta: test-time augmentation, none or the mean with the mirror image's prediction.

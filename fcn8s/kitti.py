@@ -10,8 +10,8 @@ from fcn8s import downloads
 from fcn8s.errors import UserError
 from fcn8s.images import check_convertible, read_header, read_pair
 from fcn8s.metrics import IGNORE, NON_ROAD, ROAD
+from fcn8s.paths import KITTI_URL
 
-KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 KITTI_FOLDERS = ('training/image_2', 'training/gt_image_2', 'testing/image_2')
 CATEGORIES = ('um', 'umm', 'uu')
 ROAD_COLOR, NON_ROAD_COLOR, INVALID_COLOR = (255, 0, 255), (255, 0, 0), (0, 0, 0)

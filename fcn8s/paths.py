@@ -15,6 +15,8 @@ PRECISION_VARIANT = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'}
 # Inside the data folder: the generated road scenes (made when KITTI is missing).
 SYNTHETIC_DIR = 'synthetic_road'
 
+# KITTI Road's base kit as the KITTI team serves it (the official page needs a registration).
+KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 # Udacity's pretrained VGG16 (a zip with a vgg/ SavedModel folder), and Keras' ImageNet VGG16 weights: the legacy
 # HDF5 file with the fully connected layers.
 VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
