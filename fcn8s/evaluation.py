@@ -257,14 +257,7 @@ def evaluate_command(args, build_fcn):
     if not examples:
         raise UserError(f'{args.checkpoint}: no labelled images to evaluate')
     image_shape = tuple(config['settings']['image_shape'])
-    # what the run validated with: config['precision'] since --precision auto, the flag itself before
-    ran = config.get('precision', {}).get('chosen') or config['settings'].get('precision', 'fp32')
-    if args.precision:
-        arithmetic, why = precision.choose(args.precision)
-    elif ran == 'bf16' and precision.mixed_precision()[0] != 'bf16':
-        arithmetic, why = precision.choose('auto')
-    else:
-        arithmetic, why = ran, 'the precision the run validated with'
+    arithmetic, why = evaluation_precision(args.precision, config)
     print(f'precision {arithmetic} ({why})', flush=True)
     with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
         net = build_fcn(sess, config['weights']['vgg_dir'], config['settings']['seed'], len(layout.classes),
@@ -280,17 +273,35 @@ def evaluate_command(args, build_fcn):
     if is_road(layout.classes) and without:
         print(f'bird\'s-eye view: {without} of the {len(examples)} images have no calibration '
               f'({os.path.join(layout.root, "training", bev.CALIB_FOLDER)}/<name>.txt) and are left out of it')
-    path = os.path.join(args.checkpoint, 'eval.json')
-    title = f'{os.path.basename(best)}, {len(examples)} images'
-    with files.writing(args.checkpoint, 'the evaluation'):
-        files.write_json(path, {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'],
-                                'precision': arithmetic, 'tta': args.tta, 'images': [name for name, _, _ in examples],
-                                'loss': record['val_loss'], **{key[4:]: value for key, value in record.items()
-                                                               if key.startswith('val_') and key != 'val_loss'},
-                                **({'bev_without_calibration': without} if is_road(layout.classes) else {})})
-        written = [path, plots.plot_scores(record, is_road(layout.classes), args.checkpoint, 'eval_', title)]
-        for name, picture in pictures.items():
-            if name.startswith('bev_'):  # one bird's-eye picture per category
-                written.append(os.path.join(args.checkpoint, f'eval_bev_{layout.category(name[4:])}.png'))
-                iio.imwrite(written[-1], picture)
+    about = {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'], 'precision': arithmetic,
+             'tta': args.tta, 'images': [name for name, _, _ in examples],
+             **({'bev_without_calibration': without} if is_road(layout.classes) else {})}
+    written = write_evaluation(args.checkpoint, about, record, pictures, layout)
     print(f'written to {", ".join(written)}')
+
+
+def evaluation_precision(requested, config):
+    """(arithmetic, why) of evaluate: --precision if given, else what the run validated with (config['precision']
+    since --precision auto, the flag itself before), auto where this machine lacks bf16."""
+    ran = config.get('precision', {}).get('chosen') or config['settings'].get('precision', 'fp32')
+    if requested:
+        return precision.choose(requested)
+    if ran == 'bf16' and precision.mixed_precision()[0] != 'bf16':
+        return precision.choose('auto')
+    return ran, 'the precision the run validated with'
+
+
+def write_evaluation(run_dir, about, record, pictures, layout):
+    """eval.json (about, then the loss and every figure of record), its plot and one bird's-eye picture per
+    category (pictures' bev_<name> entries) into run_dir; returns the paths written."""
+    path = os.path.join(run_dir, 'eval.json')
+    title = f'{os.path.basename(about["checkpoint"])}, {len(about["images"])} images'
+    with files.writing(run_dir, 'the evaluation'):
+        files.write_json(path, {**about, 'loss': record['val_loss'], **{
+            key[4:]: value for key, value in record.items() if key.startswith('val_') and key != 'val_loss'}})
+        written = [path, plots.plot_scores(record, is_road(layout.classes), run_dir, 'eval_', title)]
+        for name, picture in pictures.items():
+            if name.startswith('bev_'):
+                written.append(os.path.join(run_dir, f'eval_bev_{layout.category(name[4:])}.png'))
+                iio.imwrite(written[-1], picture)
+    return written
