@@ -192,6 +192,11 @@ def learning_rate_at(step, total_steps, base, warmup_steps=WARMUP_STEPS):
     return base * warmup * (1.0 - progress) ** POLY_POWER
 
 
+def diverged(loss, first_loss):
+    """Whether a training loss is NaN, infinite, or blown up: DIVERGED_LOSS_FACTOR times the run's first loss."""
+    return not np.isfinite(loss) or loss > DIVERGED_LOSS_FACTOR * max(first_loss, 1.0)
+
+
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
              num_images=None, validate_fn=None, on_epoch_end=None, start_step=0, history=None, patience=None,
@@ -228,7 +233,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
                     feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
                 _, loss = sess.run([train_op, cross_entropy_loss], feed, options=run_options)
                 first_loss = loss if first_loss is None else first_loss
-                if not np.isfinite(loss) or loss > DIVERGED_LOSS_FACTOR * max(first_loss, 1.0):
+                if diverged(loss, first_loss):
                     bar.close()
                     raise LossDiverged(f'the training loss became {loss:.4g} at step {step} (epoch {epoch}; it was '
                                        f'{first_loss:.4g} at this run\'s first step): training diverged and stopped. '
