@@ -249,3 +249,9 @@ def bev_picture(image, probability, homography):
         draw.line([(col, 0), (col, BEV_SHAPE[0] - 1)], fill=GRID_COLOUR)
         draw.text((col + 3, BEV_SHAPE[0] - 14), f'{metres:+d} m' if metres else '0', fill=GRID_COLOUR)
     return np.asarray(picture)
+
+
+def calibration_of(calib, image_name):
+    """The calibration file of an image for `infer --bev CALIB`: CALIB itself when it is a file (one camera for
+    every image), else CALIB/<image name>.txt (None when there is none)."""
+    return calib if os.path.isfile(calib) else calibration_path(calib, image_name)
