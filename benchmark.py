@@ -10,7 +10,8 @@ It needs no data: a He-initialised VGG16 and generated road scenes at KITTI's si
 - peak memory (RSS) of each measurement (each runs in a process of its own),
 - the input pipeline alone (images per second decoded, resized, augmented) and the training step fed by it
   against the same step on pre-loaded arrays,
-- the latency of each optimized variant (main.py optimize's models) at 160x576.
+- the latency of each optimized variant (main.py optimize's models: TensorFlow's frozen graphs and TFLite models,
+  and the ONNX models through ONNX Runtime) at 160x576.
 
 `python benchmark.py --profile` shows instead where a training step's time goes, per phase (forward and loss,
 backward, Adam update) and per op type, and the forward pass in the training graph against the frozen graph.
@@ -385,8 +386,8 @@ def build_variant(frozen_path, variant, path, calibration, precision):
 
 def build_variants(dataset, folder):
     """Export a He-initialised FCN-8s as main.py does, freeze it at SMALL and write each optimized variant into
-    folder, two at a time (Grappler and the TFLite converter use one core each). Returns {variant: seconds to
-    build, or the reason it was skipped}."""
+    folder, two at a time (Grappler, the TFLite converter and the ONNX export use one core each). Returns
+    {variant: seconds to build, or the reason it was skipped}."""
     with tf.Graph().as_default(), tf.Session() as sess:
         _, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
         decoder(layer3, layer4, layer7)
@@ -402,10 +403,14 @@ def build_variants(dataset, folder):
     precision, why = mixed_precision()
     built = {'bf16': why} if precision is None else {}
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn')) as pool:
+        # The ONNX models come from the SavedModel at a dynamic size, as main.py optimize makes them.
+        onnx = pool.submit(inference.write_onnx_variants, saved_model, calibration, folder)
         jobs = {variant: pool.submit(build_variant, frozen_path, variant, os.path.join(folder, file), calibration,
                                      precision)
-                for variant, file in paths.VARIANT_FILES.items() if variant not in built}
+                for variant, file in paths.VARIANT_FILES.items()
+                if variant not in built and variant not in paths.ONNX_VARIANTS}
         built.update({variant: job.result() for variant, job in jobs.items()})
+        built.update(onnx.result())
     return built
 
 
@@ -418,7 +423,7 @@ def variant_latency(folder, built, runs):
             continue
         path = os.path.join(folder, file)
         rows.append({'variant': variant, 'size_mb': os.path.getsize(path) / 2 ** 20, 'build_s': built[variant],
-                     **inference.latency(inference.variant_predictor(variant, path), runs)})
+                     **inference.latency(inference.variant_predictor(variant, path, SMALL), runs)})
     fp32 = next(row for row in rows if row['variant'] == 'fp32')
     for row in rows:
         if 'median_ms' in row:

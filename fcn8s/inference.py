@@ -12,8 +12,16 @@ classes): the SavedModel's own output, OUTPUTS. Variants (files of RUN_DIR/optim
   weights with float activations, and full integer (weights and activations int8, calibrated on training images,
   all but the input's channel flip; the model's input and output stay float32 so that every variant is fed the
   same way).
+- onnx-fp32, onnx-int8 (model.onnx, model_int8.onnx): the SavedModel frozen at a dynamic batch and size and
+  converted by tf2onnx, for ONNX Runtime (TensorRT, CUDA or the CPU), TensorRT's trtexec or OpenVINO; and that
+  model quantized by ONNX Runtime (QDQ: int8 weights, uint8 activations calibrated on training images). The ONNX
+  models take [N, H, W, 3] of any size (H, W multiples of 32); this project runs them at the run's size.
 """
+import importlib
+import logging
+import os
 import time
+import types
 import warnings
 
 import numpy as np
@@ -21,6 +29,9 @@ import tensorflow.compat.v1 as tf
 # Offline Grappler has no public entry point; TensorFlow's own converters call this one.
 from tensorflow.python.grappler import tf_optimizer
 
+from fcn8s import files
+from fcn8s.errors import UserError
+from fcn8s.paths import VARIANT_FILES
 from fcn8s.precision import cores, session_config
 from fcn8s.recipes import WARMUP_RUNS
 
@@ -30,40 +41,48 @@ OUTPUTS = ('road_probability', 'class_probabilities')
 # random and ImageNet encoders, gave wrong values (RMSE of 49 quantization steps against float in TFLite's
 # quantization debugger) and cost 5.9 points of MaxF; in float it costs nothing measurable in speed.
 INT8_FLOAT_OPS = ['REVERSE_V2']
+# ONNX: opset 17 is read by ONNX Runtime, OpenVINO and TensorRT 8.6 and later alike, and has per-channel
+# QuantizeLinear (13+); the names of the dynamic dimensions of the input [N, H, W, 3] and output ([N, H, W] or
+# [N, H, W, K]).
+ONNX_OPSET = 17
+ONNX_INPUT_DIMS = ('batch', 'height', 'width')
+ONNX_OUTPUT_DIMS = ('batch', 'height', 'width', 'classes')
+# Float constants of this many values or more (every kernel but conv1_1's 1728) are the weights that the ONNX
+# conversion keeps out of tf2onnx (convert_onnx).
+LARGE_CONSTANT = 2 ** 12
+# ONNX Runtime's accelerated execution providers, preferred in this order where the installed onnxruntime has
+# them (onnxruntime-gpu); the CPU's is always there. And the errors of a model file it cannot load.
+ONNX_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
+ONNX_LOAD_ERRORS = ('Fail', 'InvalidArgument', 'InvalidGraph', 'InvalidProtobuf', 'NoSuchFile')
 
 
 def _zero_dropout_noise(graph_def):
-    """Replace each RandomUniform of graph_def by zeros of the same shape.
+    """Replace each RandomUniform of graph_def by a scalar zero.
 
     Only dropout draws random numbers in this network, and with keep_prob folded to 1.0 its mask keeps every unit.
-    A uniform draw of 0 keeps every unit under both TF1's floor(keep_prob + u) and TF2's u >= rate masks, and
-    makes the masks constant, so that constant folding removes dropout (TFLite's integer kernels have no random op).
+    A uniform draw of 0 keeps every unit under both TF1's floor(keep_prob + u) and TF2's u >= rate masks; as a
+    scalar it broadcasts over whatever shape the input has (a graph of dynamic size too), and makes the masks
+    constant, so that constant folding removes dropout (TFLite's integer kernels have no random op).
     """
-    zeros = []
     for node in graph_def.node:
         if node.op != 'RandomUniform':
             continue
-        dtype, shape_type, shape = node.attr['dtype'], node.attr['T'], node.input[0]
-        zero = tf.NodeDef(name=node.name + '/zero', op='Const')
-        zero.attr['dtype'].CopyFrom(dtype)
-        zero.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(0, tf.as_dtype(dtype.type)))
-        zeros.append(zero)
-        node.op = 'Fill'
+        dtype = node.attr['dtype']
+        node.op = 'Const'
         node.ClearField('attr')
-        node.attr['T'].CopyFrom(dtype)
-        node.attr['index_type'].CopyFrom(shape_type)
         node.ClearField('input')
-        node.input.extend([shape, zero.name])
-    graph_def.node.extend(zeros)
+        node.attr['dtype'].CopyFrom(dtype)
+        node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(0, tf.as_dtype(dtype.type)))
     return graph_def
 
 
-def freeze(saved_model_dir, image_shape):
-    """GraphDef of the exported SavedModel (run_folder.export_serving_model) at batch 1 and image_shape (H, W):
-    INPUT [1, H, W, 3] -> road_probability [1, H, W] (or class_probabilities [1, H, W, K], as the SavedModel's
-    signature has), variables folded to constants, keep_prob to 1.0, no dropout noise."""
+def freeze(saved_model_dir, image_shape, batch=1):
+    """GraphDef of the exported SavedModel (run_folder.export_serving_model) at batch and image_shape (H, W), any
+    of them None for a dynamic size: INPUT [N, H, W, 3] -> road_probability [N, H, W] (or class_probabilities
+    [N, H, W, K], as the SavedModel's signature has), variables folded to constants, keep_prob to 1.0, no dropout
+    noise."""
     with tf.Graph().as_default() as graph, tf.Session() as sess:
-        image = tf.placeholder(tf.float32, [1, *image_shape, 3], name=INPUT)
+        image = tf.placeholder(tf.float32, [batch, *image_shape, 3], name=INPUT)
         meta = tf.saved_model.loader.load(sess, [tf.saved_model.tag_constants.SERVING], saved_model_dir,
                                           import_scope='fcn', input_map={'keep_prob:0': tf.constant(1.0),
                                                                          'image_input:0': image})
@@ -107,6 +126,136 @@ def convert_tflite(graph_def, variant, calibration=()):
                         debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=INT8_FLOAT_OPS))
                     return debugger.get_nondebug_quantized_model()
             return converter.convert()
+
+
+def _require(module, purpose):
+    """Import module (a package of requirements.txt) for purpose; a UserError that says how to install it if it
+    is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f'{purpose} needs the Python package {module.split(".")[0]}, which cannot be imported '
+                        f'({e}): pip install -r requirements.txt') from None
+
+
+def _weights_as_inputs(graph_def):
+    """(a copy of graph_def whose float constants of LARGE_CONSTANT values or more are Placeholders of their shape,
+    {their names: their values as float32 arrays}), the weights taken out of a frozen graph."""
+    light, weights = tf.GraphDef(), {}
+    for node in graph_def.node:
+        tensor = node.attr['value'].tensor if node.op == 'Const' else None  # (reading attr['value'] adds it)
+        if tensor is not None and tensor.dtype == tf.float32.as_datatype_enum and \
+                np.prod([d.size for d in tensor.tensor_shape.dim]) >= LARGE_CONSTANT:
+            weights[node.name] = tf.make_ndarray(tensor)
+            placeholder = light.node.add(name=node.name, op='Placeholder')
+            placeholder.attr['dtype'].type = tensor.dtype
+            placeholder.attr['shape'].shape.CopyFrom(tensor.tensor_shape)
+        else:
+            light.node.add().CopyFrom(node)
+    light.versions.CopyFrom(graph_def.versions)
+    return light, weights
+
+
+def _weights_as_initializers(model, weights):
+    """model (onnx.ModelProto) with the graph inputs named in weights {name: array} made initializers of those
+    values, and each Transpose or Identity of an initializer alone folded into it (tf2onnx transposes TensorFlow's
+    HWIO kernels to ONNX's OIHW)."""
+    from onnx import numpy_helper
+    graph = model.graph
+    kept = [value for value in graph.input if value.name not in weights]
+    del graph.input[:]
+    graph.input.extend(kept)
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    folded = set()  # the outputs of the nodes folded into initializers
+    for name, value in weights.items():
+        while len(consumers.get(name, ())) == 1 and consumers[name][0].op_type in ('Transpose', 'Identity'):
+            node = consumers[name][0]
+            perm = next((list(a.ints) for a in node.attribute if a.name == 'perm'), None)
+            value = np.transpose(value, perm) if node.op_type == 'Transpose' else value
+            name = node.output[0]
+            folded.add(name)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    kept = [node for node in graph.node if node.output[0] not in folded]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+def convert_onnx(graph_def):
+    """The ONNX model (onnx.ModelProto, opset ONNX_OPSET) of a frozen graph, with its input INPUT and output (one
+    of OUTPUTS) named as in the graph and the SavedModel; dimensions the graph leaves open (batch, height, width)
+    stay dynamic and are named.
+
+    tf2onnx converts the graph without its weights, which are graph inputs meanwhile and become initializers at the
+    end: with the 537 MB of weights in it, tf2onnx.convert.from_graph_def grew past 22 GB. Each of its ONNX
+    optimizers ends by rewriting every node's protobuf, which copies each constant into the node's protobuf arena
+    without freeing the previous copy (upb frees an arena only with its message): 0.5 GB more per optimizer and
+    pass. It also deep-copies the graph before each optimizer, and re-freezes and re-runs Grappler on a graph that
+    is frozen already."""
+    tf2onnx = _require('tf2onnx', 'the ONNX export')
+    output = output_name(graph_def)
+    light, weights = _weights_as_inputs(graph_def)
+    light = grappler(light)  # folds dropout away, as in fp32.pb; the weights-less graph takes it in a second
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(light, name='')
+    tensors = [INPUT, output, *weights]
+    onnx_graph = tf2onnx.tfonnx.process_tf_graph(
+        graph, opset=ONNX_OPSET, input_names=[INPUT + ':0', *(name + ':0' for name in weights)],
+        output_names=[output + ':0'], tensors_to_rename={name + ':0': name for name in tensors})
+    onnx_graph = tf2onnx.optimizer.optimize_graph(onnx_graph)
+    model = onnx_graph.make_model(f'FCN-8s {output}, converted from a frozen TensorFlow graph')
+    for value, names in ((model.graph.input[0], ONNX_INPUT_DIMS), (model.graph.output[0], ONNX_OUTPUT_DIMS)):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names):
+            if not dim.HasField('dim_value'):
+                dim.dim_param = name
+    return _weights_as_initializers(model, weights)
+
+
+def quantize_onnx(model_path, calibration, output_path):
+    """Write to output_path the int8 model of the ONNX model at model_path (ONNX Runtime's static quantization,
+    QDQ format: int8 weights per output channel, uint8 activations whose ranges come from calibration, uint8
+    images [H, W, 3] at the model's input size). Weights use 7 bits (reduce_range): x86 CPUs without VNNI
+    (AVX2 only, as the AMD Zen 3 here) multiply uint8 by int8 in pairs summed into int16, which saturates on full
+    8-bit weights; ONNX Runtime's documentation recommends it there, and it costs little elsewhere."""
+    quantization = _require('onnxruntime.quantization', 'the int8 ONNX model')
+    images = iter(calibration)
+    reader = types.SimpleNamespace(  # what quantize_static reads: get_next() -> a feed, None at the end
+        get_next=lambda: next(({INPUT: image[None].astype(np.float32)} for image in images), None))
+    # (Not CalibMaxIntermediateOutputs: in ONNX Runtime 1.31 it drops the ranges of every full chunk of images,
+    # microsoft/onnxruntime#18893; MinMax calibration keeps only each image's minima and maxima anyway.)
+    # Its warning that the model was not pre-processed (quant_pre_process) is kept off the terminal: that
+    # pre-processing's symbolic shape inference fails on this model's dynamic sizes.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantization.quantize_static(
+            model_path, output_path, reader, quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+            reduce_range=True, activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def write_onnx_variants(saved_model_dir, calibration, folder):
+    """Write the ONNX variants into folder: model.onnx, the SavedModel frozen at a dynamic batch and size and
+    converted (convert_onnx), checked by onnx.checker, and model_int8.onnx, it quantized on calibration (uint8
+    images [H, W, 3] at the run's input size). Returns {variant: seconds it took to build}."""
+    onnx = _require('onnx', 'the ONNX export')
+    start = time.time()
+    path = os.path.join(folder, VARIANT_FILES['onnx-fp32'])
+    model = convert_onnx(freeze(saved_model_dir, (None, None), batch=None))
+    files.atomic_write(path, model.SerializeToString())
+    del model  # 0.5 GB for the full-size model
+    onnx.checker.check_model(path)  # from the file: the C++ checker, no copy of the model in Python
+    seconds = {'onnx-fp32': time.time() - start}
+    start = time.time()
+    quantize_onnx(path, calibration, os.path.join(folder, VARIANT_FILES['onnx-int8']))
+    seconds['onnx-int8'] = time.time() - start
+    return seconds
 
 
 def make_variant(frozen, variant, precision=None, calibration=()):
@@ -186,10 +335,54 @@ def tflite_predictor(model_path):
     return predict, tuple(int(n) for n in source['shape'][1:3])
 
 
-def variant_predictor(variant, path):
-    """Predictor of an optimized variant's file."""
+def onnx_providers(available):
+    """The execution providers to run an ONNX model with, best first, of ONNX Runtime's available ones: TensorRT,
+    CUDA, then the CPU (always there, and the fallback for any op the others lack)."""
+    return [name for name in ONNX_PROVIDERS if name in available] + ['CPUExecutionProvider']
+
+
+def onnx_runtime_providers():
+    """onnx_providers of the installed onnxruntime; UserError if it is missing."""
+    return onnx_providers(_require('onnxruntime', 'running an ONNX model').get_available_providers())
+
+
+def onnx_session(model_path):
+    """onnxruntime.InferenceSession of the ONNX model at model_path on onnx_providers, on every core this process
+    may use; UserError for a file ONNX Runtime cannot load."""
+    ort = _require('onnxruntime', f'{model_path}: running an ONNX model')
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cores()
+    options.log_severity_level = 3  # its warnings (e.g. nodes left on the CPU) are not the user's business
+    errors = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in ONNX_LOAD_ERRORS)
+    try:
+        session = ort.InferenceSession(model_path, options, providers=onnx_runtime_providers())
+    except errors as e:
+        raise UserError(f'{model_path}: ONNX Runtime cannot load it as a model, the file may be damaged '
+                        f'({str(e).splitlines()[0]})') from None
+    return session
+
+
+def onnx_predictor(model_path, image_shape=None):
+    """Predictor of an ONNX model (INPUT [N, H, W, 3] -> one of OUTPUTS) through ONNX Runtime, at its input's
+    size, or at image_shape (H, W) where that size is dynamic ((None, None) if neither says it); KeyError for a
+    model whose input or output is not named as this project's."""
+    session = onnx_session(model_path)
+    source, target = session.get_inputs()[0], session.get_outputs()[0]
+    if source.name != INPUT or target.name not in OUTPUTS:
+        raise KeyError(f'its input is {source.name} and output {target.name}, not {INPUT} and one of '
+                       f'{" or ".join(OUTPUTS)}')
+    fixed = tuple(d if isinstance(d, int) else None for d in source.shape[1:3])
+    shape = fixed if None not in fixed else tuple(image_shape) if image_shape else (None, None)
+    return (lambda batch: session.run([target.name], {INPUT: batch})[0]), shape
+
+
+def variant_predictor(variant, path, image_shape=None):
+    """Predictor of an optimized variant's file; an ONNX model's input size is dynamic: it runs at
+    image_shape."""
     if variant in ('fp32', 'bf16'):
         return graph_predictor(read_graph_def(path))  # bf16.pb is rewritten already
+    if path.endswith('.onnx'):
+        return onnx_predictor(path, image_shape)
     return tflite_predictor(path)
 
 

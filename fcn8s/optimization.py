@@ -1,5 +1,6 @@
-"""`main.py optimize`: a finished run's model made fast for inference (frozen fp32, bf16, TFLite fp16 and int8),
-each variant timed at batch 1 and scored on the validation split, into RUN_DIR/optimized/."""
+"""`main.py optimize`: a finished run's model made fast for inference (frozen fp32, bf16, TFLite fp16 and int8,
+ONNX fp32 and int8 for ONNX Runtime), each variant timed at batch 1 and scored on the validation split, into
+RUN_DIR/optimized/."""
 import os
 import time
 
@@ -11,9 +12,13 @@ from fcn8s import evaluation, files, inference, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import read_rgb, resize_image
 from fcn8s.metrics import is_road
-from fcn8s.paths import OPTIMIZED_DIR, SERVING_DIR, VARIANT_FILES
+from fcn8s.paths import ONNX_VARIANTS, OPTIMIZED_DIR, SERVING_DIR, VARIANT_FILES
 from fcn8s.precision import machine, mixed_precision
 from fcn8s.recipes import CALIBRATION_IMAGES, WARMUP_RUNS
+
+# model.onnx must give fp32.pb's probabilities to within this (both are float32; they differ by the order of
+# their sums): a larger difference is a wrong conversion, and the ONNX models are then skipped.
+ONNX_TOLERANCE = 1e-4
 
 
 def calibration_images(layout, exclude, image_shape, count=CALIBRATION_IMAGES):
@@ -34,13 +39,55 @@ def measure_variant(name, predictor, examples, runs, layout):
     return row
 
 
+def largest_difference(predictor, reference, examples):
+    """The largest |difference| of two predictors' probabilities (both at reference's (H, W)) on examples."""
+    _, image_shape = reference
+    largest = 0.0
+    for images, _ in evaluation.network_batches(examples, image_shape, 1):
+        batch = images.astype(np.float32)
+        largest = max(largest, float(np.abs(predictor[0](batch) - reference[0](batch)).max()))
+    return largest
+
+
+def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, runs, layout):
+    """(rows, skipped) of the ONNX variants: model.onnx and model_int8.onnx written into staging
+    (inference.write_onnx_variants), each timed and scored as the others, with its largest difference from
+    fp32.pb's probabilities on examples (max_abs_diff). Both are skipped, with the reason, where tf2onnx or ONNX
+    Runtime is missing or model.onnx differs from fp32.pb by more than ONNX_TOLERANCE."""
+    print('making onnx-fp32 and onnx-int8 (a minute or two)', flush=True)
+    try:
+        built = inference.write_onnx_variants(saved_model, calibration, staging)
+    except UserError as e:  # a package of requirements.txt missing: the other variants are still worth having
+        print(f'onnx: skipped: {e}', flush=True)
+        return [], [{'variant': variant, 'reason': str(e)} for variant in ONNX_VARIANTS]
+    fp32 = inference.variant_predictor('fp32', os.path.join(staging, VARIANT_FILES['fp32']))
+    rows = []
+    for variant in ONNX_VARIANTS:
+        path = os.path.join(staging, VARIANT_FILES[variant])
+        predictor = inference.variant_predictor(variant, path, image_shape)
+        difference = largest_difference(predictor, fp32, examples)
+        print(f'{variant}: largest |Δ probability| against fp32.pb on the {len(examples)} validation images: '
+              f'{difference:.2e}', flush=True)
+        if variant == 'onnx-fp32' and difference > ONNX_TOLERANCE:
+            reason = (f'model.onnx differs from fp32.pb by up to {difference:.2e} in probability (more than '
+                      f'{ONNX_TOLERANCE:g}): a wrong conversion')
+            for v in ONNX_VARIANTS:
+                os.remove(os.path.join(staging, VARIANT_FILES[v]))
+            return [], [{'variant': v, 'reason': reason} for v in ONNX_VARIANTS]
+        row = measure_variant(variant, predictor, examples, runs, layout)
+        row.update(file=VARIANT_FILES[variant], size_mb=os.path.getsize(path) / 2 ** 20,
+                   build_s=round(built[variant], 1), max_abs_diff=difference)
+        rows.append(row)
+    return rows, []
+
+
 def format_optimization_table(report):
     """optimization.md: the variants as a Markdown table, then the skipped ones with their reasons."""
     lines = [f'# Optimized models of {report["run"]}', '',
              f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}. Input {report["image_shape"][0]}x'
              f'{report["image_shape"][1]}, batch 1: latency over {report["runs"]} runs after '
              f'{WARMUP_RUNS} warm-up runs. {report["score_name"]} and IoU ({report["iou_name"]}) on the '
-             f'{report["val_images"]} validation images. tflite-int8 calibrated on '
+             f'{report["val_images"]} validation images. tflite-int8 and onnx-int8 calibrated on '
              f'{report["calibration_images"]} training images. Command: `{report["command"]}`.', '',
              f'| variant | file | size (MB) | median (ms) | p90 (ms) | images/s | speed-up vs fp32 | '
              f'{report["score_name"]} (%) | Δ (pt) | IoU (%) | ΔIoU (pt) |',
@@ -50,14 +97,18 @@ def format_optimization_table(report):
                      f'{row["p90_ms"]:.1f} | {row["images_per_s"]:.2f} | {row["speedup"]:.2f}x | '
                      f'{100 * row["score"]:.2f} | {100 * row["score_change"]:+.2f} | {100 * row["iou"]:.2f} | '
                      f'{100 * row["iou_change"]:+.2f} |')
+    for row in report['variants']:
+        if 'max_abs_diff' in row:
+            lines.append(f'\n{row["variant"]}: largest |Δ probability| against fp32 on the validation images: '
+                         f'{row["max_abs_diff"]:.2e}.')
     for row in report['skipped']:
         lines.append(f'\nSkipped: {row["variant"]}: {row["reason"]}.')
     return '\n'.join(lines) + '\n'
 
 
 def optimize_command(args, argv):
-    """`main.py optimize`: the run's model frozen, in bf16 and as TFLite fp16/int8, each timed and scored. args:
-    command_line.optimize_parser's, parsed from argv (recorded in the report)."""
+    """`main.py optimize`: the run's model frozen, in bf16, as TFLite fp16/int8 and as ONNX fp32/int8, each timed
+    and scored. args: command_line.optimize_parser's, parsed from argv (recorded in the report)."""
     config, saved_model = run_folder.finished_run(args.checkpoint, '--checkpoint')
     image_shape = tuple(config['settings']['image_shape'])
     layout, examples = evaluation.validation_set(args.checkpoint, config)
@@ -86,6 +137,8 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
     precision, why = mixed_precision()
     for variant, file in VARIANT_FILES.items():
         path = os.path.join(staging, file)
+        if variant in ONNX_VARIANTS:
+            continue  # made below, from the SavedModel at a dynamic size
         if variant == 'bf16' and precision is None:
             print(f'{variant}: skipped: {why}', flush=True)
             skipped.append({'variant': variant, 'reason': why})
@@ -99,6 +152,9 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
         if variant == 'bf16':
             row['precision'] = why
         rows.append(row)
+    onnx_rows, onnx_skipped = onnx_variant_rows(saved_model, image_shape, examples, calibration, staging,
+                                                args.runs, layout)
+    rows, skipped = rows + onnx_rows, skipped + onnx_skipped
     fp32 = rows[0]
     for row in [reference] + rows:
         row.update(speedup=fp32['median_ms'] / row['median_ms'], score_change=row['score'] - fp32['score'],

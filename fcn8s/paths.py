@@ -7,10 +7,15 @@ that any module, and the command line's help, can use them without importing the
 LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'
 SERVING_DIR = 'saved_model'
 OPTIMIZED_DIR = 'optimized'
-# The optimized variants' files in OPTIMIZED_DIR, and which of them `infer --precision` runs.
+# The optimized variants' files in OPTIMIZED_DIR: TensorFlow's (frozen graphs and TFLite), then ONNX Runtime's.
 VARIANT_FILES = {'fp32': 'fp32.pb', 'bf16': 'bf16.pb', 'tflite-fp16': 'fp16.tflite',
-                 'tflite-int8-dynamic': 'int8_dynamic.tflite', 'tflite-int8': 'int8.tflite'}
-PRECISION_VARIANT = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'}
+                 'tflite-int8-dynamic': 'int8_dynamic.tflite', 'tflite-int8': 'int8.tflite',
+                 'onnx-fp32': 'model.onnx', 'onnx-int8': 'model_int8.onnx'}
+ONNX_VARIANTS = ('onnx-fp32', 'onnx-int8')
+# Which variant `infer --precision P --runtime R` runs: TensorFlow's (its default), or ONNX Runtime's.
+RUNTIME_VARIANTS = {'tensorflow': {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'},
+                    'onnxruntime': {'fp32': 'onnx-fp32', 'int8': 'onnx-int8'}}
+PRECISION_VARIANT = RUNTIME_VARIANTS['tensorflow']
 
 # Inside the data folder: the generated road scenes (made when KITTI is missing).
 SYNTHETIC_DIR = 'synthetic_road'

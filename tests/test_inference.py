@@ -1,4 +1,5 @@
-"""main.py optimize (frozen, bf16 and TFLite variants) and main.py infer (images, folders, video)."""
+"""main.py optimize (frozen, bf16, TFLite and ONNX variants) and main.py infer (images, folders, video; TensorFlow
+and ONNX Runtime)."""
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from PIL import Image
 
 import main
 from conftest import sample_batch, snapshot, write_png16
-from fcn8s import files, inference, outputs, paths, precision, synthetic, video
+from fcn8s import files, infer, inference, optimization, outputs, paths, precision, synthetic, video
 
 
 def test_optimize_writes_every_variant_and_its_table(optimized_run):
@@ -55,14 +56,15 @@ def test_frozen_graph_gives_the_session_probabilities(optimized_run, small_datas
 # correlation with fp32 has been 0.985 to 0.99+ depending on the initial weights.
 @pytest.mark.parametrize('variant, tolerance, correlation', [('bf16', 0.01, 0.99), ('tflite-fp16', 1e-3, 0.99),
                                                              ('tflite-int8-dynamic', 0.01, 0.99),
-                                                             ('tflite-int8', 0.02, 0.98)])
+                                                             ('tflite-int8', 0.02, 0.98), ('onnx-fp32', 1e-4, 0.9999),
+                                                             ('onnx-int8', 0.03, 0.98)])
 def test_each_reduced_precision_variant_loads_and_gives_probabilities(optimized_run, small_dataset, variant,
                                                                       tolerance, correlation):
     path = os.path.join(optimized_run, paths.OPTIMIZED_DIR, paths.VARIANT_FILES[variant])
     if not os.path.exists(path):
         pytest.skip(precision.mixed_precision()[1])
     image, batch = sample_batch(small_dataset)
-    predict, image_shape = inference.variant_predictor(variant, path)
+    predict, image_shape = inference.variant_predictor(variant, path, (64, 224))  # ONNX's size is dynamic
     fp32, _ = inference.variant_predictor('fp32', os.path.join(optimized_run, paths.OPTIMIZED_DIR, 'fp32.pb'))
     prob, reference = predict(batch), fp32(batch)
     assert image_shape == (64, 224) and prob.shape == (1, 64, 224) and prob.dtype == np.float32
@@ -71,6 +73,111 @@ def test_each_reduced_precision_variant_loads_and_gives_probabilities(optimized_
     assert np.abs(prob - reference).max() < tolerance
     full = outputs.predict_probability(predict, image, image_shape)
     assert full.shape == image.shape[:2] and 0 <= full.min() and full.max() <= 1
+
+
+def test_optimize_exports_a_checked_onnx_model_of_any_batch_and_size(optimized_run, small_dataset):
+    import onnx
+    out = os.path.join(optimized_run, paths.OPTIMIZED_DIR)
+    report = json.load(open(os.path.join(out, 'optimization.json')))
+    rows = {row['variant']: row for row in report['variants']}
+    assert rows['onnx-fp32']['max_abs_diff'] <= optimization.ONNX_TOLERANCE
+    assert rows['onnx-int8']['size_mb'] < rows['onnx-fp32']['size_mb'] / 2
+    table = open(os.path.join(out, 'optimization.md')).read()
+    assert re.search(r'onnx-fp32: largest \|Δ probability\| against fp32 on the validation images: \S+e-0[5-9]', table)
+    onnx.checker.check_model(os.path.join(out, 'model.onnx'))
+    model = onnx.load(os.path.join(out, 'model.onnx'))
+    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+    assert [(v.name, dims(v)) for v in model.graph.input] == [('image', ['batch', 'height', 'width', 3])]
+    assert [(v.name, dims(v)) for v in model.graph.output] == [('road_probability', ['batch', 'height', 'width'])]
+    quantized = onnx.load(os.path.join(out, 'model_int8.onnx'))
+    assert {'QuantizeLinear', 'DequantizeLinear'} <= {node.op_type for node in quantized.graph.node}
+    # Another batch and size than the run's: the SavedModel's own answer.
+    _, batch = sample_batch(small_dataset, (96, 320))
+    batch = np.concatenate([batch, batch[:, ::-1]])
+    saved_model, _ = inference.saved_model_predictor(os.path.join(optimized_run, paths.SERVING_DIR), (96, 320))
+    onnx_model, shape = inference.onnx_predictor(os.path.join(out, 'model.onnx'), (96, 320))
+    reference = saved_model(batch)
+    assert shape == (96, 320) and reference.shape == (2, 96, 320) and reference.std() > 0.01
+    np.testing.assert_allclose(onnx_model(batch), reference, atol=1e-4)
+
+
+def test_infer_runs_the_onnx_model_and_paints_as_the_frozen_graph(optimized_run, small_dataset, tmp_path, capsys):
+    test_dir = os.path.join(small_dataset, 'testing', 'image_2')
+    onnx_file = os.path.join(optimized_run, paths.OPTIMIZED_DIR, 'model.onnx')
+    for name, model, extra in (('pb', optimized_run, ['--precision', 'fp32', '--runtime', 'tensorflow']),
+                               ('onnx', onnx_file, []), ('runtime', optimized_run, ['--runtime', 'onnxruntime',
+                                                                                     '--precision', 'fp32'])):
+        assert main.main(['infer', '--model', model, '--input', test_dir, '--output', str(tmp_path / name),
+                          '--probabilities', *extra]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert ('fp32.pb (fp32)' if name == 'pb' else 'model.onnx') in first and 'run at 64x224' in first
+        assert name == 'pb' or 'ONNX Runtime on CPU' in first
+    for name in os.listdir(test_dir):
+        frozen = iio.imread(tmp_path / 'pb' / 'probabilities' / name).astype(int)
+        assert frozen.std() > 0
+        for other in ('onnx', 'runtime'):
+            assert np.abs(iio.imread(tmp_path / other / 'probabilities' / name).astype(int) - frozen).max() <= 1
+    assert main.main(['infer', '--model', optimized_run, '--input', test_dir, '--output', str(tmp_path / 'int8'),
+                      '--runtime', 'onnxruntime', '--precision', 'int8']) == 0
+    assert 'model_int8.onnx (onnx-int8, ONNX Runtime on CPU)' in capsys.readouterr().out
+
+
+def test_infer_refuses_a_damaged_or_sizeless_onnx_model(optimized_run, small_dataset, tmp_path, capsys):
+    image = os.path.join(small_dataset, 'testing', 'image_2', 'um_000000.png')
+    body = open(os.path.join(optimized_run, paths.OPTIMIZED_DIR, 'model.onnx'), 'rb').read()
+    (tmp_path / 'damaged.onnx').write_bytes(body[:len(body) // 2])  # a copy cut short
+    (tmp_path / 'lone.onnx').write_bytes(body)  # no run folder around it to say its size
+    for model, message in (('damaged.onnx', 'ONNX Runtime cannot load it as a model, the file may be damaged'),
+                           ('lone.onnx', 'its input size is dynamic')):
+        assert main.main(['infer', '--model', str(tmp_path / model), '--input', image, '--output',
+                          str(tmp_path / 'o')]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'error: --model {tmp_path / model}: ' if model == 'lone.onnx' else
+                              f'error: {tmp_path / model}: ') and message in err
+        assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err and not os.path.exists(tmp_path / 'o')
+
+
+def fake_optimized(optimized_run, folder, machine, medians, scores):
+    """An optimized/ folder with optimized_run's variant files and a made-up optimization.json: each variant of
+    medians {variant: ms} measured with scores {variant: score} on machine."""
+    source = os.path.join(optimized_run, paths.OPTIMIZED_DIR)
+    os.makedirs(folder)
+    for file in paths.VARIANT_FILES.values():
+        if os.path.exists(os.path.join(source, file)):
+            shutil.copy(os.path.join(source, file), folder)
+    shutil.copy(os.path.join(optimized_run, 'config.json'), os.path.dirname(folder))
+    rows = [{'variant': v, 'file': paths.VARIANT_FILES[v], 'median_ms': ms, 'score': scores[v]}
+            for v, ms in medians.items()]
+    files.write_json(os.path.join(folder, 'optimization.json'), {'machine': machine, 'score_name': 'MaxF',
+                                                                'variants': rows})
+    return folder
+
+
+def test_precision_auto_takes_the_fastest_variant_measured_here_within_half_a_point(optimized_run, tmp_path,
+                                                                                   small_dataset, capsys):
+    medians = {'fp32': 300.0, 'tflite-fp16': 290.0, 'tflite-int8': 60.0, 'onnx-fp32': 250.0, 'onnx-int8': 90.0}
+    scores = {'fp32': 0.900, 'tflite-fp16': 0.900, 'tflite-int8': 0.890, 'onnx-fp32': 0.900, 'onnx-int8': 0.896}
+    here = fake_optimized(optimized_run, str(tmp_path / 'run' / 'optimized'), precision.machine(), medians, scores)
+    # tflite-int8 is faster but 1 point worse: onnx-int8, 0.4 points worse, is the fastest that is good enough.
+    variant, why = infer.auto_variant(here, 'auto')
+    assert variant == 'onnx-int8' and 'fastest of the 4 variants' in why and '90.0 ms' in why
+    assert infer.auto_variant(here, 'tensorflow')[0] == 'tflite-fp16'
+    assert infer.auto_variant(here, 'onnxruntime')[0] == 'onnx-int8'
+    image = os.path.join(small_dataset, 'testing', 'image_2', 'um_000000.png')
+    assert main.main(['infer', '--model', str(tmp_path / 'run'), '--input', image, '--output',
+                      str(tmp_path / 'o')]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert 'model_int8.onnx (onnx-int8' in first and 'auto: the fastest of the 4 variants' in first
+    # Measured on another machine: those figures say nothing here; today's rule (bf16 where the CPU has it).
+    elsewhere = fake_optimized(optimized_run, str(tmp_path / 'other' / 'optimized'), 'Some CPU, 64 cores', medians,
+                               scores)
+    variant, why = infer.auto_variant(elsewhere, 'auto')
+    assert variant is None and 'measured on Some CPU, 64 cores, not on this machine' in why
+    assert main.main(['infer', '--model', str(tmp_path / 'other'), '--input', image, '--output',
+                      str(tmp_path / 'o2')]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    expected = 'bf16' if precision.mixed_precision()[0] == 'bf16' else 'fp32'
+    assert f'{expected}.pb ({expected}) (auto: ' in first and 'not on this machine' in first
 
 
 def write_half_road_model(path, shape=(32, 64)):
@@ -161,6 +268,9 @@ def test_infer_segments_a_16_bit_png_as_its_8_bit_picture(optimized_run, small_d
     ('{run}/optimized/int8.tflite', '{image}', ['--precision', 'fp32'], 'has its own precision'),
     ('{run}/saved_model', '{image}', ['--precision', 'int8'], 'python main.py optimize'),
     ('{run}/config.json', '{image}', [], 'must be a frozen graph'),
+    ('{run}/optimized/model.onnx', '{image}', ['--precision', 'int8'], 'has its own precision'),
+    ('{run}/optimized/model.onnx', '{image}', ['--runtime', 'tensorflow'], 'does not run ONNX files'),
+    ('{run}', '{image}', ['--runtime', 'onnxruntime', '--precision', 'bf16'], 'runs fp32 or int8 models, not bf16'),
     ('{run}', '{run}/config.json', [], 'expected a PNG/JPEG image'),
     ('{run}', '{run}/checkpoints', [], 'no PNG or JPEG files'),
 ])
