@@ -210,6 +210,11 @@ def infer_parser():
                              'x 255), for scene parsing the label images (class ids as the dataset\'s benchmark '
                              'reads them), into OUTPUT/probabilities/ (OUTPUT_probabilities/ for a video, a PNG per '
                              'frame)')
+    parser.add_argument('--bev', metavar='CALIB',
+                        help='also write each image\'s bird\'s-eye view into OUTPUT/bev/ (KITTI\'s 20 x 40 m grid, '
+                             'the road in green, a line every 5 m): CALIB is a KITTI calibration file (one camera for '
+                             'every image) or a folder of them named like the images (um_000000.txt for '
+                             'um_000000.png); road models and images only')
     return parser
 
 

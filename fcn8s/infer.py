@@ -12,7 +12,7 @@ import tensorflow.compat.v1 as tf
 from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
-from fcn8s import datasets, files, inference, precision, run_folder
+from fcn8s import bev, datasets, files, inference, precision, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
 from fcn8s.metrics import ROAD_CLASSES, confidence, is_road
@@ -190,8 +190,9 @@ def output_paths(args, video, pictures):
         targets = [args.output] + ([os.path.splitext(args.output)[0] + '_probabilities'] if args.probabilities
                                    else [])
     else:
-        targets = [os.path.join(args.output, n) for n in names] + (
-            [os.path.join(args.output, 'probabilities', n) for n in names] if args.probabilities else [])
+        targets = [os.path.join(args.output, folder, n) for folder in
+                   ('', *(['probabilities'] if args.probabilities else []), *(['bev'] if args.bev else []))
+                   for n in names]
     if len(set(names)) < len(names):
         clash = next(n for n in names if names.count(n) > 1)
         raise UserError(f'--input {args.input}: two images would both be written as {clash} (e.g. a .png and a '
@@ -221,10 +222,12 @@ def painter(predictor, classes):
     return paint
 
 
-def infer_pictures(pictures, names, output, probabilities, paint, written):
-    """Overlays (and maps: confidence or labels) of pictures into output; every path made is appended to written.
-    An unreadable picture is skipped with a warning; returns the [(path, why)] skipped."""
-    os.makedirs(os.path.join(output, 'probabilities') if probabilities else output, exist_ok=True)
+def infer_pictures(pictures, names, output, probabilities, paint, written, bev_calib=None):
+    """Overlays (and maps: confidence or labels) of pictures into output, and with bev_calib (infer's --bev) each
+    road picture's bird's-eye view into output/bev/; every path made is appended to written. An unreadable
+    picture is skipped with a warning; returns the [(path, why)] skipped."""
+    for folder in ('', *(['probabilities'] if probabilities else []), *(['bev'] if bev_calib else [])):
+        os.makedirs(os.path.join(output, folder), exist_ok=True)
     skipped = []
     for picture, name in tqdm(list(zip(pictures, names)), desc='images', unit='image'):
         try:
@@ -239,6 +242,13 @@ def infer_pictures(pictures, names, output, probabilities, paint, written):
         if probabilities:
             written.append(os.path.join(output, 'probabilities', name))
             iio.imwrite(written[-1], labels)
+        calibration = bev_calib and bev.calibration_of(bev_calib, os.path.basename(picture))
+        if calibration:
+            homography = bev.plane_homography(bev.read_calibration(calibration))
+            written.append(os.path.join(output, 'bev', name))
+            iio.imwrite(written[-1], bev.bev_picture(image, labels / 255, homography))  # labels: the confidence map
+        elif bev_calib:
+            tqdm.write(f'warning: {bev_calib} has no calibration of {picture}: no bird\'s-eye view of it')
     return skipped
 
 
@@ -310,6 +320,9 @@ def infer_command(args):
     video, pictures = infer_inputs(args.input)
     if video and not args.output.lower().endswith('.mp4'):
         raise UserError(f'--output {args.output}: the overlay of a video is an .mp4 file')
+    if args.bev and (video or not os.path.exists(args.bev)):
+        raise UserError(f'--bev {args.bev}: ' + ('bird\'s-eye views are drawn of images, not of a video' if video
+                                                 else 'no such calibration file or folder'))
     names, targets = output_paths(args, video, pictures)
     try:
         predictor, description = load_model(args.model, args.precision, args.runtime)
@@ -326,6 +339,9 @@ def infer_command(args):
     print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, '
           + ('road, ' if is_road(classes[0]) else f'{len(classes[0])} classes, ')
           + f'ready in {time.perf_counter() - start:.1f} s', flush=True)
+    if args.bev and not is_road(classes[0]):
+        raise UserError(f'--bev: bird\'s-eye views are of road models; {args.model} segments {len(classes[0])} '
+                        'classes')
     model_seconds, written, skipped = [], [], []  # written: this command's own outputs, removed if it fails
     start = time.perf_counter()
     try:
@@ -335,7 +351,7 @@ def infer_command(args):
                             painter(timed(predictor, model_seconds), classes), written)
             else:
                 skipped = infer_pictures(pictures, names, args.output, args.probabilities,
-                                         painter(timed(predictor, model_seconds), classes), written)
+                                         painter(timed(predictor, model_seconds), classes), written, args.bev)
     except BaseException:
         for path in reversed(written):
             if os.path.isdir(path):

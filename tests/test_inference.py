@@ -14,7 +14,7 @@ from PIL import Image
 
 import main
 from conftest import sample_batch, snapshot, write_png16
-from fcn8s import files, infer, inference, optimization, outputs, paths, precision, synthetic, video
+from fcn8s import bev, files, infer, inference, optimization, outputs, paths, precision, synthetic, video
 
 
 def test_optimize_writes_every_variant_and_its_table(optimized_run):
@@ -232,6 +232,34 @@ def test_infer_writes_overlays_of_a_folder_at_each_image_size(optimized_run, sma
     before = snapshot(tmp_path)
     assert main.main(args) == 2  # nothing is overwritten
     assert 'um_000000.png exists (and 7 more)' in capsys.readouterr().err and snapshot(tmp_path) == before
+
+
+def test_infer_draws_the_birds_eye_view_of_each_image_with_a_calibration(thin_run, small_dataset, tmp_path, capsys):
+    test_dir = os.path.join(small_dataset, 'testing', 'image_2')
+    calib = tmp_path / 'calib'
+    shutil.copytree(os.path.join(small_dataset, 'testing', 'calib'), calib)
+    os.remove(calib / 'uu_000000.txt')  # an image without its camera: no bird's-eye view, never another's
+    out = tmp_path / 'out'
+    assert main.main(['infer', '--model', thin_run, '--input', test_dir, '--output', str(out), '--precision',
+                      'fp32', '--probabilities', '--bev', str(calib)]) == 0
+    said = capsys.readouterr()
+    assert f'{calib} has no calibration of {os.path.join(test_dir, "uu_000000.png")}' in said.out + said.err
+    names = sorted(os.listdir(test_dir))
+    assert sorted(os.listdir(out / 'bev')) == [n for n in names if n != 'uu_000000.png']
+    for name in os.listdir(out / 'bev'):
+        picture = iio.imread(out / 'bev' / name)
+        assert picture.shape == (800, 400, 3)
+        # The road painted green in the bird's-eye view is the road of the perspective confidence map, seen from
+        # above through the image's own camera.
+        confidence = iio.imread(out / 'probabilities' / name)
+        homography = bev.plane_homography(bev.read_calibration(str(calib / name.replace('.png', '.txt'))))
+        road, inside = bev.bev_probability(confidence / 255, homography)
+        expected = bev.bev_picture(iio.imread(os.path.join(test_dir, name))[..., :3], confidence / 255, homography)
+        np.testing.assert_array_equal(picture, expected)
+        assert (road[inside] > 0.5).any() and not inside.all()
+    assert main.main(['infer', '--model', thin_run, '--input', test_dir, '--output', str(tmp_path / 'o2'),
+                      '--bev', str(tmp_path / 'nowhere')]) == 2
+    assert 'no such calibration file or folder' in capsys.readouterr().err
 
 
 def test_flip_mean_averages_a_prediction_with_its_mirror_images_flipped_back():
