@@ -123,14 +123,20 @@ def _onnx_runtime_text():
                                           inference.onnx_runtime_providers())
 
 
-def _run_image_shape(model_path):
-    """(H, W) the run of a model file was trained at, from the config.json of the folder the file is in or of
-    its parent (a run folder, or its optimized/); None when neither has one."""
-    folder = os.path.dirname(os.path.abspath(model_path))
+def run_config(model_path):
+    """The config.json of the run a model belongs to: the model folder's own (a run folder) or its parent's (its
+    optimized/ or saved_model/), a model file's folder's or that folder's parent's; None when there is none."""
+    folder = os.path.abspath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
     for run_dir in (folder, os.path.dirname(folder)):
         if os.path.isfile(os.path.join(run_dir, 'config.json')):
-            return tuple(run_folder.read_config(run_dir, '--model')['settings']['image_shape'])
+            return run_folder.read_config(run_dir, '--model')
     return None
+
+
+def _run_image_shape(model_path):
+    """(H, W) the run of a model file was trained at (run_config), or None."""
+    config = run_config(model_path)
+    return tuple(config['settings']['image_shape']) if config else None
 
 
 def _load_model_file(path, requested, runtime):
@@ -293,13 +299,8 @@ def model_classes(model_path, warmup_output):
     output = np.asarray(warmup_output)
     if output.ndim < 4:
         return ROAD_CLASSES, datasets.ROAD_PALETTE, None
-    folder = os.path.abspath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
-    kind = None
-    for run_dir in (folder, os.path.dirname(folder)):  # a run folder, or its optimized/ or saved_model/
-        if os.path.isfile(os.path.join(run_dir, 'config.json')):
-            kind = run_folder.read_config(run_dir, '--model')['data'].get('layout')
-            break
-    return datasets.class_table(kind, output.shape[-1])
+    config = run_config(model_path)
+    return datasets.class_table(config['data'].get('layout') if config else None, output.shape[-1])
 
 
 def timed(predictor, seconds):
