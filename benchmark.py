@@ -33,7 +33,6 @@ import os
 import platform
 import resource
 import socket
-import sys
 import tempfile
 import time
 
