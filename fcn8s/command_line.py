@@ -94,9 +94,10 @@ def train_parser():
                              'disk')
     parser.add_argument('--worker-timeout', type=float, default=STEP_TIMEOUT_S, metavar='SECONDS',
                         help='training on several machines (TF_CONFIG): how long a step waits for the other '
-                             'workers before this one stops with an error naming the tasks that are gone; raise it '
-                             'when a step, or the chief\'s checkpoints at an epoch\'s end, take longer '
-                             '[default: %(default)g]')
+                             'workers before this one stops with an error naming the tasks that are gone, and how '
+                             'long a worker without KITTI or the generated scenes in its DATA_DIR waits for the '
+                             'chief\'s; raise it when a step, or the chief\'s checkpoints at an epoch\'s end, take '
+                             'longer [default: %(default)g]')
     parser.add_argument('--keep-last-checkpoint', action='store_true',
                         help='keep checkpoints/last (weights and Adam\'s moments, about 3x the model\'s size) when '
                              'the run finishes; a finished run cannot be resumed, so by default it is deleted')
