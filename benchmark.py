@@ -11,7 +11,7 @@ It needs no data: a He-initialised VGG16 and generated road scenes at KITTI's si
 - the input pipeline alone (images per second decoded, resized, augmented) and the training step fed by it
   against the same step on pre-loaded arrays,
 - the latency of each optimized variant (main.py optimize's models: TensorFlow's frozen graphs and TFLite models,
-  and the ONNX models through ONNX Runtime) at 160x576.
+  and the ONNX models through ONNX Runtime and through OpenVINO) at 160x576.
 
 `python benchmark.py --profile` shows instead where a training step's time goes, per phase (forward and loss,
 backward, Adam update) and per op type, and the forward pass in the training graph against the frozen graph.
@@ -42,6 +42,7 @@ import helper
 import main
 from fcn8s import (batches, cluster, evaluation, files, images, inference, kitti, paths, precision, recipes, run_folder,
                    synthetic, vgg)
+from fcn8s.errors import UserError
 from fcn8s.metrics import NUM_CLASSES
 from fcn8s.precision import machine, mixed_precision
 
@@ -410,6 +411,9 @@ def build_variants(dataset, folder):
                 if variant not in built and variant not in paths.ONNX_VARIANTS}
         built.update({variant: job.result() for variant, job in jobs.items()})
         built.update(onnx.result())
+    # OpenVINO runs the ONNX files as they are: nothing more to build, but whatever skipped them skips it too.
+    built.update({f'openvino-{kind}': built[f'onnx-{kind}'] if isinstance(built[f'onnx-{kind}'], str) else 0.0
+                  for kind in ('fp32', 'int8')})
     return built
 
 
@@ -421,8 +425,13 @@ def variant_latency(folder, built, runs):
             rows.append({'variant': variant, 'skipped': built[variant]})
             continue
         path = os.path.join(folder, file)
+        try:
+            predictor = inference.variant_predictor(variant, path, SMALL)
+        except UserError as e:  # its runtime (OpenVINO) not installed
+            rows.append({'variant': variant, 'skipped': str(e)})
+            continue
         rows.append({'variant': variant, 'size_mb': os.path.getsize(path) / 2 ** 20, 'build_s': built[variant],
-                     **inference.latency(inference.variant_predictor(variant, path, SMALL), runs)})
+                     **inference.latency(predictor, runs)})
     fp32 = next(row for row in rows if row['variant'] == 'fp32')
     for row in rows:
         if 'median_ms' in row:

@@ -31,10 +31,10 @@ from tqdm import tqdm
 import helper
 from fcn8s import (cluster, datasets, evaluation, files, infer, kitti, optimization, outputs, precision, run_folder,
                    synthetic, vgg)
-from fcn8s.batches import prefetch
 from fcn8s.command_line import OPERATIONAL
 from fcn8s.errors import LossDiverged, UserError
 from fcn8s.metrics import NUM_CLASSES, score_key
+from fcn8s.pipeline import prefetch
 from fcn8s.recipes import POLY_POWER, RECIPES, WARMUP_STEPS
 
 tf.disable_eager_execution()

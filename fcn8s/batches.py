@@ -1,9 +1,5 @@
 """Training batches: examples read and resized once, image and label augmented together, one-hot labels, the
-seeded batch generator (helper.gen_batch_function is Udacity's face of it), and a background thread that makes the
-next batch while the current step runs."""
-import queue
-import threading
-
+seeded batch generator (helper.gen_batch_function is Udacity's face of it)."""
 import numpy as np
 from tqdm import tqdm
 
@@ -114,40 +110,3 @@ def batch_function(pairs, image_shape, load_pair=load_pair, num_classes=2, seed=
             yield batch_images.astype(np.float32), labels if weights is None else labels * weights
 
     return get_batches_fn
-
-
-def prefetch(iterable, depth=2):
-    """Iterate over iterable in a background thread, up to depth items ahead, so that making the next batch
-    (augmentation, one-hot labels) overlaps the training step: numpy, PIL and TensorFlow release the GIL in their
-    heavy work. An exception of the producer is raised in the consumer; the thread stops when the consumer does."""
-    items, stop = queue.Queue(maxsize=depth), threading.Event()
-
-    def put(item):
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce():
-        try:
-            for item in iterable:
-                if not put((True, item)):
-                    return
-            put((False, None))
-        except BaseException as e:  # handed to the consumer, which raises it (a thread must not swallow it)
-            put((False, e))
-
-    threading.Thread(target=produce, daemon=True).start()
-    try:
-        while True:
-            more, item = items.get()
-            if not more:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()

@@ -13,7 +13,7 @@ from fcn8s.recipes import CALIBRATION_IMAGES, INITS, LATENCY_RUNS, RECIPES, STEP
 # --tta: test-time augmentation, none or the mean with the mirror image's prediction.
 TTA_CHOICES = ('none', 'flip')
 # infer --runtime: what runs an optimized model (auto: tensorflow, unless --precision auto measured otherwise).
-RUNTIMES = ('auto', 'tensorflow', 'onnxruntime')
+RUNTIMES = ('auto', 'tensorflow', 'onnxruntime', 'openvino')
 # --classes: every class of a Cityscapes or CamVid dataset, or road against the rest.
 CLASS_CHOICES = ('all', 'road')
 # Flags about how a run runs, not what it trains: a resumed run takes them anew (a switch turned on stays on).
@@ -164,8 +164,9 @@ def optimize_parser():
                     'AVX512_BF16 or AMX, float16 on a GPU), fp16.tflite, int8_dynamic.tflite and int8.tflite '
                     f'(full integer, calibrated on up to {CALIBRATION_IMAGES} training images), model.onnx (ONNX, '
                     'any batch and size, for ONNX Runtime, TensorRT or OpenVINO) and model_int8.onnx (ONNX Runtime '
-                    'static int8 quantization, QDQ, calibrated on the same images). Each '
-                    'is timed at batch 1 and scored on the validation split; the table goes to '
+                    'static int8 quantization, QDQ, calibrated on the same images), the ONNX models each timed '
+                    'twice: run by ONNX Runtime and by OpenVINO. Each is timed at batch 1 and scored on the '
+                    'validation split; the table goes to '
                     'optimization.md and optimization.json. A previous optimized/ is replaced once the new '
                     'one is complete.')
     parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True,
@@ -196,16 +197,17 @@ def infer_parser():
     parser.add_argument('--precision', choices=('auto', *PRECISION_VARIANT), default='auto',
                         help='fp32; bf16 (bfloat16 mixed precision on CPUs with AVX512_BF16 or AMX, float16 on a '
                              'GPU); int8 (needs main.py optimize\'s int8.tflite, or model_int8.onnx with '
-                             '--runtime onnxruntime); auto = of the variants main.py optimize measured on this '
-                             'same machine, the fastest whose score is within 0.5 points of fp32\'s (saying '
+                             '--runtime onnxruntime or openvino); auto = of the variants main.py optimize measured '
+                             'on this same machine, the fastest whose score is within 0.5 points of fp32\'s (saying '
                              'which and why), else bf16 where the CPU has it, else fp32; a .tflite or .onnx '
                              'model\'s own [default: auto]')
     parser.add_argument('--runtime', choices=RUNTIMES, default='auto',
                         help='what runs a run folder\'s or optimized/ folder\'s model: tensorflow (its frozen '
                              'graphs and TFLite models), onnxruntime (model.onnx, or model_int8.onnx for int8: on '
-                             'TensorRT or CUDA where the installed onnxruntime has them, else the CPU); auto = '
-                             'tensorflow, but --precision auto may pick either from main.py optimize\'s '
-                             'measurements [default: auto]')
+                             'TensorRT or CUDA where the installed onnxruntime has them, else the CPU), openvino '
+                             '(the same ONNX files, by OpenVINO on the CPU; also for an .onnx --model); auto = '
+                             'tensorflow (ONNX Runtime for an .onnx file), but --precision auto may pick any of '
+                             'them from main.py optimize\'s measurements [default: auto]')
     parser.add_argument('--probabilities', action='store_true',
                         help='also write, for a road model, KITTI-style confidence maps (uint8 road probability '
                              'x 255), for scene parsing the label images (class ids as the dataset\'s benchmark '

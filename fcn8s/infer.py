@@ -16,16 +16,22 @@ from fcn8s import bev, datasets, files, inference, precision, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
 from fcn8s.metrics import ROAD_CLASSES, confidence, is_road
-from fcn8s.outputs import predict_classes, predict_probability
-from fcn8s.paths import ONNX_VARIANTS, OPTIMIZED_DIR, RUNTIME_VARIANTS, SERVING_DIR, VARIANT_FILES
+from fcn8s.outputs import classes_at, model_input, road_at
+from fcn8s.paths import ONNX_VARIANTS, OPTIMIZED_DIR, RUNTIME_VARIANTS, SERVING_DIR, VARIANT_FILES, variant_runtime
+from fcn8s.pipeline import batched, behind, prefetch
 from fcn8s.video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
 
 # --precision auto takes a faster variant than fp32 only if its score is at most this much lower (0.5 points).
 AUTO_SCORE_LOSS = 0.005
+# A video goes through a model of dynamic batch (the ONNX models) at whichever of these batch sizes it runs
+# fastest; frozen graphs and TFLite models take one image at a time.
+VIDEO_BATCHES = (1, 4)
+RUNTIME_NAMES = {'tensorflow': 'TensorFlow', 'onnxruntime': 'ONNX Runtime', 'openvino': 'OpenVINO'}
 
 
 def load_model(path, requested, runtime='auto'):
-    """(predictor (predict, (H, W)), what it is) for `--model path --precision requested --runtime runtime`.
+    """(predictor (predict, (H, W)), what it is, the batch sizes it takes) for `--model path --precision requested
+    --runtime runtime`.
 
     path: a run folder (its optimized/ model of that precision and runtime when there is one, else its
     saved_model/), an optimized/ folder, an exported SavedModel inside a run folder, a frozen .pb, a .tflite or an
@@ -42,17 +48,17 @@ def load_model(path, requested, runtime='auto'):
     chosen = None
     if variant is None:
         chosen, rule = precision.choose('auto') if requested == 'auto' else (requested, None)
-        tool = 'onnxruntime' if runtime == 'onnxruntime' else 'tensorflow'
+        tool = 'tensorflow' if runtime == 'auto' else runtime
         if requested == 'auto' and chosen not in RUNTIME_VARIANTS[tool]:
-            chosen, rule = 'fp32', f'fp32: ONNX Runtime has no {chosen} model'
+            chosen, rule = 'fp32', f'fp32: {RUNTIME_NAMES[tool]} has no {chosen} model'
         variant = _runtime_variant(path, chosen, tool)
         why = why and f'{why}; {rule}'
     file = os.path.join(optimized, VARIANT_FILES[variant])
     said = f' (auto: {why})' if why else ''
     if os.path.isfile(file):
-        runs_on = f', {_onnx_runtime_text()}' if variant in ONNX_VARIANTS else ''
+        runs_on = f', {_runs_on(variant_runtime(variant))}' if variant in ONNX_VARIANTS else ''
         return (inference.variant_predictor(variant, file, _run_image_shape(file)),
-                f'{file} ({variant}{runs_on}){said}')
+                f'{file} ({variant}{runs_on}){said}', VIDEO_BATCHES if variant in ONNX_VARIANTS else (1,))
     if variant in ONNX_VARIANTS:
         raise UserError(f'--model {path}: no {VARIANT_FILES[variant]} there (python main.py optimize --checkpoint '
                         'RUN_DIR makes it)')
@@ -83,7 +89,7 @@ def _load_saved_model(path, chosen, said):
     mixed = precision.require_mixed_precision('--precision bf16') if chosen == 'bf16' else None
     frozen = inference.freeze(saved_model, config['settings']['image_shape'])
     return (inference.graph_predictor(frozen, mixed),
-            f'{saved_model} (SavedModel, frozen{", " + mixed if mixed else ""}){said}')
+            f'{saved_model} (SavedModel, frozen{", " + mixed if mixed else ""}){said}', (1,))
 
 
 def auto_variant(optimized, runtime):
@@ -104,7 +110,7 @@ def auto_variant(optimized, runtime):
     here = precision.machine()
     if measured_on != here:
         return None, f'{report_path} was measured on {measured_on}, not on this machine ({here})'
-    allowed = [v for v in VARIANT_FILES if runtime == 'auto' or (v in ONNX_VARIANTS) == (runtime == 'onnxruntime')]
+    allowed = [v for v in VARIANT_FILES if runtime in ('auto', variant_runtime(v))]
     good = [rows[v] for v in allowed if v in rows and rows[v]['score'] >= fp32 - AUTO_SCORE_LOSS
             and os.path.isfile(os.path.join(optimized, VARIANT_FILES[v]))]
     if not good:
@@ -117,8 +123,10 @@ def auto_variant(optimized, runtime):
         f'{100 * fp32:.2f}')
 
 
-def _onnx_runtime_text():
-    """Which ONNX Runtime execution providers run an ONNX model here, for the user."""
+def _runs_on(runtime):
+    """What runs an ONNX model here, for the user: ONNX Runtime's execution providers, or OpenVINO's CPU."""
+    if runtime == 'openvino':
+        return 'OpenVINO on CPU'
     return 'ONNX Runtime on ' + ', '.join(p.replace('ExecutionProvider', '') for p in
                                           inference.onnx_runtime_providers())
 
@@ -146,19 +154,21 @@ def _load_model_file(path, requested, runtime):
     if kind is None:
         raise UserError(f'--model {path}: a file must be a frozen graph (.pb), a TFLite model (.tflite) or an '
                         'ONNX model (.onnx)')
-    if runtime != 'auto' and (runtime == 'onnxruntime') != (kind == 'ONNX'):
+    if runtime != 'auto' and (runtime != 'tensorflow') != (kind == 'ONNX'):
         raise UserError(f'--model {path}: --runtime {runtime} does not run {kind} files; drop --runtime')
     if kind != 'frozen graph' and requested != 'auto':
         raise UserError(f'--model {path}: a {kind} model has its own precision: drop --precision')
     if kind == 'TFLite':
-        return inference.tflite_predictor(path), f'{path} (TFLite)'
+        return inference.tflite_predictor(path), f'{path} (TFLite)', (1,)
     if kind == 'ONNX':
-        predictor = inference.onnx_predictor(path, _run_image_shape(path))
+        tool = 'openvino' if runtime == 'openvino' else 'onnxruntime'
+        predictor = (inference.openvino_predictor if tool == 'openvino' else inference.onnx_predictor)(
+            path, _run_image_shape(path))
         if None in predictor[1]:
             raise UserError(f'--model {path}: its input size is dynamic, and no config.json of the run it '
                             'belongs to is beside it (RUN_DIR/ or RUN_DIR/optimized/) to tell the size it was '
                             'trained at: keep the model in its run folder')
-        return predictor, f'{path} ({_onnx_runtime_text()})'
+        return predictor, f'{path} ({_runs_on(tool)})', VIDEO_BATCHES
     if requested == 'int8':
         raise UserError(f'--model {path}: int8 models are .tflite or .onnx files (main.py optimize writes '
                         'int8.tflite and model_int8.onnx next to it)')
@@ -168,7 +178,8 @@ def _load_model_file(path, requested, runtime):
         raise UserError(f'--model {path}: not a frozen graph ({e})') from None
     chosen = precision.choose('auto')[0] if requested == 'auto' else requested
     mixed = precision.require_mixed_precision('--precision bf16') if chosen == 'bf16' else None
-    return inference.graph_predictor(graph_def, mixed), f'{path} (frozen graph{", " + mixed if mixed else ""})'
+    return (inference.graph_predictor(graph_def, mixed), f'{path} (frozen graph{", " + mixed if mixed else ""})',
+            (1,))
 
 
 def infer_inputs(path):
@@ -211,27 +222,33 @@ def output_paths(args, video, pictures):
     return names, targets
 
 
-def painter(predictor, classes):
-    """paint(image uint8 [h, w, 3]) -> (overlay, map) at the image's own size, for a model of classes = (names,
-    palette, encode): for a road model the green overlay and the uint8 confidence map; for scene parsing the
-    class-coloured overlay and the label image (encode's ids)."""
-    predict, image_shape = predictor
+def painter(classes, image_shape):
+    """paint(image uint8 [h, w, 3], output) -> (overlay, map) at the image's own size, from the model's output for
+    that image at image_shape, for a model of classes = (names, palette, encode): for a road model the green
+    overlay and the uint8 confidence map; for scene parsing the class-coloured overlay and the label image
+    (encode's ids)."""
     names, palette, encode = classes
     if is_road(names):
-        def paint(image):
-            prob = predict_probability(predict, image, image_shape)
+        def paint(image, output):
+            prob = road_at(output, image_shape, image.shape[:2])
             return overlay(image, prob), confidence(prob)
     else:
-        def paint(image):
-            predicted = predict_classes(predict, image, image_shape, len(names))
+        def paint(image, output):
+            predicted = classes_at(output, image_shape, len(names), image.shape[:2])
             return class_overlay(image, predicted, palette), encode(predicted)
     return paint
 
 
-def infer_pictures(pictures, names, output, probabilities, paint, written, bev_calib=None):
-    """Overlays (and maps: confidence or labels) of pictures into output, and with bev_calib (infer's --bev) each
-    road picture's bird's-eye view into output/bev/; every path made is appended to written. An unreadable
-    picture is skipped with a warning; returns the [(path, why)] skipped."""
+def per_image(outputs, count):
+    """A model's output for a batch of count images ([N, H, W] or [N, H, W, K]): one flat array per image."""
+    return np.reshape(outputs, (count, -1))
+
+
+def infer_pictures(pictures, names, output, probabilities, predictor, paint, written, bev_calib=None):
+    """Overlays (and maps: confidence or labels) of pictures into output, predictor's outputs painted by paint,
+    and with bev_calib (infer's --bev) each road picture's bird's-eye view into output/bev/; every path made is
+    appended to written. An unreadable picture is skipped with a warning; returns the [(path, why)] skipped."""
+    predict, image_shape = predictor
     for folder in ('', *(['probabilities'] if probabilities else []), *(['bev'] if bev_calib else [])):
         os.makedirs(os.path.join(output, folder), exist_ok=True)
     skipped = []
@@ -242,7 +259,7 @@ def infer_pictures(pictures, names, output, probabilities, paint, written, bev_c
             tqdm.write(f'warning: skipped: {e}')
             skipped.append((picture, str(e)))
             continue
-        painted, labels = paint(image)
+        painted, labels = paint(image, per_image(predict(model_input(image, image_shape)[None]), 1)[0])
         written.append(os.path.join(output, name))
         iio.imwrite(written[-1], painted)
         if probabilities:
@@ -258,29 +275,42 @@ def infer_pictures(pictures, names, output, probabilities, paint, written, bev_c
     return skipped
 
 
-def infer_video(video, output, probability_dir, paint, written):
+def infer_video(video, output, probability_dir, predictor, paint, written, batch=1):
     """Overlay video of video at output (.mp4, same size and frame rate), and per-frame maps in probability_dir
-    unless None; every path made is appended to written. Says how many frames were read when the container
-    announced more (a file cut short)."""
+    unless None; every path made is appended to written. Three stages overlap: frames decoded and resized ahead
+    (prefetch), the model on batches of batch frames, overlays painted and encoded behind it (behind). Says how
+    many frames were read when the container announced more (a file cut short)."""
     frames, fps, announced = read_video(video)
+    predict, image_shape = predictor
     partial = output[:-len('.mp4')] + '.partial.mp4'  # renamed when complete: never half a video under its name
     written.append(partial)
     if probability_dir:
         written.append(probability_dir)
         os.makedirs(probability_dir)
     writer, count = None, 0
+
+    def write(item):  # in behind's thread
+        nonlocal writer, count
+        frame, frame_output = item
+        writer = writer or video_writer(partial, fps, frame.shape[:2])
+        painted, labels = paint(frame, frame_output)
+        writer.append_data(painted)
+        if probability_dir:
+            iio.imwrite(os.path.join(probability_dir, f'frame_{count:06d}.png'), labels)
+        count += 1
+
+    inputs = prefetch(((frame[..., :3], model_input(frame[..., :3], image_shape)) for frame in frames), 2 * batch)
     try:
-        for frame in tqdm(frames, total=announced, desc='frames', unit='frame'):
-            frame = frame[..., :3]
-            writer = writer or video_writer(partial, fps, frame.shape[:2])
-            painted, labels = paint(frame)
-            writer.append_data(painted)
-            if probability_dir:
-                iio.imwrite(os.path.join(probability_dir, f'frame_{count:06d}.png'), labels)
-            count += 1
+        with tqdm(total=announced, desc='frames', unit='frame') as bar, behind(write, 2 * batch) as put:
+            for group in batched(inputs, batch):
+                for (frame, _), frame_output in zip(group, per_image(predict(np.stack([x for _, x in group])),
+                                                                     len(group))):
+                    put((frame, frame_output))
+                bar.update(len(group))
     except (OSError, RuntimeError, ValueError) as e:  # ffmpeg's decoding and encoding errors
         raise UserError(f'{video}: failed at frame {count} ({type(e).__name__}: {e})') from None
     finally:
+        inputs.close()
         if writer:
             writer.close()
     if writer is None:
@@ -304,15 +334,43 @@ def model_classes(model_path, warmup_output):
 
 
 def timed(predictor, seconds):
-    """The predictor with each call's duration appended to seconds."""
+    """The predictor with (duration, images) of each call appended to seconds."""
     predict, image_shape = predictor
 
     def timed_predict(batch):
         start = time.perf_counter()
         prob = predict(batch)
-        seconds.append(time.perf_counter() - start)
+        seconds.append((time.perf_counter() - start, len(batch)))
         return prob
     return timed_predict, image_shape
+
+
+def video_batch(predictor, batches):
+    """(batch, images/s) of the batch size of batches at which the model runs the most images per second on its
+    own (inference.latency: two timed calls after one): on a CPU, a batch reads fc6's 400 MB of weights once for
+    all its images."""
+    speeds = {batch: inference.latency(predictor, runs=2, warmup=1, batch=batch)['images_per_s'] for batch in batches}
+    return max(speeds.items(), key=lambda item: item[1])
+
+
+def ready_model(args):
+    """(predictor, batch sizes it takes, classes (names, palette, encode)) of --model, loaded, run once (a Session
+    sets its graph up at its first run) and described on one line."""
+    start = time.perf_counter()
+    try:
+        predictor, description, batches = load_model(args.model, args.precision, args.runtime)
+    except (KeyError, ValueError, RuntimeError, tf.errors.OpError) as e:  # a graph or file not of this project
+        raise UserError(f'--model {args.model}: cannot be loaded as a model of this project '
+                        f'({type(e).__name__}: {e})') from None
+    predict, image_shape = predictor
+    if None in image_shape:
+        raise UserError(f'--model {args.model}: its input size is not fixed (main.py optimize writes models at '
+                        'the size the run was trained at)')
+    classes = model_classes(args.model, predict(np.zeros((1, *image_shape, 3), np.float32)))
+    print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, '
+          + ('road, ' if is_road(classes[0]) else f'{len(classes[0])} classes, ')
+          + f'ready in {time.perf_counter() - start:.1f} s', flush=True)
+    return predictor, batches, classes
 
 
 def infer_command(args):
@@ -325,34 +383,22 @@ def infer_command(args):
         raise UserError(f'--bev {args.bev}: ' + ('bird\'s-eye views are drawn of images, not of a video' if video
                                                  else 'no such calibration file or folder'))
     names, targets = output_paths(args, video, pictures)
-    try:
-        predictor, description = load_model(args.model, args.precision, args.runtime)
-    except (KeyError, ValueError, RuntimeError, tf.errors.OpError) as e:  # a graph or file not of this project
-        raise UserError(f'--model {args.model}: cannot be loaded as a model of this project '
-                        f'({type(e).__name__}: {e})') from None
-    predict, image_shape = predictor
-    if None in image_shape:
-        raise UserError(f'--model {args.model}: its input size is not fixed (main.py optimize writes models at '
-                        'the size the run was trained at)')
-    start = time.perf_counter()
-    warmup = predict(np.zeros((1, *image_shape, 3), np.float32))  # a Session sets its graph up at the first run
-    classes = model_classes(args.model, warmup)
-    print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, '
-          + ('road, ' if is_road(classes[0]) else f'{len(classes[0])} classes, ')
-          + f'ready in {time.perf_counter() - start:.1f} s', flush=True)
+    predictor, batches, classes = ready_model(args)
     if args.bev and not is_road(classes[0]):
         raise UserError(f'--bev: bird\'s-eye views are of road models; {args.model} segments {len(classes[0])} '
                         'classes')
+    batch, alone = video_batch(predictor, batches) if video else (1, None)
+    paint = painter(classes, predictor[1])
     model_seconds, written, skipped = [], [], []  # written: this command's own outputs, removed if it fails
     start = time.perf_counter()
     try:
         with files.writing(os.path.dirname(os.path.abspath(args.output)) if video else args.output, 'the overlays'):
             if video:
                 infer_video(video, args.output, targets[1] if args.probabilities else None,
-                            painter(timed(predictor, model_seconds), classes), written)
+                            timed(predictor, model_seconds), paint, written, batch)
             else:
                 skipped = infer_pictures(pictures, names, args.output, args.probabilities,
-                                         painter(timed(predictor, model_seconds), classes), written, args.bev)
+                                         timed(predictor, model_seconds), paint, written, args.bev)
     except BaseException:
         for path in reversed(written):
             if os.path.isdir(path):
@@ -360,10 +406,18 @@ def infer_command(args):
             elif os.path.exists(path):
                 os.remove(path)
         raise
-    seconds, count = time.perf_counter() - start, len(model_seconds)
-    print(f'{count} {"frame" if video else "image"}(s) in {seconds:.1f} s: {count / seconds:.2f} per second '
-          f'overall, {1000 * np.median(model_seconds) if count else 0:.1f} ms median in the model; written to '
-          f'{args.output}')
+    print(speed_line(video, time.perf_counter() - start, model_seconds, batch, alone) + f'; written to {args.output}')
     if skipped:
         raise UserError(f'{len(skipped)} of {len(pictures)} image(s) could not be read and were skipped: '
                         + '; '.join(why for _, why in skipped))
+
+
+def speed_line(video, seconds, model_seconds, batch, alone):
+    """How fast infer went: images (or frames) per second overall, and the model's share; for a video, against
+    the model's own images/s (alone, at that batch, measured before it)."""
+    count = sum(n for _, n in model_seconds)
+    line = f'{count} {"frame" if video else "image"}(s) in {seconds:.1f} s: {count / seconds:.2f} per second overall'
+    if not video:
+        return line + f', {1000 * np.median([s for s, _ in model_seconds]) if count else 0:.1f} ms median in the model'
+    return line + (f', {count / seconds / alone:.2f}x the model\'s own {alone:.2f} images/s at batch {batch} '
+                   f'(it had {1000 * sum(s for s, _ in model_seconds) / max(count, 1):.1f} ms of each frame)')

@@ -16,6 +16,8 @@ classes): the SavedModel's own output, OUTPUTS. Variants (files of RUN_DIR/optim
   converted by tf2onnx, for ONNX Runtime (TensorRT, CUDA or the CPU), TensorRT's trtexec or OpenVINO; and that
   model quantized by ONNX Runtime (QDQ: int8 weights, uint8 activations calibrated on training images). The ONNX
   models take [N, H, W, 3] of any size (H, W multiples of 32); this project runs them at the run's size.
+- openvino-fp32, openvino-int8: the same two files run by OpenVINO on the CPU (faster than ONNX Runtime on some
+  CPUs, slower on others: main.py optimize times both).
 """
 import importlib
 import logging
@@ -283,7 +285,8 @@ def read_graph_def(path):
 
 
 # ------------------------------------------------------------------------------------------------ predictors
-# Each predictor is a pair (predict, (H, W)): predict(float32 [1, H, W, 3]) -> road probability, H*W values.
+# Each predictor is a pair (predict, (H, W)): predict(float32 [N, H, W, 3]) -> the road probability ([N, H, W]) or
+# the class probabilities ([N, H, W, K]); frozen graphs and TFLite models take N = 1 only, the ONNX models any N.
 
 def _session_predictor(sess, image, road, image_shape):
     sess.graph.finalize()
@@ -376,11 +379,43 @@ def onnx_predictor(model_path, image_shape=None):
     return (lambda batch: session.run([target.name], {INPUT: batch})[0]), shape
 
 
+def openvino_predictor(model_path, image_shape=None):
+    """Predictor of an ONNX model through OpenVINO on the CPU, at its input's size or at image_shape where that is
+    dynamic (as onnx_predictor). OpenVINO compiles a model for one input shape at a time: here for each batch size
+    at its first call. fp32 stays fp32 (OpenVINO would otherwise run it in bf16 on CPUs with AMX or AVX512_BF16:
+    faster, and unmeasured here); UserError for a file it cannot read, KeyError for other tensor names."""
+    ov = _require('openvino', f'{model_path}: running a model with OpenVINO')
+    core = ov.Core()
+    try:
+        model = core.read_model(model_path)
+    except RuntimeError as e:
+        said = [line for line in str(e).splitlines() if line.strip() and not line.startswith('Exception from')]
+        raise UserError(f'{model_path}: OpenVINO cannot read it as a model, the file may be damaged '
+                        f'({said[0] if said else e})') from None
+    source, target = model.inputs[0].get_any_name(), model.outputs[0].get_any_name()
+    if source != INPUT or target not in OUTPUTS:
+        raise KeyError(f'its input is {source} and output {target}, not {INPUT} and one of {" or ".join(OUTPUTS)}')
+    dims = model.inputs[0].get_partial_shape()
+    fixed = tuple(dims[i].get_length() if dims[i].is_static else None for i in (1, 2))
+    shape = fixed if None not in fixed else tuple(image_shape) if image_shape else (None, None)
+    config = {'INFERENCE_NUM_THREADS': cores(), 'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32'}
+    compiled = {}  # batch size -> the model compiled for it
+
+    def predict(batch):
+        if len(batch) not in compiled:
+            model.reshape({INPUT: [len(batch), *shape, 3]})
+            compiled[len(batch)] = core.compile_model(model, 'CPU', config)
+        return compiled[len(batch)](batch)[0]
+    return predict, shape
+
+
 def variant_predictor(variant, path, image_shape=None):
     """Predictor of an optimized variant's file; an ONNX model's input size is dynamic: it runs at
     image_shape."""
     if variant in ('fp32', 'bf16'):
         return graph_predictor(read_graph_def(path))  # bf16.pb is rewritten already
+    if variant.startswith('openvino'):
+        return openvino_predictor(path, image_shape)
     if path.endswith('.onnx'):
         return onnx_predictor(path, image_shape)
     return tflite_predictor(path)
@@ -388,18 +423,18 @@ def variant_predictor(variant, path, image_shape=None):
 
 # ------------------------------------------------------------------------------------------------ measuring
 
-def latency(predictor, runs, warmup=WARMUP_RUNS, seed=0):
-    """Latency of a predictor at batch 1 on a random image: {median_ms, p90_ms, images_per_s} of `runs` timed
-    calls after `warmup` untimed ones."""
+def latency(predictor, runs, warmup=WARMUP_RUNS, seed=0, batch=1):
+    """Latency of a predictor on a random batch of batch images: {median_ms, p90_ms, images_per_s} of `runs` timed
+    calls after `warmup` untimed ones (the milliseconds are a call's, for the whole batch)."""
     predict, image_shape = predictor
-    batch = np.random.RandomState(seed).uniform(0, 255, (1, *image_shape, 3)).astype(np.float32)
+    images = np.random.RandomState(seed).uniform(0, 255, (batch, *image_shape, 3)).astype(np.float32)
     for _ in range(warmup):
-        predict(batch)
+        predict(images)
     seconds = []
     for _ in range(runs):
         start = time.perf_counter()
-        predict(batch)
+        predict(images)
         seconds.append(time.perf_counter() - start)
     median = float(np.median(seconds))
     return {'median_ms': 1000 * median, 'p90_ms': 1000 * float(np.percentile(seconds, 90)),
-            'images_per_s': 1 / median, 'runs': runs}
+            'images_per_s': batch / median, 'runs': runs}

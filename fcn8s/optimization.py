@@ -1,6 +1,6 @@
 """`main.py optimize`: a finished run's model made fast for inference (frozen fp32, bf16, TFLite fp16 and int8,
-ONNX fp32 and int8 for ONNX Runtime), each variant timed at batch 1 and scored on the validation split, into
-RUN_DIR/optimized/."""
+ONNX fp32 and int8, each run by ONNX Runtime and by OpenVINO), each variant timed at batch 1 and scored on the
+validation split, into RUN_DIR/optimized/."""
 import os
 import time
 
@@ -51,9 +51,10 @@ def largest_difference(predictor, reference, examples):
 
 def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, runs, layout):
     """(rows, skipped) of the ONNX variants: model.onnx and model_int8.onnx written into staging
-    (inference.write_onnx_variants), each timed and scored as the others, with its largest difference from
-    fp32.pb's probabilities on examples (max_abs_diff). Both are skipped, with the reason, where tf2onnx or ONNX
-    Runtime is missing or model.onnx differs from fp32.pb by more than ONNX_TOLERANCE."""
+    (inference.write_onnx_variants), each run by ONNX Runtime and by OpenVINO, timed and scored as the others, with
+    its largest difference from fp32.pb's probabilities on examples (max_abs_diff). All are skipped, with the
+    reason, where tf2onnx or ONNX Runtime is missing or model.onnx differs from fp32.pb by more than
+    ONNX_TOLERANCE; OpenVINO's where it is missing."""
     print('making onnx-fp32 and onnx-int8 (a minute or two)', flush=True)
     try:
         built = inference.write_onnx_variants(saved_model, calibration, staging)
@@ -61,24 +62,30 @@ def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, 
         print(f'onnx: skipped: {e}', flush=True)
         return [], [{'variant': variant, 'reason': str(e)} for variant in ONNX_VARIANTS]
     fp32 = inference.variant_predictor('fp32', os.path.join(staging, VARIANT_FILES['fp32']))
-    rows = []
+    rows, skipped = [], []
     for variant in ONNX_VARIANTS:
         path = os.path.join(staging, VARIANT_FILES[variant])
-        predictor = inference.variant_predictor(variant, path, image_shape)
+        try:
+            predictor = inference.variant_predictor(variant, path, image_shape)
+        except UserError as e:  # OpenVINO not installed: ONNX Runtime's rows still count
+            print(f'{variant}: skipped: {e}', flush=True)
+            skipped.append({'variant': variant, 'reason': str(e)})
+            continue
         difference = largest_difference(predictor, fp32, examples)
         print(f'{variant}: largest |Δ probability| against fp32.pb on the {len(examples)} validation images: '
               f'{difference:.2e}', flush=True)
         if variant == 'onnx-fp32' and difference > ONNX_TOLERANCE:
             reason = (f'model.onnx differs from fp32.pb by up to {difference:.2e} in probability (more than '
                       f'{ONNX_TOLERANCE:g}): a wrong conversion')
-            for v in ONNX_VARIANTS:
-                os.remove(os.path.join(staging, VARIANT_FILES[v]))
+            for file in {VARIANT_FILES[v] for v in ONNX_VARIANTS}:
+                os.remove(os.path.join(staging, file))
             return [], [{'variant': v, 'reason': reason} for v in ONNX_VARIANTS]
         row = measure_variant(variant, predictor, examples, runs, layout)
-        row.update(file=VARIANT_FILES[variant], size_mb=os.path.getsize(path) / 2 ** 20,
-                   build_s=round(built[variant], 1), max_abs_diff=difference)
+        row.update(file=VARIANT_FILES[variant], size_mb=os.path.getsize(path) / 2 ** 20, max_abs_diff=difference)
+        if variant in built:  # OpenVINO runs the files made for ONNX Runtime
+            row['build_s'] = round(built[variant], 1)
         rows.append(row)
-    return rows, []
+    return rows, skipped
 
 
 def format_optimization_table(report):

@@ -16,7 +16,6 @@ from fcn8s.images import (class_overlay, legend, overlay, read_rgb, resize_image
                           resize_probability)
 from fcn8s.metrics import ROAD, confidence, is_road
 
-
 BEV_SUBMISSION = 'kitti_bev'  # inside the run folder: the test set's bird's-eye-view maps (and .zip) for KITTI
 
 
@@ -58,18 +57,34 @@ def with_flip(predict):
     return lambda batch: flip_mean(predict(batch), predict(batch[:, :, ::-1]), batch.shape[:3])
 
 
+def model_input(image, image_shape):
+    """What a model is fed of one uint8 image [h, w, 3]: float32 [H, W, 3] raw RGB 0-255 at image_shape (H, W)."""
+    return resize_image(image, image_shape).astype(np.float32)
+
+
+def road_at(output, image_shape, size):
+    """A road model's output for one image (H*W values in any shape, image_shape (H, W)) as the road probability
+    float32 [h, w] of the image's own size (h, w)."""
+    return resize_probability(np.reshape(output, image_shape), size)
+
+
+def classes_at(output, image_shape, num_classes, size):
+    """A scene-parsing model's output for one image (the class probabilities, H*W*K values) as class ids int
+    [h, w] at the image's own size: the probabilities are resized, then argmax."""
+    probs = np.reshape(output, (*image_shape, num_classes))
+    return np.argmax(resize_probabilities(probs, size), axis=-1)
+
+
 def predict_probability(predict, image, image_shape):
     """Road probability float32 [h, w] of one uint8 image [h, w, 3]: predict (float32 [1, H, W, 3] raw RGB 0-255
     -> road probability, H*W values in any shape) runs at image_shape (H, W); the result is resized back."""
-    prob = predict(resize_image(image, image_shape)[None].astype(np.float32))
-    return resize_probability(np.reshape(prob, image_shape), image.shape[:2])
+    return road_at(predict(model_input(image, image_shape)[None]), image_shape, image.shape[:2])
 
 
 def predict_classes(predict, image, image_shape, num_classes):
     """Class ids int [h, w] of one uint8 image [h, w, 3]: predict (float32 [1, H, W, 3] -> the class
-    probabilities, H*W*K values) runs at image_shape (H, W); the probabilities are resized back, then argmax."""
-    probs = np.reshape(predict(resize_image(image, image_shape)[None].astype(np.float32)), (*image_shape, num_classes))
-    return np.argmax(resize_probabilities(probs, image.shape[:2]), axis=-1)
+    probabilities, H*W*K values) runs at image_shape (H, W); classes_at makes them ids at the image's size."""
+    return classes_at(predict(model_input(image, image_shape)[None]), image_shape, num_classes, image.shape[:2])
 
 
 def test_predictions(sess, logits, keep_prob, image_pl, images, image_shape, classes):

@@ -7,15 +7,19 @@ that any module, and the command line's help, can use them without importing the
 LAST_CHECKPOINT, BEST_CHECKPOINT = 'checkpoints/last', 'checkpoints/best'
 SERVING_DIR = 'saved_model'
 OPTIMIZED_DIR = 'optimized'
-# The optimized variants' files in OPTIMIZED_DIR: TensorFlow's (frozen graphs and TFLite), then ONNX Runtime's.
+# The optimized variants' files in OPTIMIZED_DIR: TensorFlow's (frozen graphs and TFLite), then the ONNX models,
+# each run by ONNX Runtime and by OpenVINO.
 VARIANT_FILES = {'fp32': 'fp32.pb', 'bf16': 'bf16.pb', 'tflite-fp16': 'fp16.tflite',
                  'tflite-int8-dynamic': 'int8_dynamic.tflite', 'tflite-int8': 'int8.tflite',
-                 'onnx-fp32': 'model.onnx', 'onnx-int8': 'model_int8.onnx'}
-ONNX_VARIANTS = ('onnx-fp32', 'onnx-int8')
-# Which variant `infer --precision P --runtime R` runs: TensorFlow's (its default), or ONNX Runtime's.
+                 'onnx-fp32': 'model.onnx', 'onnx-int8': 'model_int8.onnx',
+                 'openvino-fp32': 'model.onnx', 'openvino-int8': 'model_int8.onnx'}
+ONNX_VARIANTS = ('onnx-fp32', 'onnx-int8', 'openvino-fp32', 'openvino-int8')  # those whose file is ONNX
+# Which variant `infer --precision P --runtime R` runs: TensorFlow's (its default), ONNX Runtime's or OpenVINO's.
 RUNTIME_VARIANTS = {'tensorflow': {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'tflite-int8'},
-                    'onnxruntime': {'fp32': 'onnx-fp32', 'int8': 'onnx-int8'}}
+                    'onnxruntime': {'fp32': 'onnx-fp32', 'int8': 'onnx-int8'},
+                    'openvino': {'fp32': 'openvino-fp32', 'int8': 'openvino-int8'}}
 PRECISION_VARIANT = RUNTIME_VARIANTS['tensorflow']
+
 
 # Inside the data folder: the generated road scenes (made when KITTI is missing).
 SYNTHETIC_DIR = 'synthetic_road'
@@ -27,3 +31,8 @@ KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
 KERAS_H5 = 'vgg16_weights_tf_dim_ordering_tf_kernels.h5'
 IMAGENET_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/vgg16/' + KERAS_H5
+
+
+def variant_runtime(variant):
+    """The runtime that runs an optimized variant: 'onnxruntime', 'openvino' or 'tensorflow' (TFLite too)."""
+    return {'onnx': 'onnxruntime', 'openvino': 'openvino'}.get(variant.split('-')[0], 'tensorflow')

@@ -14,7 +14,7 @@ from PIL import Image
 import helper
 import main
 from conftest import KITTI_SAMPLES, SMALL_SIZES, make_zip, run_main, snapshot, write_png16
-from fcn8s import batches, kitti, metrics, synthetic
+from fcn8s import batches, kitti, metrics, pipeline, synthetic
 from fcn8s.errors import UserError
 from fcn8s.images import overlay, read_rgb, resize_image, resize_nearest
 
@@ -53,6 +53,9 @@ def test_overlay_is_green_at_alpha_127_where_road():
     out = overlay(image, np.array([[0.9, 0.2]]))
     np.testing.assert_array_equal(out[0, 1], [100, 100, 100])
     np.testing.assert_array_equal(out[0, 0], np.round(100 * (128 / 255) + np.array([0, 255, 0]) * 127 / 255))
+    every = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # every value of every channel
+    expected = np.round(every * (128 / 255) + np.array([0, 255, 0]) * (127 / 255))
+    np.testing.assert_array_equal(overlay(every, np.ones((256, 1))), expected)
 
 
 def test_batches_pair_images_and_labels_by_name(small_dataset, tmp_path):
@@ -159,8 +162,8 @@ def test_prefetch_keeps_order_overlaps_work_and_passes_errors_on():
             time.sleep(0.05)
             made.append(i)
             yield i
-    assert list(batches.prefetch(slow(6))) == list(range(6))
-    consumer = batches.prefetch(slow(6), depth=2)
+    assert list(pipeline.prefetch(slow(6))) == list(range(6))
+    consumer = pipeline.prefetch(slow(6), depth=2)
     assert next(consumer) == 0
     deadline = time.time() + 10
     while len(made) < 10 and time.time() < deadline:
@@ -171,7 +174,37 @@ def test_prefetch_keeps_order_overlaps_work_and_passes_errors_on():
     time.sleep(0.3)
     assert made[6:] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match='bad item 2'):
-        list(batches.prefetch(slow(5, fail_at=2)))
+        list(pipeline.prefetch(slow(5, fail_at=2)))
+
+
+def test_behind_consumes_in_order_in_the_background_and_passes_errors_on():
+    consumed, started = [], time.perf_counter()
+
+    def slow(item, fail_at=None):
+        if item == fail_at:
+            raise ValueError(f'bad item {item}')
+        time.sleep(0.05)
+        consumed.append(item)
+    with pipeline.behind(slow, depth=2) as put:
+        for i in range(4):
+            put(i)
+        handed = time.perf_counter() - started
+    assert consumed == [0, 1, 2, 3]  # all of them, in order, when the context is left
+    assert handed < 0.1  # put did not wait for the consumer: 4 x 50 ms would be 0.2 s
+    consumed.clear()
+    with pytest.raises(ValueError, match='bad item 1'):
+        with pipeline.behind(lambda item: slow(item, fail_at=1)) as put:
+            for i in range(50):
+                put(i)
+    assert consumed == [0] and time.perf_counter() - started < 2  # nothing after the failure was consumed
+    consumed.clear()
+    with pytest.raises(KeyError):  # the producer's own error wins; what was waiting is dropped
+        with pipeline.behind(slow, depth=2) as put:
+            for i in range(3):
+                put(i)
+            raise KeyError('stop')
+    assert consumed in ([], [0])  # at most the item being consumed at the time
+    assert list(pipeline.batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]] and not list(pipeline.batched([], 3))
 
 
 def test_an_image_without_ground_truth_is_a_clear_error(small_dataset, tmp_path):
