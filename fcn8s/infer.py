@@ -16,7 +16,7 @@ from fcn8s import bev, datasets, files, inference, precision, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
 from fcn8s.metrics import ROAD_CLASSES, confidence, is_road
-from fcn8s.outputs import classes_at, model_input, road_at
+from fcn8s.outputs import classes_at, model_input, road_at, with_flip
 from fcn8s.paths import ONNX_VARIANTS, OPTIMIZED_DIR, RUNTIME_VARIANTS, SERVING_DIR, VARIANT_FILES, variant_runtime
 from fcn8s.pipeline import batched, behind, prefetch
 from fcn8s.video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
@@ -384,6 +384,9 @@ def infer_command(args):
                                                  else 'no such calibration file or folder'))
     names, targets = output_paths(args, video, pictures)
     predictor, batches, classes = ready_model(args)
+    if args.tta == 'flip':
+        predictor = (with_flip(predictor[0]), predictor[1])
+        print('each image averaged with its mirror image (--tta flip): twice the model\'s time', flush=True)
     if args.bev and not is_road(classes[0]):
         raise UserError(f'--bev: bird\'s-eye views are of road models; {args.model} segments {len(classes[0])} '
                         'classes')

@@ -12,6 +12,7 @@ from fcn8s import evaluation, files, inference, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import read_rgb, resize_image
 from fcn8s.metrics import is_road
+from fcn8s.outputs import with_flip
 from fcn8s.paths import ONNX_VARIANTS, OPTIMIZED_DIR, SERVING_DIR, VARIANT_FILES
 from fcn8s.precision import machine, mixed_precision
 from fcn8s.recipes import CALIBRATION_IMAGES, WARMUP_RUNS
@@ -19,6 +20,7 @@ from fcn8s.recipes import CALIBRATION_IMAGES, WARMUP_RUNS
 # model.onnx must give fp32.pb's probabilities to within this (both are float32; they differ by the order of
 # their sums): a larger difference is a wrong conversion, and the ONNX models are then skipped.
 ONNX_TOLERANCE = 1e-4
+FLIP_SAID = ', each averaged with its mirror image (--tta flip)'
 
 
 def calibration_images(layout, exclude, image_shape, count=CALIBRATION_IMAGES):
@@ -30,11 +32,12 @@ def calibration_images(layout, exclude, image_shape, count=CALIBRATION_IMAGES):
     return [resize_image(read_rgb(path), image_shape) for path in tqdm(chosen, desc='calibration images', leave=False)]
 
 
-def measure_variant(name, predictor, examples, runs, layout):
+def measure_variant(name, predictor, examples, runs, layout, tta='none'):
     """A row of the optimization table: latency at batch 1, then the score (KITTI MaxF, or mean IoU) and IoU on
-    examples."""
+    examples, each image's prediction averaged with its mirror image's for tta 'flip'."""
     row = {'variant': name, **inference.latency(predictor, runs)}
-    row.update(evaluation.predictor_scores(predictor, examples, layout, desc=f'scoring {name}'))
+    scored = (with_flip(predictor[0]), predictor[1]) if tta == 'flip' else predictor
+    row.update(evaluation.predictor_scores(scored, examples, layout, desc=f'scoring {name}'))
     print(f'{name}: {row["median_ms"]:.1f} ms median, score {100 * row["score"]:.2f}', flush=True)
     return row
 
@@ -49,7 +52,7 @@ def largest_difference(predictor, reference, examples):
     return largest
 
 
-def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, runs, layout):
+def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, runs, layout, tta='none'):
     """(rows, skipped) of the ONNX variants: model.onnx and model_int8.onnx written into staging
     (inference.write_onnx_variants), each run by ONNX Runtime and by OpenVINO, timed and scored as the others, with
     its largest difference from fp32.pb's probabilities on examples (max_abs_diff). All are skipped, with the
@@ -80,7 +83,7 @@ def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, 
             for file in {VARIANT_FILES[v] for v in ONNX_VARIANTS}:
                 os.remove(os.path.join(staging, file))
             return [], [{'variant': v, 'reason': reason} for v in ONNX_VARIANTS]
-        row = measure_variant(variant, predictor, examples, runs, layout)
+        row = measure_variant(variant, predictor, examples, runs, layout, tta)
         row.update(file=VARIANT_FILES[variant], size_mb=os.path.getsize(path) / 2 ** 20, max_abs_diff=difference)
         if variant in built:  # OpenVINO runs the files made for ONNX Runtime
             row['build_s'] = round(built[variant], 1)
@@ -94,8 +97,9 @@ def format_optimization_table(report):
              f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}. Input {report["image_shape"][0]}x'
              f'{report["image_shape"][1]}, batch 1: latency over {report["runs"]} runs after '
              f'{WARMUP_RUNS} warm-up runs. {report["score_name"]} and IoU ({report["iou_name"]}) on the '
-             f'{report["val_images"]} validation images. tflite-int8 and onnx-int8 calibrated on '
-             f'{report["calibration_images"]} training images. Command: `{report["command"]}`.', '',
+             f'{report["val_images"]} validation images{FLIP_SAID if report.get("tta") == "flip" else ""}. '
+             f'tflite-int8 and onnx-int8 calibrated on {report["calibration_images"]} training images. Command: '
+             f'`{report["command"]}`.', '',
              f'| variant | file | size (MB) | median (ms) | p90 (ms) | images/s | speed-up vs fp32 | '
              f'{report["score_name"]} (%) | Δ (pt) | IoU (%) | ΔIoU (pt) |',
              '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
@@ -138,7 +142,7 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
     print(f'freezing {saved_model} at {image_shape[0]}x{image_shape[1]}', flush=True)
     frozen = inference.freeze(saved_model, image_shape)
     reference = measure_variant('saved_model', inference.saved_model_predictor(saved_model, image_shape),
-                                examples, args.runs, layout)
+                                examples, args.runs, layout, args.tta)
     reference.update(file=SERVING_DIR, size_mb=files.folder_bytes(saved_model) / 2 ** 20)
     rows, skipped = [], []
     precision, why = mixed_precision()
@@ -154,13 +158,14 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
         print(f'making {variant} (a minute or two)', flush=True)
         files.atomic_write(path, inference.make_variant(frozen, variant, precision, calibration))
         build_s = round(time.time() - start, 1)
-        row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs, layout)
+        row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs, layout,
+                              args.tta)
         row.update(file=file, size_mb=os.path.getsize(path) / 2 ** 20, build_s=build_s)
         if variant == 'bf16':
             row['precision'] = why
         rows.append(row)
     onnx_rows, onnx_skipped = onnx_variant_rows(saved_model, image_shape, examples, calibration, staging,
-                                                args.runs, layout)
+                                                args.runs, layout, args.tta)
     rows, skipped = rows + onnx_rows, skipped + onnx_skipped
     fp32 = rows[0]
     for row in [reference] + rows:
@@ -168,7 +173,7 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
                    iou_change=row['iou'] - fp32['iou'])
     report = {'run': args.checkpoint, 'command': ' '.join(['python main.py optimize', *argv]),
               'machine': machine(), 'tensorflow': tf.__version__, 'image_shape': list(image_shape),
-              'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration),
+              'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration), 'tta': args.tta,
               'score_name': 'MaxF' if is_road(layout.classes) else 'mean IoU',
               'iou_name': 'road, at the MaxF threshold' if is_road(layout.classes) else 'mean over classes',
               'variants': [reference] + rows, 'skipped': skipped}

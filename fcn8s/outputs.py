@@ -54,7 +54,8 @@ def flip_mean(probabilities, mirrored, batch_shape):
 def with_flip(predict):
     """predict (float32 [N, H, W, 3] -> probabilities) averaged with its prediction of the mirrored batch
     (flip_mean): twice the work."""
-    return lambda batch: flip_mean(predict(batch), predict(batch[:, :, ::-1]), batch.shape[:3])
+    # (a contiguous mirror: ONNX Runtime and OpenVINO read an array's memory as it lies)
+    return lambda batch: flip_mean(predict(batch), predict(np.ascontiguousarray(batch[:, :, ::-1])), batch.shape[:3])
 
 
 def model_input(image, image_shape):

@@ -200,11 +200,13 @@ def test_road_only_training_on_cityscapes_keeps_kittis_outputs(thin_vgg, small_c
 
 
 def test_optimize_and_infer_work_on_a_multi_class_run(camvid_run, small_camvid, tmp_path, capsys):
-    """optimize scores each variant on mean IoU; infer writes class-coloured overlays and, with
+    """optimize scores each variant on mean IoU (with --tta flip here); infer writes class-coloured overlays and, with
     --probabilities, CamVid's label images, from the run folder and from an optimized file alone."""
-    assert main.main(['optimize', '--checkpoint', camvid_run, '--runs', '2']) == 0
+    assert main.main(['optimize', '--checkpoint', camvid_run, '--runs', '2', '--tta', 'flip']) == 0
     report = json.load(open(os.path.join(camvid_run, 'optimized', 'optimization.json')))
-    assert report['score_name'] == 'mean IoU'
+    assert report['score_name'] == 'mean IoU' and report['tta'] == 'flip'
+    assert 'each averaged with its mirror image (--tta flip)' in open(os.path.join(camvid_run, 'optimized',
+                                                                                   'optimization.md')).read()
     fp32 = next(row for row in report['variants'] if row['variant'] == 'fp32')
     reference = next(row for row in report['variants'] if row['variant'] == 'saved_model')
     assert fp32['score'] == pytest.approx(reference['score'], abs=1e-3) and 0 < fp32['score'] <= 1

@@ -191,10 +191,14 @@ def test_precision_auto_takes_the_fastest_variant_measured_here_within_half_a_po
     assert f'{expected}.pb ({expected}) (auto: ' in first and 'not on this machine' in first
 
 
-def write_half_road_model(path, shape=(32, 64)):
-    """A frozen graph in the optimized models' format whose road is the bottom half of every image."""
+def write_half_road_model(path, shape=(32, 64), left=False):
+    """A frozen graph in the optimized models' format whose road is the bottom half of every image (the left half
+    with left)."""
     road = np.zeros((1, *shape), np.float32)
     road[:, shape[0] // 2:] = 1
+    if left:
+        road = np.zeros((1, *shape), np.float32)
+        road[:, :, :shape[1] // 2] = 1
     with tf.Graph().as_default() as graph:
         image = tf.placeholder(tf.float32, [1, *shape, 3], name=inference.INPUT)
         tf.add(tf.constant(road), 0 * image[..., 0], name='road_probability')
@@ -275,6 +279,21 @@ def test_a_video_goes_through_the_model_in_batches_with_the_same_overlays(tmp_pa
     assert one.shape == four.shape == (7, 48, 96, 3) and (one == four).all()
     source = np.stack(list(iio.imiter(str(tmp_path / 'in.mp4'), plugin='FFMPEG')))
     assert np.abs(four.astype(float) - source).mean(axis=(1, 2, 3)).min() > 5  # each frame overlaid, none skipped
+
+
+def test_infer_tta_flip_averages_each_image_with_its_mirror(tmp_path, capsys):
+    """A model that calls the left half road: the mirror image's prediction calls the right half road, and their
+    mean is 0.5 everywhere."""
+    model = write_half_road_model(tmp_path / 'left.pb', left=True)
+    (tmp_path / 'in').mkdir()
+    iio.imwrite(tmp_path / 'in' / 'a.png', synthetic.render_scene(np.random.default_rng(3), 32, 64)[0])
+    for tta in ('none', 'flip'):
+        assert main.main(['infer', '--model', model, '--input', str(tmp_path / 'in'), '--output',
+                          str(tmp_path / tta), '--probabilities', '--tta', tta]) == 0
+        assert ('--tta flip' in capsys.readouterr().out) == (tta == 'flip')
+    plain = iio.imread(tmp_path / 'none' / 'probabilities' / 'a.png')
+    assert (plain[:, :32] == 255).all() and (plain[:, 32:] == 0).all()
+    assert np.isin(iio.imread(tmp_path / 'flip' / 'probabilities' / 'a.png'), (127, 128)).all()
 
 
 def test_infer_writes_overlays_of_a_folder_at_each_image_size(optimized_run, small_dataset, tmp_path, capsys):
