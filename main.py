@@ -398,7 +398,7 @@ def load_data(args, resume, workers):
                                                first_epoch=finished_epochs, augment=not args.no_augment,
                                                pairs=datasets.labelled_pairs(layout, train_names, '--dataset'),
                                                load_pair=layout.load_pair, num_classes=len(layout.classes),
-                                               balance=args.balance_classes)
+                                               balance=recipe['balance_classes'])
     val_examples = evaluation.load_examples(val_pairs, layout.load_pair)
     return TrainingData(dataset, source, layout, train_names, val_names, get_batches_fn, val_examples, start_step,
                         history, epochs)
@@ -446,11 +446,14 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
 
 
 def settings(args, data_source, kind='kitti'):
-    """The effective training settings: the recipe of the data source and layout, overridden by the flags given."""
+    """The effective training settings: the recipe of the data source and layout, overridden by the flags given;
+    segmenting road alone (--classes road) is not class-balanced unless asked."""
     recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
-              if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape')}
+              if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape', 'balance_classes')}
     chosen['image_shape'] = tuple(chosen['image_shape'])
+    if args.balance_classes is None and args.classes == 'road':
+        chosen['balance_classes'] = False
     return chosen
 
 

@@ -78,9 +78,11 @@ def train_parser():
                         help='seeds the split, shuffling and initialisation [default: 0]')
     parser.add_argument('--patience', type=int, help='stop early when the validation score (MaxF; mean IoU for '
                         'scene parsing) has not improved for this many epochs [default: off, train all epochs]')
-    parser.add_argument('--balance-classes', action='store_true',
+    parser.add_argument('--balance-classes', action=argparse.BooleanOptionalAction,
                         help='weight each class in the training loss by SegNet\'s median-frequency balancing, '
-                             'from the training labels (docs/datasets.md says what it did) [default: off]')
+                             'from the training labels (docs/datasets.md says what it did); --no-balance-classes: '
+                             'every labelled pixel counts the same [default: on for Cityscapes\' and CamVid\'s '
+                             'classes, off for road: KITTI, or --classes road]')
     parser.add_argument('--no-augment', action='store_true',
                         help='train on the images as they are: no random flip, zoom, brightness, contrast or '
                              'gamma (validation is never augmented)')

@@ -76,6 +76,14 @@ def test_out_of_range_flags_are_refused(flags, capsys):
     assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('flags, kind, balanced', [
+    ([], 'camvid', True), ([], 'cityscapes', True), ([], 'kitti', False), (['--classes', 'road'], 'camvid', False),
+    (['--no-balance-classes'], 'camvid', False), (['--balance-classes'], 'kitti', True),
+    (['--balance-classes', '--classes', 'road'], 'camvid', True)])
+def test_scene_parsing_is_class_balanced_unless_road_alone_or_turned_off(flags, kind, balanced):
+    assert main.settings(command_line.parse_args(flags), 'user', kind)['balance_classes'] is balanced
+
+
 COMMAND_PARSERS = {'main.py': command_line.train_parser, 'benchmark.py': command_line.benchmark_parser,
                    **{f'main.py {name}': parser for name, parser in command_line.COMMANDS.items()}}
 
