@@ -172,8 +172,8 @@ def class_table(kind, num_classes):
     """(class names, palette, encode) of a scene-parsing model of num_classes classes trained on a layout of kind
     (None: unknown, as for a model file outside its run folder: told by the count, 19 Cityscapes', 11 CamVid's);
     a count of neither gets numbered classes, colours spread over the hue circle, and raw ids."""
-    for module in (cityscapes, camvid):
-        if kind in (None, module.__name__) and len(module.CLASSES) == num_classes:
+    for name, module in (('cityscapes', cityscapes), ('camvid', camvid)):
+        if kind in (None, name) and len(module.CLASSES) == num_classes:
             return module.CLASSES, module.PALETTE, module.label_ids
     hues = np.linspace(0, 1, num_classes, endpoint=False)
     palette = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.8, 0.9)) for h in hues]

@@ -199,6 +199,16 @@ def test_road_only_training_on_cityscapes_keeps_kittis_outputs(thin_vgg, small_c
     assert iio.imread(os.path.join(run_dir, 'kitti', names[0])).shape == (64, 128)
 
 
+def test_a_models_classes_come_from_its_layout_or_else_their_count():
+    assert datasets.class_table('camvid', 11)[:2] == (camvid.CLASSES, camvid.PALETTE)
+    assert datasets.class_table('cityscapes', 19)[:2] == (cityscapes.CLASSES, cityscapes.PALETTE)
+    assert datasets.class_table(None, 19)[0] == cityscapes.CLASSES  # a model file alone: told by the count
+    # Cityscapes' label images hold its labelIds, not the 19 train ids: road (train id 0) is labelId 7.
+    assert datasets.class_table('cityscapes', 19)[2](np.array([[0]]))[0, 0] == 7
+    names, palette, encode = datasets.class_table('camvid', 5)  # a layout whose classes were 5: numbered
+    assert names == tuple(f'class {i}' for i in range(5)) and len(set(palette)) == 5
+
+
 def test_optimize_and_infer_work_on_a_multi_class_run(camvid_run, small_camvid, tmp_path, capsys):
     """optimize scores each variant on mean IoU (with --tta flip here); infer writes class-coloured overlays and, with
     --probabilities, CamVid's label images, from the run folder and from an optimized file alone."""
