@@ -411,9 +411,6 @@ def build_variants(dataset, folder):
                 if variant not in built and variant not in paths.ONNX_VARIANTS}
         built.update({variant: job.result() for variant, job in jobs.items()})
         built.update(onnx.result())
-    # OpenVINO runs the ONNX files as they are: nothing more to build, but whatever skipped them skips it too.
-    built.update({f'openvino-{kind}': built[f'onnx-{kind}'] if isinstance(built[f'onnx-{kind}'], str) else 0.0
-                  for kind in ('fp32', 'int8')})
     return built
 
 
@@ -421,7 +418,7 @@ def variant_latency(folder, built, runs):
     """Latency at batch 1 and file size of each variant build_variants wrote into folder."""
     rows = []
     for variant, file in paths.VARIANT_FILES.items():
-        if isinstance(built[variant], str):
+        if isinstance(built.get(variant), str):
             rows.append({'variant': variant, 'skipped': built[variant]})
             continue
         path = os.path.join(folder, file)
@@ -430,7 +427,8 @@ def variant_latency(folder, built, runs):
         except UserError as e:  # its runtime (OpenVINO) not installed
             rows.append({'variant': variant, 'skipped': str(e)})
             continue
-        rows.append({'variant': variant, 'size_mb': os.path.getsize(path) / 2 ** 20, 'build_s': built[variant],
+        rows.append({'variant': variant, 'size_mb': os.path.getsize(path) / 2 ** 20,
+                     **({'build_s': built[variant]} if variant in built else {}),  # (OpenVINO: the ONNX files)
                      **inference.latency(predictor, runs)})
     fp32 = next(row for row in rows if row['variant'] == 'fp32')
     for row in rows:

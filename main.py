@@ -299,7 +299,8 @@ def run(argv=None):
     workers = cluster.from_environment()  # a bad TF_CONFIG stops here, before anything is read or written
     resume = run_folder.load_run(args.resume) if args.resume else None
     if resume:  # the run's own settings; of the operational ones, a switch turned on stays on
-        vars(args).update({k: v for k, v in resume.config['settings'].items()
+        saved = {'balance_classes': False, **resume.config['settings']}  # (runs from before the flag: unbalanced)
+        vars(args).update({k: v for k, v in saved.items()
                            if k in vars(args) and k != 'resume' and (k not in OPERATIONAL or v is True)})
     data = load_data(args, resume, workers)  # every file read and checked before the weights, the run folder
     recipe = settings(args, data.source, data.layout.kind)

@@ -197,8 +197,8 @@ def infer_parser():
     parser.add_argument('--model', metavar='PATH', required=True,
                         help='a run folder (its optimized/ model of --precision and --runtime if main.py optimize '
                              'made one, else its saved_model/), an optimized/ or saved_model/ folder, a frozen '
-                             '.pb, a .tflite or an .onnx file (run by ONNX Runtime at the size its run was '
-                             'trained at, from the config.json of its run folder)')
+                             '.pb, a .tflite or an .onnx file (run by ONNX Runtime, or OpenVINO with --runtime '
+                             'openvino, at the size its run was trained at, from the config.json of its run folder)')
     parser.add_argument('--input', metavar='PATH', required=True,
                         help='a PNG/JPEG image, a folder of them, or a video (mp4, mov, avi, mkv)')
     parser.add_argument('--output', metavar='PATH', required=True,

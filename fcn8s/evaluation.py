@@ -268,7 +268,7 @@ def evaluate_command(args, build_fcn):
         sess.graph.finalize()
         record, pictures = validate_fn()
     print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"}'
-          + (', each averaged with its mirror image (--tta flip)' if args.tta == 'flip' else '') + ' (%):\n'
+          + (', ' + outputs.FLIP_SAID if args.tta == 'flip' else '') + ' (%):\n'
           + format_record_table(record, layout.classes))
     if is_road(layout.classes) and without:
         print(f'bird\'s-eye view: {without} of the {len(examples)} images have no calibration '

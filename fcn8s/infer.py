@@ -16,7 +16,7 @@ from fcn8s import bev, datasets, files, inference, precision, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
 from fcn8s.metrics import ROAD_CLASSES, confidence, is_road
-from fcn8s.outputs import classes_at, model_input, road_at, with_flip
+from fcn8s.outputs import FLIP_SAID, classes_at, flipped, model_input, road_at
 from fcn8s.paths import ONNX_VARIANTS, OPTIMIZED_DIR, RUNTIME_VARIANTS, SERVING_DIR, VARIANT_FILES, variant_runtime
 from fcn8s.pipeline import batched, behind, prefetch
 from fcn8s.video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
@@ -120,7 +120,7 @@ def auto_variant(optimized, runtime):
         f'the fastest of the {len(good)} variants main.py optimize measured on this machine within '
         f'{100 * AUTO_SCORE_LOSS:g} points of fp32\'s {report.get("score_name", "score")}: {best["median_ms"]:.1f} ms '
         f'against fp32\'s {rows["fp32"]["median_ms"]:.1f}, score {100 * best["score"]:.2f} against '
-        f'{100 * fp32:.2f}')
+        f'{100 * fp32:.2f}' + (' (scored with --tta flip)' if report.get('tta') == 'flip' else ''))
 
 
 def _runs_on(runtime):
@@ -278,8 +278,9 @@ def infer_pictures(pictures, names, output, probabilities, predictor, paint, wri
 def infer_video(video, output, probability_dir, predictor, paint, written, batch=1):
     """Overlay video of video at output (.mp4, same size and frame rate), and per-frame maps in probability_dir
     unless None; every path made is appended to written. Three stages overlap: frames decoded and resized ahead
-    (prefetch), the model on batches of batch frames, overlays painted and encoded behind it (behind). Says how
-    many frames were read when the container announced more (a file cut short)."""
+    (prefetch), the model on batches of batch frames (the last one padded: a model compiled for one shape keeps
+    it), overlays painted and encoded behind it (behind). Says how many frames were read when the container
+    announced more (a file cut short)."""
     frames, fps, announced = read_video(video)
     predict, image_shape = predictor
     partial = output[:-len('.mp4')] + '.partial.mp4'  # renamed when complete: never half a video under its name
@@ -292,23 +293,24 @@ def infer_video(video, output, probability_dir, predictor, paint, written, batch
     def write(item):  # in behind's thread
         nonlocal writer, count
         frame, frame_output = item
-        writer = writer or video_writer(partial, fps, frame.shape[:2])
         painted, labels = paint(frame, frame_output)
-        writer.append_data(painted)
+        try:
+            writer = writer or video_writer(partial, fps, frame.shape[:2])
+            writer.append_data(painted)
+        except (OSError, RuntimeError, ValueError) as e:  # ffmpeg's encoding errors
+            raise UserError(f'{output}: failed writing frame {count} ({type(e).__name__}: {e})') from None
         if probability_dir:
             iio.imwrite(os.path.join(probability_dir, f'frame_{count:06d}.png'), labels)
         count += 1
 
-    inputs = prefetch(((frame[..., :3], model_input(frame[..., :3], image_shape)) for frame in frames), 2 * batch)
+    inputs = prefetch(((frame, model_input(frame, image_shape)) for frame in frames), 2 * batch)
     try:
         with tqdm(total=announced, desc='frames', unit='frame') as bar, behind(write, 2 * batch) as put:
             for group in batched(inputs, batch):
-                for (frame, _), frame_output in zip(group, per_image(predict(np.stack([x for _, x in group])),
-                                                                     len(group))):
+                images = np.stack([x for _, x in group] + [group[-1][1]] * (batch - len(group)))
+                for (frame, _), frame_output in zip(group, per_image(predict(images), batch)):
                     put((frame, frame_output))
                 bar.update(len(group))
-    except (OSError, RuntimeError, ValueError) as e:  # ffmpeg's decoding and encoding errors
-        raise UserError(f'{video}: failed at frame {count} ({type(e).__name__}: {e})') from None
     finally:
         inputs.close()
         if writer:
@@ -385,8 +387,8 @@ def infer_command(args):
     names, targets = output_paths(args, video, pictures)
     predictor, batches, classes = ready_model(args)
     if args.tta == 'flip':
-        predictor = (with_flip(predictor[0]), predictor[1])
-        print('each image averaged with its mirror image (--tta flip): twice the model\'s time', flush=True)
+        predictor = flipped(predictor)
+        print(f'{FLIP_SAID}: twice the model\'s time', flush=True)
     if args.bev and not is_road(classes[0]):
         raise UserError(f'--bev: bird\'s-eye views are of road models; {args.model} segments {len(classes[0])} '
                         'classes')

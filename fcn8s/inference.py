@@ -371,19 +371,25 @@ def onnx_predictor(model_path, image_shape=None):
     model whose input or output is not named as this project's."""
     session = onnx_session(model_path)
     source, target = session.get_inputs()[0], session.get_outputs()[0]
-    if source.name != INPUT or target.name not in OUTPUTS:
-        raise KeyError(f'its input is {source.name} and output {target.name}, not {INPUT} and one of '
-                       f'{" or ".join(OUTPUTS)}')
     fixed = tuple(d if isinstance(d, int) else None for d in source.shape[1:3])
-    shape = fixed if None not in fixed else tuple(image_shape) if image_shape else (None, None)
+    shape = _onnx_input_size(source.name, target.name, fixed, image_shape)
     return (lambda batch: session.run([target.name], {INPUT: batch})[0]), shape
+
+
+def _onnx_input_size(source, target, fixed, image_shape):
+    """The size (H, W) an ONNX model with input source and output target runs at: its fixed size (None where a
+    dimension is dynamic), else image_shape, else (None, None); KeyError for names that are not this project's."""
+    if source != INPUT or target not in OUTPUTS:
+        raise KeyError(f'its input is {source} and output {target}, not {INPUT} and one of {" or ".join(OUTPUTS)}')
+    return fixed if None not in fixed else tuple(image_shape) if image_shape else (None, None)
 
 
 def openvino_predictor(model_path, image_shape=None):
     """Predictor of an ONNX model through OpenVINO on the CPU, at its input's size or at image_shape where that is
-    dynamic (as onnx_predictor). OpenVINO compiles a model for one input shape at a time: here for each batch size
-    at its first call. fp32 stays fp32 (OpenVINO would otherwise run it in bf16 on CPUs with AMX or AVX512_BF16:
-    faster, and unmeasured here); UserError for a file it cannot read, KeyError for other tensor names."""
+    dynamic (as onnx_predictor). OpenVINO compiles a model for one input shape at a time: here for batch 1 at once,
+    for another batch size at its first call. fp32 stays fp32 (OpenVINO would otherwise run it in bf16 on CPUs
+    with AMX or AVX512_BF16: faster, and unmeasured here); UserError for a file it cannot read, KeyError for other
+    tensor names."""
     ov = _require('openvino', f'{model_path}: running a model with OpenVINO')
     core = ov.Core()
     try:
@@ -392,12 +398,9 @@ def openvino_predictor(model_path, image_shape=None):
         said = [line for line in str(e).splitlines() if line.strip() and not line.startswith('Exception from')]
         raise UserError(f'{model_path}: OpenVINO cannot read it as a model, the file may be damaged '
                         f'({said[0] if said else e})') from None
-    source, target = model.inputs[0].get_any_name(), model.outputs[0].get_any_name()
-    if source != INPUT or target not in OUTPUTS:
-        raise KeyError(f'its input is {source} and output {target}, not {INPUT} and one of {" or ".join(OUTPUTS)}')
     dims = model.inputs[0].get_partial_shape()
     fixed = tuple(dims[i].get_length() if dims[i].is_static else None for i in (1, 2))
-    shape = fixed if None not in fixed else tuple(image_shape) if image_shape else (None, None)
+    shape = _onnx_input_size(model.inputs[0].get_any_name(), model.outputs[0].get_any_name(), fixed, image_shape)
     config = {'INFERENCE_NUM_THREADS': cores(), 'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32'}
     compiled = {}  # batch size -> the model compiled for it
 
@@ -406,6 +409,8 @@ def openvino_predictor(model_path, image_shape=None):
             model.reshape({INPUT: [len(batch), *shape, 3]})
             compiled[len(batch)] = core.compile_model(model, 'CPU', config)
         return compiled[len(batch)](batch)[0]
+    if None not in shape:  # compiled now: a model OpenVINO cannot compile (a RuntimeError) fails where it is loaded
+        predict(np.zeros((1, *shape, 3), np.float32))
     return predict, shape
 
 

@@ -12,7 +12,7 @@ from fcn8s import evaluation, files, inference, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import read_rgb, resize_image
 from fcn8s.metrics import is_road
-from fcn8s.outputs import with_flip
+from fcn8s.outputs import FLIP_SAID, flipped
 from fcn8s.paths import ONNX_VARIANTS, OPTIMIZED_DIR, SERVING_DIR, VARIANT_FILES
 from fcn8s.precision import machine, mixed_precision
 from fcn8s.recipes import CALIBRATION_IMAGES, WARMUP_RUNS
@@ -20,7 +20,6 @@ from fcn8s.recipes import CALIBRATION_IMAGES, WARMUP_RUNS
 # model.onnx must give fp32.pb's probabilities to within this (both are float32; they differ by the order of
 # their sums): a larger difference is a wrong conversion, and the ONNX models are then skipped.
 ONNX_TOLERANCE = 1e-4
-FLIP_SAID = ', each averaged with its mirror image (--tta flip)'
 
 
 def calibration_images(layout, exclude, image_shape, count=CALIBRATION_IMAGES):
@@ -36,7 +35,7 @@ def measure_variant(name, predictor, examples, runs, layout, tta='none'):
     """A row of the optimization table: latency at batch 1, then the score (KITTI MaxF, or mean IoU) and IoU on
     examples, each image's prediction averaged with its mirror image's for tta 'flip'."""
     row = {'variant': name, **inference.latency(predictor, runs)}
-    scored = (with_flip(predictor[0]), predictor[1]) if tta == 'flip' else predictor
+    scored = flipped(predictor) if tta == 'flip' else predictor
     row.update(evaluation.predictor_scores(scored, examples, layout, desc=f'scoring {name}'))
     print(f'{name}: {row["median_ms"]:.1f} ms median, score {100 * row["score"]:.2f}', flush=True)
     return row
@@ -57,7 +56,7 @@ def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, 
     (inference.write_onnx_variants), each run by ONNX Runtime and by OpenVINO, timed and scored as the others, with
     its largest difference from fp32.pb's probabilities on examples (max_abs_diff). All are skipped, with the
     reason, where tf2onnx or ONNX Runtime is missing or model.onnx differs from fp32.pb by more than
-    ONNX_TOLERANCE; OpenVINO's where it is missing."""
+    ONNX_TOLERANCE; OpenVINO's where it is missing, cannot compile the model or differs by more."""
     print('making onnx-fp32 and onnx-int8 (a minute or two)', flush=True)
     try:
         built = inference.write_onnx_variants(saved_model, calibration, staging)
@@ -68,21 +67,31 @@ def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, 
     rows, skipped = [], []
     for variant in ONNX_VARIANTS:
         path = os.path.join(staging, VARIANT_FILES[variant])
+        runtime = variant.split('-')[0]
+        if any(row['variant'] == variant for row in skipped):
+            continue  # its runtime failed on the fp32 model
         try:
             predictor = inference.variant_predictor(variant, path, image_shape)
-        except UserError as e:  # OpenVINO not installed: ONNX Runtime's rows still count
-            print(f'{variant}: skipped: {e}', flush=True)
-            skipped.append({'variant': variant, 'reason': str(e)})
-            continue
-        difference = largest_difference(predictor, fp32, examples)
-        print(f'{variant}: largest |Δ probability| against fp32.pb on the {len(examples)} validation images: '
-              f'{difference:.2e}', flush=True)
-        if variant == 'onnx-fp32' and difference > ONNX_TOLERANCE:
-            reason = (f'model.onnx differs from fp32.pb by up to {difference:.2e} in probability (more than '
-                      f'{ONNX_TOLERANCE:g}): a wrong conversion')
+            difference = largest_difference(predictor, fp32, examples)
+        except (UserError, RuntimeError) as e:  # OpenVINO missing or failing: the other runtime's rows still count
+            if runtime != 'openvino':
+                raise
+            reason = str(e).strip().splitlines()[0]
+        else:
+            print(f'{variant}: largest |Δ probability| against fp32.pb on the {len(examples)} validation images: '
+                  f'{difference:.2e}', flush=True)
+            reason = (f'{variant} differs from fp32.pb by up to {difference:.2e} in probability (more than '
+                      f'{ONNX_TOLERANCE:g}): a wrong conversion' if variant.endswith('fp32') and
+                      difference > ONNX_TOLERANCE else None)
+        if reason and runtime == 'onnx':
             for file in {VARIANT_FILES[v] for v in ONNX_VARIANTS}:
                 os.remove(os.path.join(staging, file))
             return [], [{'variant': v, 'reason': reason} for v in ONNX_VARIANTS]
+        if reason:
+            print(f'{variant}: skipped: {reason}', flush=True)
+            gone = [v for v in ONNX_VARIANTS if v.startswith(runtime)] if variant.endswith('fp32') else [variant]
+            skipped += [{'variant': v, 'reason': reason} for v in gone]
+            continue
         row = measure_variant(variant, predictor, examples, runs, layout, tta)
         row.update(file=VARIANT_FILES[variant], size_mb=os.path.getsize(path) / 2 ** 20, max_abs_diff=difference)
         if variant in built:  # OpenVINO runs the files made for ONNX Runtime
@@ -97,7 +106,7 @@ def format_optimization_table(report):
              f'Machine: {report["machine"]}; TensorFlow {report["tensorflow"]}. Input {report["image_shape"][0]}x'
              f'{report["image_shape"][1]}, batch 1: latency over {report["runs"]} runs after '
              f'{WARMUP_RUNS} warm-up runs. {report["score_name"]} and IoU ({report["iou_name"]}) on the '
-             f'{report["val_images"]} validation images{FLIP_SAID if report.get("tta") == "flip" else ""}. '
+             f'{report["val_images"]} validation images{", " + FLIP_SAID if report.get("tta") == "flip" else ""}. '
              f'tflite-int8 and onnx-int8 calibrated on {report["calibration_images"]} training images. Command: '
              f'`{report["command"]}`.', '',
              f'| variant | file | size (MB) | median (ms) | p90 (ms) | images/s | speed-up vs fp32 | '

@@ -51,6 +51,14 @@ def flip_mean(probabilities, mirrored, batch_shape):
     return (probabilities + views.reshape(probabilities.shape)) / 2
 
 
+FLIP_SAID = 'each averaged with its mirror image (--tta flip)'
+
+
+def flipped(predictor):
+    """A predictor (predict, (H, W)) whose predict is with_flip's."""
+    return with_flip(predictor[0]), predictor[1]
+
+
 def with_flip(predict):
     """predict (float32 [N, H, W, 3] -> probabilities) averaged with its prediction of the mirrored batch
     (flip_mean): twice the work."""

@@ -8,7 +8,7 @@ RECIPES = {
                       balance_classes=False, num_train=270, num_test=30),
     # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 and CamVid's 360x480 halved or less.
     # Scene parsing balances its classes (SegNet's median-frequency weights): on CamVid val, poles, signs,
-    # pedestrians and cyclists stayed near 0 IoU without (docs/training.md has the runs). Road alone (--classes
+    # pedestrians and cyclists stayed near 0 IoU without (docs/measurements.md has the runs). Road alone (--classes
     # road) is two classes and is not balanced.
     'cityscapes': dict(image_shape=(256, 512), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5,
                        balance_classes=True),

@@ -14,7 +14,8 @@ def is_video(path):
 
 
 def read_video(path):
-    """(frames: iterator of uint8 [h, w, 3], frames per second, the frame count the container announces or None)."""
+    """(frames: iterator of uint8 [h, w, 3] (frames, which raises a decoding error as a UserError naming the frame),
+    frames per second, the frame count the container announces or None)."""
     try:
         meta = iio.immeta(path, plugin='FFMPEG')
     except (OSError, RuntimeError, ValueError) as e:
@@ -25,7 +26,22 @@ def read_video(path):
     announced = meta.get('nframes')
     if not np.isfinite(announced or np.inf):
         announced = int(round(meta.get('duration', 0) * fps)) or None
-    return iio.imiter(path, plugin='FFMPEG'), fps, announced
+    return frames(path, iio.imiter(path, plugin='FFMPEG')), fps, announced
+
+
+def frames(path, decoded):
+    """The RGB frames of decoded (imageio's iterator over the video at path), an error of ffmpeg's as a UserError
+    naming the frame it failed at."""
+    count = 0
+    while True:
+        try:
+            frame = next(decoded)
+        except StopIteration:
+            return
+        except (OSError, RuntimeError, ValueError) as e:
+            raise UserError(f'{path}: failed at frame {count} ({type(e).__name__}: {e})') from None
+        yield frame[..., :3]
+        count += 1
 
 
 def video_writer(path, fps, size):

@@ -14,7 +14,8 @@ from PIL import Image
 
 import main
 from conftest import sample_batch, snapshot, write_png16
-from fcn8s import bev, files, infer, inference, optimization, outputs, paths, precision, synthetic, video
+from fcn8s import (bev, evaluation, files, infer, inference, optimization, outputs, paths, precision, run_folder,
+                   synthetic, video)
 
 
 def test_optimize_writes_every_variant_and_its_table(optimized_run):
@@ -100,6 +101,26 @@ def test_optimize_exports_a_checked_onnx_model_of_any_batch_and_size(optimized_r
     reference = saved_model(batch)
     assert shape == (96, 320) and reference.shape == (2, 96, 320) and reference.std() > 0.01
     np.testing.assert_allclose(onnx_model(batch), reference, atol=1e-4)
+
+
+def test_an_openvino_failure_skips_its_rows_and_keeps_onnx_runtimes(optimized_run, tmp_path, monkeypatch):
+    """OpenVINO that cannot compile the model (a RuntimeError) costs its two rows, with the reason, not the run."""
+    config, saved_model = run_folder.finished_run(optimized_run, '--checkpoint')
+    layout, examples = evaluation.validation_set(optimized_run, config)
+    staging = tmp_path / 'staging'
+    staging.mkdir()
+    shutil.copy(os.path.join(optimized_run, paths.OPTIMIZED_DIR, 'fp32.pb'), staging)
+
+    def broken(path, image_shape=None):
+        raise RuntimeError('Exception from src/plugin.cpp:1:\nUnsupported operation in this made-up failure')
+    monkeypatch.setattr(inference, 'openvino_predictor', broken)
+    calibration = optimization.calibration_images(layout, config['data']['val_names'], (64, 224), count=4)
+    rows, skipped = optimization.onnx_variant_rows(saved_model, (64, 224), examples, calibration, str(staging), 2,
+                                                   layout)
+    assert [row['variant'] for row in rows] == ['onnx-fp32', 'onnx-int8']
+    assert [row['variant'] for row in skipped] == ['openvino-fp32', 'openvino-int8']
+    assert all(row['reason'].startswith('Exception from src/plugin.cpp') for row in skipped)
+    assert os.path.isfile(staging / 'model.onnx') and os.path.isfile(staging / 'model_int8.onnx')
 
 
 def test_infer_runs_the_onnx_model_and_paints_as_the_frozen_graph(optimized_run, small_dataset, tmp_path, capsys):
