@@ -35,7 +35,7 @@ from fcn8s.command_line import OPERATIONAL
 from fcn8s.errors import LossDiverged, UserError
 from fcn8s.metrics import NUM_CLASSES, score_key
 from fcn8s.pipeline import prefetch
-from fcn8s.recipes import POLY_POWER, RECIPES, WARMUP_STEPS
+from fcn8s.recipes import POLY_POWER, RANDOM_ENCODER_LEARNING_RATE, RECIPES, WARMUP_STEPS
 
 tf.disable_eager_execution()
 
@@ -303,9 +303,10 @@ def run(argv=None):
         vars(args).update({k: v for k, v in saved.items()
                            if k in vars(args) and k != 'resume' and (k not in OPERATIONAL or v is True)})
     data = load_data(args, resume, workers)  # every file read and checked before the weights, the run folder
-    recipe = settings(args, data.source, data.layout.kind)
-    arithmetic, why = precision.choose(args.precision)  # before the run folder: bf16 may be refused
-    run_dir, config, weights = start_run(args, argv, data, recipe, resume, (arithmetic, why), workers)
+    arithmetic, why = precision.choose(args.precision)  # before the weights and the run folder: bf16 may be refused
+    weights = encoder_weights(args, resume, workers)
+    recipe = settings(args, data.source, data.layout.kind, random_encoder=weights['vgg_dir'] is None)
+    run_dir, config = start_run(args, argv, data, recipe, resume, (arithmetic, why), workers, weights)
     vgg_dir, decoder = weights['vgg_dir'], functools.partial(layers, skip_scales=weights.get('skip_scales'))
 
     session_config = cluster.session_config(workers, precision.training_config(arithmetic))
@@ -405,24 +406,31 @@ def load_data(args, resume, workers):
                         history, epochs)
 
 
-def start_run(args, argv, data, recipe, resume, arithmetic, workers):
-    """(run folder, its config, its weights: source, vgg_dir (None: He-initialised), skip_scales (older runs: none))
-    of a new run, weights resolved (vgg.resolve_weights), or the resumed one; config.json written either way, with
-    the (precision, why) chosen and the cluster. Only the chief writes: other workers get (None, None, weights)."""
+def encoder_weights(args, resume, workers):
+    """The encoder's weights of a run: source, vgg_dir (None: He-initialised) and skip_scales (older runs: none);
+    a new run's resolved by vgg.resolve_weights (downloaded or converted where needed, by the chief only)."""
+    if resume:
+        weights = resume.config['weights']
+        if weights['vgg_dir'] and not vgg.vgg_is_complete(weights['vgg_dir']):
+            raise UserError(f'--resume {args.resume}: its VGG16 {weights["vgg_dir"]} is gone')
+        return weights
+    vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
+                                           args.vgg_url, download=workers.chief and not args.no_download)
+    return {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir),
+            'skip_scales': HE_SKIP_SCALES if vgg_dir is None else (POOL4_SCALE, POOL3_SCALE)}
+
+
+def start_run(args, argv, data, recipe, resume, arithmetic, workers, weights):
+    """(run folder, its config) of a new run, or of the resumed one; config.json written either way, with the
+    recipe, the encoder's weights, the (precision, why) chosen and the cluster. Only the chief writes: other
+    workers get (None, None)."""
     if resume:
         run_dir, config = args.resume, resume.config
-        vgg_dir, weights = config['weights']['vgg_dir'], config['weights']
-        if vgg_dir and not vgg.vgg_is_complete(vgg_dir):
-            raise UserError(f'--resume {args.resume}: its VGG16 {vgg_dir} is gone')
         config.setdefault('resumed', []).append({'at_step': data.start_step, 'precision': arithmetic[0],
                                                  'cluster': workers.described,
                                                  'flags': {k: getattr(args, k) for k in OPERATIONAL},
                                                  'time': time.strftime('%Y-%m-%d %H:%M:%S')})
     else:
-        vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
-                                               args.vgg_url, download=workers.chief and not args.no_download)
-        weights = {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir),
-                   'skip_scales': HE_SKIP_SCALES if vgg_dir is None else (POOL4_SCALE, POOL3_SCALE)}
         run_dir = run_folder.new_run_dir(args.runs_dir) if workers.chief else None
         config = {
             'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
@@ -437,24 +445,27 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers):
             'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__, 'numpy': np.__version__},
         }
     if not workers.chief:
-        return None, None, weights
+        return None, None
     run_folder.write_config(run_dir, config)
     print(f'run folder {run_dir}: data {data.source} ({len(data.train_names)} train, {len(data.val_names)} val), '
           f'weights {weights["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), '
           f'{workers.described["strategy"]} ({workers.replicas} replica(s), {workers.workers} worker(s)), {recipe}'
           + (f', resuming at step {data.start_step}' if resume else ''), flush=True)
-    return run_dir, config, weights
+    return run_dir, config
 
 
-def settings(args, data_source, kind='kitti'):
+def settings(args, data_source, kind='kitti', random_encoder=False):
     """The effective training settings: the recipe of the data source and layout, overridden by the flags given;
-    segmenting road alone (--classes road) is not class-balanced unless asked."""
+    segmenting road alone (--classes road) is not class-balanced, and a random encoder learns at
+    RANDOM_ENCODER_LEARNING_RATE, unless asked otherwise."""
     recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
               if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape', 'balance_classes')}
     chosen['image_shape'] = tuple(chosen['image_shape'])
     if args.balance_classes is None and args.classes == 'road':
         chosen['balance_classes'] = False
+    if args.learning_rate is None and random_encoder:
+        chosen['learning_rate'] = RANDOM_ENCODER_LEARNING_RATE
     return chosen
 
 

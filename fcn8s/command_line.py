@@ -8,7 +8,8 @@ import os
 import sys
 
 from fcn8s.paths import KERAS_H5, KITTI_URL, PRECISION_VARIANT, VGG_URL
-from fcn8s.recipes import CALIBRATION_IMAGES, INITS, LATENCY_RUNS, RECIPES, STEP_TIMEOUT_S, WARMUP_RUNS, WARMUP_STEPS
+from fcn8s.recipes import (CALIBRATION_IMAGES, INITS, LATENCY_RUNS, RANDOM_ENCODER_LEARNING_RATE, RECIPES,
+                           STEP_TIMEOUT_S, WARMUP_RUNS, WARMUP_STEPS)
 
 # --tta: test-time augmentation, none or the mean with the mirror image's prediction.
 TTA_CHOICES = ('none', 'flip')
@@ -58,7 +59,8 @@ def train_parser():
                         help=f'images per step [default: {k["batch_size"]}; {s["batch_size"]} synthetic]')
     parser.add_argument('--learning-rate', type=float,
                         help=f'peak Adam learning rate: a {WARMUP_STEPS}-step linear warm-up, then poly decay '
-                             f'[default: {k["learning_rate"]:g}; {s["learning_rate"]:g} synthetic]')
+                             f'[default: {k["learning_rate"]:g} for pretrained weights, '
+                             f'{RANDOM_ENCODER_LEARNING_RATE:g} for a random encoder (synthetic too)]')
     parser.add_argument('--keep-prob', type=float,
                         help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}; '
                              f'{s["keep_prob"]} synthetic]')

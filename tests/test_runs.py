@@ -84,6 +84,14 @@ def test_scene_parsing_is_class_balanced_unless_road_alone_or_turned_off(flags, 
     assert main.settings(command_line.parse_args(flags), 'user', kind)['balance_classes'] is balanced
 
 
+def test_a_random_encoder_learns_at_its_own_rate_unless_told():
+    for kind in ('kitti', 'camvid', 'cityscapes'):
+        assert main.settings(command_line.parse_args([]), 'user', kind)['learning_rate'] == 1e-4  # pretrained
+        assert main.settings(command_line.parse_args([]), 'user', kind, random_encoder=True)['learning_rate'] == 3e-4
+    told = main.settings(command_line.parse_args(['--learning-rate', '2e-5']), 'user', 'camvid', random_encoder=True)
+    assert told['learning_rate'] == 2e-5
+
+
 COMMAND_PARSERS = {'main.py': command_line.train_parser, 'benchmark.py': command_line.benchmark_parser,
                    **{f'main.py {name}': parser for name, parser in command_line.COMMANDS.items()}}
 
