@@ -162,8 +162,7 @@ def _load_model_file(path, requested, runtime):
         return inference.tflite_predictor(path), f'{path} (TFLite)', (1,)
     if kind == 'ONNX':
         tool = 'openvino' if runtime == 'openvino' else 'onnxruntime'
-        predictor = (inference.openvino_predictor if tool == 'openvino' else inference.onnx_predictor)(
-            path, _run_image_shape(path))
+        predictor = inference.variant_predictor(RUNTIME_VARIANTS[tool]['fp32'], path, _run_image_shape(path))
         if None in predictor[1]:
             raise UserError(f'--model {path}: its input size is dynamic, and no config.json of the run it '
                             'belongs to is beside it (RUN_DIR/ or RUN_DIR/optimized/) to tell the size it was '
