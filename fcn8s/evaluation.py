@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from fcn8s import batches, bev, datasets, files, kitti, metrics, outputs, plots, precision, run_folder
 from fcn8s.errors import UserError
-from fcn8s.images import class_overlay, overlay, resize_image, resize_nearest, resize_probabilities, resize_probability
+from fcn8s.images import class_ids_at, class_overlay, overlay, resize_image, resize_nearest, resize_probability
 from fcn8s.metrics import ROAD_CLASSES, is_road
 
 # Validation images per forward pass, at most (and at most twice the training batch, which a forward pass without
@@ -84,7 +84,7 @@ def score_examples(run_model, examples, net_batches, image_shape, layout, desc='
                 prob = resize_probability(prob, image.shape[:2])
                 hist = metrics.fast_hist(classes, metrics.confidence(prob), metrics.NUM_CLASSES, metrics.LEVELS)
             else:
-                prob = np.argmax(resize_probabilities(prob, image.shape[:2]), axis=-1)
+                prob = class_ids_at(prob, image.shape[:2])
                 hist = metrics.fast_hist(classes, prob, num_classes)
             _pool(hists, category, hist)
             if not any(layout.category(n) == category for n in overlays):

@@ -12,8 +12,7 @@ from tqdm import tqdm
 
 from fcn8s import bev, files, kitti
 from fcn8s.errors import UserError
-from fcn8s.images import (class_overlay, legend, overlay, read_rgb, resize_image, resize_probabilities,
-                          resize_probability)
+from fcn8s.images import class_ids_at, class_overlay, legend, overlay, read_rgb, resize_image, resize_probability
 from fcn8s.metrics import ROAD, confidence, is_road
 
 BEV_SUBMISSION = 'kitti_bev'  # inside the run folder: the test set's bird's-eye-view maps (and .zip) for KITTI
@@ -80,8 +79,7 @@ def road_at(output, image_shape, size):
 def classes_at(output, image_shape, num_classes, size):
     """A scene-parsing model's output for one image (the class probabilities, H*W*K values) as class ids int
     [h, w] at the image's own size: the probabilities are resized, then argmax."""
-    probs = np.reshape(output, (*image_shape, num_classes))
-    return np.argmax(resize_probabilities(probs, size), axis=-1)
+    return class_ids_at(np.reshape(output, (*image_shape, num_classes)), size)
 
 
 def predict_probability(predict, image, image_shape):

@@ -16,7 +16,8 @@ import main
 from conftest import KITTI_SAMPLES, SMALL_SIZES, make_zip, run_main, snapshot, write_png16
 from fcn8s import batches, kitti, metrics, pipeline, synthetic
 from fcn8s.errors import UserError
-from fcn8s.images import overlay, read_rgb, resize_image, resize_nearest
+from fcn8s.images import (class_ids_at, class_overlay, overlay, read_rgb, resize_image, resize_nearest,
+                          resize_probability)
 
 
 def test_decode_label_of_a_hand_made_patch():
@@ -56,6 +57,32 @@ def test_overlay_is_green_at_alpha_127_where_road():
     every = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # every value of every channel
     expected = np.round(every * (128 / 255) + np.array([0, 255, 0]) * (127 / 255))
     np.testing.assert_array_equal(overlay(every, np.ones((256, 1))), expected)
+
+
+def test_class_ids_at_is_the_argmax_of_the_resized_maps_first_class_on_ties():
+    """Three classes on a 1x2 map resized to 1x4. Pillow's bilinear upsampling by 2 samples at x = 0.25, 0.75,
+    1.25, 1.75 of the source pixel centres 0.5, 1.5 (clamped at the edges): weights (1, 0), (0.75, 0.25),
+    (0.25, 0.75), (0, 1). Class 0 is 0.2 then 0.6 -> 0.2, 0.3, 0.5, 0.6; class 1 is 0.6 then 0.2 -> 0.6, 0.5,
+    0.3, 0.2; class 2 is 0.4 everywhere. Argmax: 1, 1, 0, 0; and with class 2 at 0.6, it ties class 1 at the first
+    pixel and class 0 at the last, where the lower id wins: 1, 2, 2, 0."""
+    probs = np.array([[[0.2, 0.6, 0.4], [0.6, 0.2, 0.4]]], np.float32)
+    np.testing.assert_array_equal(class_ids_at(probs, (1, 4)), [[1, 1, 0, 0]])
+    probs[..., 2] = 0.6
+    np.testing.assert_array_equal(class_ids_at(probs, (1, 4)), [[1, 2, 2, 0]])
+    rng = np.random.default_rng(0)
+    probs = rng.random((6, 8, 5)).astype(np.float32)
+    stacked = np.stack([resize_probability(probs[..., k], (15, 20)) for k in range(5)], axis=-1)
+    np.testing.assert_array_equal(class_ids_at(probs, (15, 20)), np.argmax(stacked, axis=-1))
+
+
+def test_class_overlay_blends_known_classes_and_leaves_ignored_pixels():
+    """Grey 100 blended half-and-half with red (255, 0, 0) is (177.5, 50, 50): Pillow's blend gives 177 or 178;
+    ids -1 and 255 (ignored) keep the picture's pixels."""
+    image = np.full((1, 3, 3), 100, np.uint8)
+    out = class_overlay(image, np.array([[0, -1, 255]]), [(255, 0, 0), (0, 0, 255)])
+    assert out[0, 0, 0] in (177, 178)
+    np.testing.assert_array_equal(out[0, 0, 1:], [50, 50])
+    np.testing.assert_array_equal(out[0, 1:], image[0, 1:])
 
 
 def test_batches_pair_images_and_labels_by_name(small_dataset, tmp_path):
