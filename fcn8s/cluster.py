@@ -269,9 +269,10 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, optimize, masked_
     layers, optimize and masked_cross_entropy are main's. Each replica's optimize takes the cross-entropy of its
     images over the valid pixels of the whole batch, plus its share of the weight decay, so that the strategy's
     sum of the replicas' gradients is the gradient of the single-device loss. Returns the tensors by name, as main's
-    build_fcn does, with train_loss, the loss summed over the replicas, for training. On several machines, data
-    (source, training names, validation names) of this worker's dataset folder and its weights are compared with
-    the chief's before the first step (a UserError names the workers that differ).
+    build_fcn does, with train_loss, the loss summed over the replicas, for training. On several machines, the
+    weights and data (source, training names, validation names) of this worker's dataset folder, unless None (fed
+    batches of benchmark.py), are compared with the chief's before the first step (a UserError names the workers
+    that differ).
     """
     strategy = cluster.strategy
     encoder = encoder_builder(vgg_dir, seed)
@@ -303,7 +304,7 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, optimize, masked_
             nn_last_layer = layers(*encoder(input_image, keep_prob), num_classes)
             logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes)
         # One process's replicas are equal by construction (the Saver fills every copy): machines are compared.
-        fingerprints = start_fingerprints(strategy, data_fingerprint(*data)) if cluster.task else None
+        fingerprints = start_fingerprints(strategy, data_fingerprint(*data) if data else ()) if cluster.task else None
     with reporting_lost_workers(cluster):  # the chief's initial values go to every worker here
         sess.run(tf.global_variables_initializer(), options=run_options(cluster, START_TIMEOUT_S))
         if vgg_dir:

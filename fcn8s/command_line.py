@@ -249,7 +249,7 @@ def benchmark_parser():
     parser = argparse.ArgumentParser(
         prog='benchmark.py',
         description='How fast FCN-8s runs on this machine: prints a table and writes benchmark.json. Random weights '
-                    'and generated images: no data needed; about 15 minutes on 2 cores (--profile: about 5).')
+                    'and generated images: no data needed; 15 to 30 minutes on 2 cores (--profile: about 5).')
     parser.add_argument('--repeats', type=int, default=2,
                         help='timed runs per forward and training measurement, after one warm-up run '
                              '[default: %(default)s]')
