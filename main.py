@@ -456,15 +456,16 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers, weights):
 
 def settings(args, data_source, kind='kitti', random_encoder=False):
     """The effective training settings: the recipe of the data source and layout, overridden by the flags given;
-    segmenting road alone (--classes road) is not class-balanced, and a random encoder learns at
+    segmenting road alone (--classes road) is not class-balanced, and a random encoder learns scene parsing at
     RANDOM_ENCODER_LEARNING_RATE, unless asked otherwise."""
     recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
               if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape', 'balance_classes')}
     chosen['image_shape'] = tuple(chosen['image_shape'])
-    if args.balance_classes is None and args.classes == 'road':
+    road = args.classes == 'road' or kind == 'kitti'
+    if args.balance_classes is None and road:
         chosen['balance_classes'] = False
-    if args.learning_rate is None and random_encoder:
+    if args.learning_rate is None and random_encoder and not road:
         chosen['learning_rate'] = RANDOM_ENCODER_LEARNING_RATE
     return chosen
 

@@ -84,10 +84,15 @@ def test_scene_parsing_is_class_balanced_unless_road_alone_or_turned_off(flags, 
     assert main.settings(command_line.parse_args(flags), 'user', kind)['balance_classes'] is balanced
 
 
-def test_a_random_encoder_learns_at_its_own_rate_unless_told():
+def test_a_random_encoder_learns_scene_parsing_at_its_own_rate_unless_told():
     for kind in ('kitti', 'camvid', 'cityscapes'):
         assert main.settings(command_line.parse_args([]), 'user', kind)['learning_rate'] == 1e-4  # pretrained
+        road = main.settings(command_line.parse_args(['--classes', 'road']), 'user', kind, random_encoder=True)
+        assert road['learning_rate'] == 1e-4
+    for kind in ('camvid', 'cityscapes'):
         assert main.settings(command_line.parse_args([]), 'user', kind, random_encoder=True)['learning_rate'] == 3e-4
+    for source, rate in (('user', 1e-4), ('synthetic', 3e-4)):  # KITTI's layout is road: its recipe's own rate
+        assert main.settings(command_line.parse_args([]), source, 'kitti', random_encoder=True)['learning_rate'] == rate
     told = main.settings(command_line.parse_args(['--learning-rate', '2e-5']), 'user', 'camvid', random_encoder=True)
     assert told['learning_rate'] == 2e-5
 
