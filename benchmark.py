@@ -121,7 +121,7 @@ def compute_ceiling(repeats):
 
 def decoder(layer3, layer4, layer7, num_classes=NUM_CLASSES):
     """main.layers as a run builds it on a He-initialised encoder (every encoder here is one): skips unscaled."""
-    return main.layers(layer3, layer4, layer7, num_classes, main.HE_SKIP_SCALES)
+    return main.layers(layer3, layer4, layer7, num_classes, main.UNSCALED_SKIPS)
 
 
 def fcn_graph(batch, shape, train, fc_as_matmul=True):
@@ -280,7 +280,7 @@ def replicated_speed(workers, shape, batch, repeats, arithmetic):
 def one_device_speed(shape, batch, repeats, arithmetic):
     """Images per second of the single-device training step (main.build_fcn's graph) at shape and batch."""
     with tf.Graph().as_default(), tf.Session(config=precision.training_config(arithmetic)) as sess:
-        net = main.build_fcn(sess, None, 0, skip_scales=main.HE_SKIP_SCALES)
+        net = main.build_fcn(sess, None, 0, skip_scales=main.UNSCALED_SKIPS)
         sess.graph.finalize()
         pixels, labels = random_batch(batch, shape)
         feed = {net['input_image']: pixels, net['correct_label']: labels, net['learning_rate']: 1e-6}

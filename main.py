@@ -47,7 +47,9 @@ POOL3_SCALE = 0.0001
 # A He-initialised VGG16 keeps its activations' size from layer to layer (RMS of pool3, pool4, fc7 on generated
 # scenes: 74, 82, 54), so its skips are not scaled. With Adam, whose steps ignore a gradient's size, a skip's
 # scale is also the speed at which its scores learn: pool3's ten thousand times slower at FCN's (docs/network.md).
-HE_SKIP_SCALES = (1.0, 1.0)
+# Pretrained convolutions (HED's VGG16) on CamVid val learned slower at FCN's scales too: 21-24 % mean IoU in the
+# first four epochs against 33-49 % unscaled (docs/measurements.md), so new runs leave every encoder's unscaled.
+UNSCALED_SKIPS = (1.0, 1.0)
 # (kernel, stride) of the three transposed convolutions; kernel = 2 x stride makes bilinear upsampling exact.
 UPSCORE2 = (4, 2)
 UPSCORE_POOL4 = (4, 2)
@@ -134,7 +136,7 @@ def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, skip_sca
     """FCN-8s decoder on the VGG16 encoder.
 
     pool3 [N, H/8, W/8, 256], pool4 [N, H/16, W/16, 512], fc7 [N, H/32, W/32, 4096] -> [N, H, W, num_classes].
-    H and W must be multiples of 32. skip_scales (pool4's, pool3's): None for FCN's, a pretrained encoder's.
+    H and W must be multiples of 32. skip_scales (pool4's, pool3's): None for FCN's (Udacity's signature).
     """
     pool4_scale, pool3_scale = skip_scales or (POOL4_SCALE, POOL3_SCALE)
     score_fr = score(vgg_layer7_out, num_classes, 'score_fr')                      # [N, H/32, W/32, K]
@@ -407,8 +409,9 @@ def load_data(args, resume, workers):
 
 
 def encoder_weights(args, resume, workers):
-    """The encoder's weights of a run: source, vgg_dir (None: He-initialised) and skip_scales (older runs: none);
-    a new run's resolved by vgg.resolve_weights (downloaded or converted where needed, by the chief only)."""
+    """The encoder's weights of a run: source, vgg_dir (None: He-initialised) and skip_scales (older runs: none,
+    that is FCN's; older pretrained runs recorded FCN's); a new run's resolved by
+    vgg.resolve_weights (downloaded or converted where needed, by the chief only), its skips unscaled."""
     if resume:
         weights = resume.config['weights']
         if weights['vgg_dir'] and not vgg.vgg_is_complete(weights['vgg_dir']):
@@ -417,7 +420,7 @@ def encoder_weights(args, resume, workers):
     vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
                                            args.vgg_url, download=workers.chief and not args.no_download)
     return {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir),
-            'skip_scales': HE_SKIP_SCALES if vgg_dir is None else (POOL4_SCALE, POOL3_SCALE)}
+            'skip_scales': UNSCALED_SKIPS}
 
 
 def start_run(args, argv, data, recipe, resume, arithmetic, workers, weights):

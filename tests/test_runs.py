@@ -164,6 +164,7 @@ def test_end_to_end_run_writes_its_run_folder(thin_run, thin_vgg, small_dataset)
         assert iio.imread(os.path.join(run_dir, name)).shape == iio.imread(os.path.join(test_dir, name)).shape
     config = json.load(open(os.path.join(run_dir, 'config.json')))
     assert config['data']['source'] == 'user' and config['weights']['source'] == 'udacity'
+    assert config['weights']['skip_scales'] == list(main.UNSCALED_SKIPS)  # pretrained too: CamVid runs, recipes
     assert config['data']['val_images'] == 3 and config['settings']['epochs'] == 2
     assert config['precision'] == {'chosen': 'fp32', 'why': '--precision fp32'} and config['machine']
     history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
@@ -192,7 +193,7 @@ def test_end_to_end_run_writes_its_run_folder(thin_run, thin_vgg, small_dataset)
     batch = images.resize_image(image, (64, 224))[None].astype(np.float32)
     best = tf.train.latest_checkpoint(os.path.join(run_dir, paths.BEST_CHECKPOINT))
     with tf.Graph().as_default(), tf.Session() as sess:
-        net = main.build_fcn(sess, thin_vgg, 0)
+        net = main.build_fcn(sess, thin_vgg, 0, skip_scales=config['weights']['skip_scales'])
         tf.train.Saver(tf.trainable_variables()).restore(sess, best)
         expected = sess.run(outputs.road_probability(net['logits']), {net['input_image']: batch}).reshape(64, 224)
     with tf.Graph().as_default(), tf.Session() as sess:
@@ -217,7 +218,7 @@ def test_a_he_initialised_run_trains_evaluates_and_exports_with_unscaled_skips(s
     config_path = os.path.join(run_dir, 'config.json')
     with open(config_path) as f:
         config = json.load(f)
-    assert config['weights'] == {'source': 'random', 'vgg_dir': None, 'skip_scales': list(main.HE_SKIP_SCALES)}
+    assert config['weights'] == {'source': 'random', 'vgg_dir': None, 'skip_scales': list(main.UNSCALED_SKIPS)}
     val_loss = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs'][0]['val_loss']
     evaluated = lambda: json.load(open(os.path.join(run_dir, 'eval.json')))['loss']
     assert main.main(['evaluate', '--checkpoint', run_dir]) == 0 and evaluated() == pytest.approx(val_loss)
@@ -226,7 +227,7 @@ def test_a_he_initialised_run_trains_evaluates_and_exports_with_unscaled_skips(s
     assert main.main(['evaluate', '--checkpoint', run_dir]) == 0 and evaluated() != pytest.approx(val_loss)
     batch = np.random.default_rng(0).uniform(0, 255, (1, 64, 224, 3)).astype(np.float32)
     with tf.Graph().as_default(), tf.Session() as sess:
-        net = main.build_fcn(sess, None, 0, skip_scales=main.HE_SKIP_SCALES)
+        net = main.build_fcn(sess, None, 0, skip_scales=main.UNSCALED_SKIPS)
         tf.train.Saver(tf.trainable_variables()).restore(
             sess, tf.train.latest_checkpoint(os.path.join(run_dir, paths.BEST_CHECKPOINT)))
         expected = sess.run(outputs.road_probability(net['logits']), {net['input_image']: batch}).reshape(1, 64, 224)
