@@ -273,19 +273,24 @@ def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES, skip_scales=None):
     tf.set_random_seed(seed)
     correct_label = tf.placeholder(tf.float32, [None, None, None, num_classes], name='correct_label')
     learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
-    if vgg_dir:
+    channels = vgg.own_channels(vgg_dir) if vgg_dir else None
+    restored = set()  # the loaded weights: not to re-initialise
+    if channels:  # the project's own SavedModel: its graph built here, fc6/fc7 as matrix products, weights below
+        input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(channels, seed=seed)
+    elif vgg_dir:
         try:
             input_image, keep_prob, layer3, layer4, layer7 = load_vgg(sess, vgg_dir)
         except (RuntimeError, KeyError, ValueError, tf.errors.OpError) as e:
             raise UserError(f'{vgg_dir} is not a VGG16 SavedModel tagged "{vgg.TAG}" with the Udacity tensors '
                             f'{", ".join(VGG_TENSOR_NAMES)}: {e}') from None
-        restored = {v.name for v in tf.global_variables()}  # the loaded weights: not to re-initialise
+        restored = {v.name for v in tf.global_variables()}
     else:
         input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed)
-        restored = set()
     nn_last_layer = layers(layer3, layer4, layer7, num_classes, skip_scales)
     logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, num_classes)
     sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
+    if channels:
+        vgg.restore_saved_model_weights(sess, vgg_dir)
     return dict(input_image=input_image, keep_prob=keep_prob, correct_label=correct_label,
                 learning_rate=learning_rate, logits=logits, train_op=train_op,
                 cross_entropy_loss=cross_entropy_loss, train_loss=cross_entropy_loss)

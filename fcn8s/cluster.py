@@ -5,6 +5,7 @@ chief (the only one that writes), the replicated training graph, and clear error
 lost worker."""
 import collections
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -198,10 +199,13 @@ def lost_tasks(cluster, patience_s=LOST_TASK_PATIENCE_S):
 def encoder_builder(vgg_dir, seed):
     """encoder(images, keep_prob) -> (layer3, layer4, layer7) that creates its variables with tf.get_variable,
     so that a strategy mirrors them: the VGG16 SavedModel of vgg_dir imported as a graph reading them
-    (vgg.saved_model_encoder), or, for None, the He-initialised encoder built in code. Call it in every replica."""
-    if vgg_dir is None:
-        return lambda images, keep_prob: vgg.build_vgg16(seed=seed, image_input=images, keep_prob=keep_prob)[2:]
-    return vgg.saved_model_encoder(vgg_dir)
+    (vgg.saved_model_encoder), or the encoder built in code: He-initialised for None, the project's own
+    SavedModel's graph to restore its weights into (vgg.own_channels). Call it in every replica."""
+    channels = vgg.own_channels(vgg_dir) if vgg_dir else None
+    if vgg_dir and not channels:
+        return vgg.saved_model_encoder(vgg_dir)
+    build = functools.partial(vgg.build_vgg16, channels) if channels else vgg.build_vgg16
+    return lambda images, keep_prob: build(seed=seed, image_input=images, keep_prob=keep_prob)[2:]
 
 
 def data_fingerprint(source, train_names, val_names):

@@ -2,6 +2,7 @@
 sources."""
 import hashlib
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -200,3 +201,23 @@ def test_fc6_and_fc7_as_matrix_products_are_the_same_layers_as_convolutions():
     assert names_a == names_b and a[0].shape == (2, 2, 3, THIN[5]) and a[0].std() > 0
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * np.abs(y).max())
+
+
+def test_the_projects_own_savedmodel_trains_built_in_code_with_its_weights(tmp_path):
+    """A SavedModel this project wrote (its source.json says so) is built in code, fc6/fc7 as matrix products, its
+    weights restored: the same encoder outputs as its saved graph, which a SavedModel without source.json (as
+    Udacity's) keeps."""
+    own = vgg.save_vgg16(str(tmp_path / 'own'), THIN, seed=3, info={'source': 'imagenet', 'converted_from': 'x.h5'})
+    other = shutil.copytree(own, tmp_path / 'udacity', ignore=shutil.ignore_patterns('assets.extra'))
+    assert vgg.own_channels(own) == THIN and vgg.own_channels(str(other)) is None
+    images = np.random.default_rng(4).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
+    outputs, fc_ops = [], []
+    for folder in (own, str(other)):
+        with tf.Graph().as_default(), tf.Session() as sess:
+            net = main.build_fcn(sess, folder, 0)
+            outputs.append(sess.run(sess.graph.get_tensor_by_name('layer7_out:0'), {net['input_image']: images}))
+            fc_ops.append({op.type for op in sess.graph.get_operations() if op.name.startswith('fc6/')})
+    assert 'MatMul' in fc_ops[0] and 'Conv2D' not in fc_ops[0]
+    assert 'Conv2D' in fc_ops[1] and 'MatMul' not in fc_ops[1]
+    assert outputs[0].shape == (2, 2, 3, THIN[5]) and outputs[0].std() > 0
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=0, atol=1e-5 * np.abs(outputs[1]).max())
