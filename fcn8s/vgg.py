@@ -151,7 +151,8 @@ def saved_model_encoder(export_dir):
 
 def own_channels(export_dir):
     """The widths (as CHANNELS) of the SavedModel in export_dir when this module wrote it (source.json: converted
-    ImageNet weights, or a saved He-initialised encoder), read from its checkpoint; None for any other SavedModel.
+    ImageNet weights, or a saved He-initialised encoder) and its checkpoint holds exactly build_vgg16's variables
+    at those widths; None for any other SavedModel.
 
     Its graph is build_vgg16's, so training builds it in code with fc6/fc7 as matrix products and restores its
     weights (restore_saved_model_weights): a step 2.3x as fast as through its saved convolutions (docs/speed.md).
@@ -160,8 +161,15 @@ def own_channels(export_dir):
     info = read_source(export_dir)
     if info is None or info['source'] not in ('imagenet', 'random'):
         return None
-    shapes = dict(tf.train.list_variables(os.path.join(export_dir, 'variables', 'variables')))
-    return tuple(shapes[f'conv{block}_1/weights'][-1] for block, _ in BLOCKS) + (shapes['fc6/weights'][-1],)
+    try:
+        saved = dict(tf.train.list_variables(os.path.join(export_dir, 'variables', 'variables')))
+        channels = tuple(saved[f'conv{block}_1/weights'][-1] for block, _ in BLOCKS) + (saved['fc6/weights'][-1],)
+    except (tf.errors.OpError, KeyError):
+        return None  # damaged: loading its own graph says how
+    with tf.Graph().as_default():
+        build_vgg16(channels, fc_as_matmul=False)
+        built = {v.op.name: v.shape.as_list() for v in tf.global_variables()}
+    return channels if built == saved else None
 
 
 def _variable_defs(meta, collection):
@@ -178,8 +186,12 @@ def restore_saved_model_weights(sess, export_dir):
     """Fill the default graph's variables named as the `vgg16` SavedModel's (saved_model_encoder's) with its
     weights; a strategy's Saver fills every replica's copy."""
     checkpoint = os.path.join(export_dir, 'variables', 'variables')
-    names = {name for name, _ in tf.train.list_variables(checkpoint)}
-    tf.train.Saver([v for v in tf.global_variables() if v.op.name in names]).restore(sess, checkpoint)
+    try:
+        names = {name for name, _ in tf.train.list_variables(checkpoint)}
+        tf.train.Saver([v for v in tf.global_variables() if v.op.name in names]).restore(sess, checkpoint)
+    except tf.errors.OpError as e:
+        raise UserError(f'{export_dir}: its weights (variables/) cannot be read, the folder may be damaged: '
+                        f'{e.message.splitlines()[0]}') from None
 
 
 def _save(sess, export_dir, info):

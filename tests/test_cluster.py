@@ -41,7 +41,8 @@ def train_steps(build, sess_target_config, vgg_dir, small_dataset, steps, replic
             losses.append(loss)
         weights = {v.op.name: sess.run(v) for v in tf.trainable_variables()}
         step = sess.run(tf.train.get_global_step())
-    return weights, losses, step
+        fc6_ops = {op.type for op in sess.graph.get_operations() if 'fc6/' in op.name}
+    return weights, losses, step, fc6_ops
 
 
 @pytest.mark.parametrize('encoder', ['saved_model', 'own_saved_model', 'built_in_code'])
@@ -54,7 +55,7 @@ def test_two_devices_train_as_one_device_on_the_same_batches(thin_vgg, small_dat
     of their size.)"""
     vgg_dir = thin_vgg if encoder == 'saved_model' else None
     if encoder == 'own_saved_model':
-        vgg_dir = vgg.save_vgg16(str(tmp_path / 'vgg'), THIN, info={'source': 'imagenet'})
+        vgg_dir = vgg.save_vgg16(str(tmp_path / 'vgg'), THIN, seed=3, info={'source': 'imagenet'})
     if encoder == 'built_in_code':  # the thin encoder in code: build_vgg16 with the thin channels
         original = cluster.vgg.build_vgg16
         monkeypatch.setattr(cluster.vgg, 'build_vgg16', lambda **kw: original(channels=THIN, **kw))
@@ -68,6 +69,11 @@ def test_two_devices_train_as_one_device_on_the_same_batches(thin_vgg, small_dat
     np.testing.assert_allclose(mirrored[1], single[1], rtol=1e-5)
     assert set(mirrored[0]) == set(single[0])
     initial = train_steps(lambda sess: main.build_fcn(sess, vgg_dir, 0), ('', None), vgg_dir, small_dataset, 0, 1)
+    if vgg_dir:  # the SavedModel's weights (its seed is not the graph's), fc6 as it builds it
+        np.testing.assert_array_equal(initial[0]['fc6/weights'], tf.train.load_variable(
+            os.path.join(vgg_dir, 'variables', 'variables'), 'fc6/weights'))
+    own = encoder != 'saved_model'
+    assert ('MatMul' in mirrored[3]) == own and ('Conv2D' in mirrored[3]) != own, mirrored[3]
     for name, value in single[0].items():  # relative to each tensor (float rounding grows with every step)
         assert np.linalg.norm(mirrored[0][name] - value) <= 1e-5 * np.linalg.norm(value), name
     # Two steps moved every tensor a hundred times further than that: equality is not of initial values.

@@ -221,3 +221,12 @@ def test_the_projects_own_savedmodel_trains_built_in_code_with_its_weights(tmp_p
     assert 'Conv2D' in fc_ops[1] and 'MatMul' not in fc_ops[1]
     assert outputs[0].shape == (2, 2, 3, THIN[5]) and outputs[0].std() > 0
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=0, atol=1e-5 * np.abs(outputs[1]).max())
+
+
+def test_damaged_weights_of_the_projects_own_savedmodel_are_one_error(tmp_path):
+    own = vgg.save_vgg16(str(tmp_path / 'own'), THIN, info={'source': 'imagenet', 'converted_from': 'x.h5'})
+    data = next((tmp_path / 'own' / 'variables').glob('variables.data-*'))
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])  # a copy cut short
+    assert vgg.own_channels(own) == THIN  # its index is whole: the weights themselves are found missing
+    with tf.Graph().as_default(), tf.Session() as sess, pytest.raises(UserError, match='cannot be read'):
+        main.build_fcn(sess, own, 0)
