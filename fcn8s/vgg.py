@@ -155,7 +155,7 @@ def own_channels(export_dir):
     at those widths; None for any other SavedModel.
 
     Its graph is build_vgg16's, so training builds it in code with fc6/fc7 as matrix products and restores its
-    weights (restore_saved_model_weights): a step 2.3x as fast as through its saved convolutions (docs/speed.md).
+    weights (restore_saved_model_weights): a step 2.2-2.5x as fast as through its saved convolutions (docs/speed.md).
     Udacity's SavedModel keeps its own graph.
     """
     info = read_source(export_dir)
