@@ -201,6 +201,9 @@ def convert_onnx(graph_def):
     output = output_name(graph_def)
     light, weights = _weights_as_inputs(graph_def)
     light = grappler(light)  # folds dropout away, as in fp32.pb; the weights-less graph takes it in a second
+    for node in light.node:  # Grappler's own annotations, which tf2onnx cannot convert: on CPUs with AVX-512 its
+        for key in [key for key in node.attr if key.startswith('_')]:  # remapper adds _input_shapes
+            del node.attr[key]
     with tf.Graph().as_default() as graph:
         tf.import_graph_def(light, name='')
     tensors = [INPUT, output, *weights]

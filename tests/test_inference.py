@@ -103,6 +103,26 @@ def test_optimize_exports_a_checked_onnx_model_of_any_batch_and_size(optimized_r
     np.testing.assert_allclose(onnx_model(batch), reference, atol=1e-4)
 
 
+def test_onnx_conversion_drops_grapplers_annotations():
+    """On CPUs with AVX-512, Grappler's remapper marks convolutions with _input_shapes, which tf2onnx cannot
+    convert; here the mark is set by hand so that every CPU checks it."""
+    rng = np.random.RandomState(0)
+    kernel, image = rng.randn(3, 3, 3, 2).astype(np.float32), rng.rand(1, 8, 12, 3).astype(np.float32)
+    with tf.Graph().as_default() as graph:
+        images = tf.placeholder(tf.float32, [None, None, None, 3], name=inference.INPUT)
+        logits = tf.nn.conv2d(images - 0.5, tf.constant(kernel), 1, 'SAME', name='conv')
+        tf.nn.softmax(logits, name='road_probability')
+        graph_def = graph.as_graph_def()
+    conv = next(node for node in graph_def.node if node.op == 'Conv2D')
+    conv.attr['_input_shapes'].list.shape.add().dim.add().size = -1
+    with tf.Session(graph=graph) as sess:
+        expected = sess.run('road_probability:0', {images: image})
+    import onnxruntime
+    model = inference.convert_onnx(graph_def)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    np.testing.assert_allclose(session.run(None, {inference.INPUT: image})[0], expected, atol=1e-6)
+
+
 def test_an_openvino_failure_skips_its_rows_and_keeps_onnx_runtimes(optimized_run, tmp_path, monkeypatch):
     """OpenVINO that cannot compile the model (a RuntimeError) costs its two rows, with the reason, not the run."""
     config, saved_model = run_folder.finished_run(optimized_run, '--checkpoint')
