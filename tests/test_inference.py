@@ -110,7 +110,7 @@ def test_onnx_conversion_drops_grapplers_annotations():
     kernel, image = rng.randn(3, 3, 3, 2).astype(np.float32), rng.rand(1, 8, 12, 3).astype(np.float32)
     with tf.Graph().as_default() as graph:
         images = tf.placeholder(tf.float32, [None, None, None, 3], name=inference.INPUT)
-        logits = tf.nn.conv2d(images - 0.5, tf.constant(kernel), 1, 'SAME', name='conv')
+        logits = tf.nn.conv2d(images - 0.5, tf.constant(kernel), 1, 'SAME')
         tf.nn.softmax(logits, name='road_probability')
         graph_def = graph.as_graph_def()
     conv = next(node for node in graph_def.node if node.op == 'Conv2D')
