@@ -6,9 +6,9 @@ RECIPES = {
                   balance_classes=False),
     'synthetic': dict(image_shape=(96, 320), epochs=4, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
                       balance_classes=False, num_train=270, num_test=30),
-    # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 quartered, CamVid's 360x480 whole (to a
-    # multiple of 32). Size is what raised mean IoU most on CamVid val: pretrained, 10 epochs, 48.7 % at 96x128,
-    # 54.5 % at 192x256, 55.9 % at 352x480.
+    # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 at a quarter of each side, CamVid's
+    # 360x480 whole (to a multiple of 32). Size is what raised mean IoU most on CamVid val: pretrained, 10 epochs,
+    # 48.7 % at 96x128, 54.5 % at 192x256, 55.9 % at 352x480.
     # Scene parsing balances its classes (SegNet's median-frequency weights): on CamVid val, poles, signs,
     # pedestrians and cyclists stayed near 0 IoU without (docs/measurements.md has the runs). Road alone (--classes
     # road) is two classes and is not balanced.
