@@ -103,7 +103,7 @@ def test_optimize_exports_a_checked_onnx_model_of_any_batch_and_size(optimized_r
     np.testing.assert_allclose(onnx_model(batch), reference, atol=1e-4)
 
 
-def test_onnx_conversion_drops_grapplers_annotations():
+def test_onnx_conversion_drops_grapplers_annotations(tmp_path):
     """On CPUs with AVX-512, Grappler's remapper marks convolutions with _input_shapes, which tf2onnx cannot
     convert; here the mark is set by hand so that every CPU checks it."""
     rng = np.random.RandomState(0)
@@ -117,9 +117,9 @@ def test_onnx_conversion_drops_grapplers_annotations():
     conv.attr['_input_shapes'].list.shape.add().dim.add().size = -1
     with tf.Session(graph=graph) as sess:
         expected = sess.run('road_probability:0', {images: image})
-    import onnxruntime
-    model = inference.convert_onnx(graph_def)
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    path = str(tmp_path / 'model.onnx')
+    files.atomic_write(path, inference.convert_onnx(graph_def).SerializeToString())
+    session = inference.onnx_session(path)
     np.testing.assert_allclose(session.run(None, {inference.INPUT: image})[0], expected, atol=1e-6)
 
 
