@@ -16,12 +16,45 @@ It needs no data: a He-initialised VGG16 and generated road scenes at KITTI's si
 `python benchmark.py --profile` shows instead where a training step's time goes, per phase (forward and loss,
 backward, Adam update) and per op type, and the forward pass in the training graph against the frozen graph.
 """
+import argparse
 import sys
 
 from fcn8s import command_line
+from fcn8s.recipes import WARMUP_RUNS
+
+
+def benchmark_parser():
+    """The flags of `python benchmark.py`."""
+    parser = argparse.ArgumentParser(
+        prog='benchmark.py',
+        description='How fast FCN-8s runs on this machine: prints a table and writes benchmark.json. Random weights '
+                    'and generated images: no data needed; a long run on a small CPU (--profile is shorter).')
+    parser.add_argument('--repeats', type=int, default=2,
+                        help='timed runs per forward and training measurement, after one warm-up run '
+                             '[default: %(default)s]')
+    parser.add_argument('--variant-runs', type=int, default=10,
+                        help='timed runs per optimized variant, after '
+                             f'{WARMUP_RUNS} warm-up runs [default: %(default)s]')
+    parser.add_argument('--profile', action='store_true',
+                        help='instead: where a training step\'s time goes, per phase and op type (TensorFlow\'s '
+                             'step stats), at 96x320 batch 2 and 160x576 batch 4, fp32 and bf16, and the forward '
+                             'pass in the training graph against the frozen one')
+    parser.add_argument('--output',
+                        help='where to write the results [default: benchmark.json; profile.json with --profile]')
+    return parser
+
+
+def parse_args(argv=None):
+    """benchmark.py's flags, checked."""
+    parser = benchmark_parser()
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.variant_runs < 2:
+        parser.error('--repeats must be at least 1 and --variant-runs at least 2')
+    return args
+
 
 if __name__ == '__main__':  # --help and a mistyped flag answer here, before TensorFlow takes seconds to load
-    command_line.parse_benchmark_args(sys.argv[1:])
+    parse_args(sys.argv[1:])
 with command_line.quiet_tensorflow():
     import tensorflow.compat.v1 as tf
 
@@ -40,8 +73,8 @@ import numpy as np
 
 import helper
 import main
-from fcn8s import (batches, cluster, evaluation, files, images, inference, kitti, paths, precision, recipes, run_folder,
-                   synthetic, vgg)
+from fcn8s import (batches, cluster, conversion, evaluation, files, images, inference, kitti, paths, precision, recipes,
+                   run_folder, synthetic, vgg)
 from fcn8s.errors import UserError
 from fcn8s.metrics import NUM_CLASSES
 from fcn8s.precision import machine, mixed_precision
@@ -119,18 +152,13 @@ def compute_ceiling(repeats):
     return result
 
 
-def decoder(layer3, layer4, layer7, num_classes=NUM_CLASSES):
-    """main.layers as a run builds it on a He-initialised encoder (every encoder here is one): skips unscaled."""
-    return main.layers(layer3, layer4, layer7, num_classes, main.UNSCALED_SKIPS)
-
-
 def fcn_graph(batch, shape, train, fc_as_matmul=True):
     """A graph with FCN-8s (He-initialised VGG16, fc6/fc7 as matrix products or, as SavedModel encoders run them,
     convolutions) for a static input [batch, H, W, 3], and, with train, its loss and Adam step. Returns (graph,
     feeds {name: tensor}, fetch, GFLOP per call counted by the profiler)."""
     with tf.Graph().as_default():
         _, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=0, fc_as_matmul=fc_as_matmul)
-        last = decoder(layer3, layer4, layer7)
+        last = main.network().layers(layer3, layer4, layer7, NUM_CLASSES)
         label = tf.placeholder(tf.float32, [None, None, None, NUM_CLASSES], name='correct_label')
         learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
         if train:
@@ -140,12 +168,12 @@ def fcn_graph(batch, shape, train, fc_as_matmul=True):
     with tf.Graph().as_default() as graph:
         image = tf.placeholder(tf.float32, [batch, *shape, 3])
         label = tf.placeholder(tf.float32, [batch, *shape, NUM_CLASSES])
-        tf.train.import_meta_graph(meta, input_map={'image_input:0': image, 'correct_label:0': label})
+        tf.train.import_meta_graph(meta, input_map={vgg.IMAGE_INPUT: image, 'correct_label:0': label})
         options = tf.profiler.ProfileOptionBuilder.float_operation()
         options['output'] = 'none'
         flops = tf.profiler.profile(graph, options=options).total_float_ops
     fetch = graph.get_operation_by_name('train_op') if train else graph.get_tensor_by_name('upscore8_out:0').op
-    feeds = {'image': image, 'label': label, 'keep_prob': graph.get_tensor_by_name('keep_prob:0'),
+    feeds = {'image': image, 'label': label, 'keep_prob': graph.get_tensor_by_name(vgg.KEEP_PROB),
              'learning_rate': graph.get_tensor_by_name('learning_rate:0'),
              'loss': graph.get_tensor_by_name('cross_entropy_loss:0') if train else None}
     return graph, feeds, fetch, flops / 1e9
@@ -241,7 +269,7 @@ def forward_comparison(shape, arithmetic, repeats, folder):
     rows = {}
     with tf.Graph().as_default() as graph, tf.Session(config=precision.training_config(arithmetic)) as sess:
         image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
-        last = decoder(layer3, layer4, layer7)
+        last = main.network().layers(layer3, layer4, layer7, NUM_CLASSES)
         sess.run(tf.global_variables_initializer())
         tag = f'{arithmetic}-{shape[0]}x{shape[1]}'
         checkpoint = tf.train.Saver().save(sess, os.path.join(folder, f'forward-{tag}'))
@@ -251,10 +279,10 @@ def forward_comparison(shape, arithmetic, repeats, folder):
             rows[f'training graph, batch {batch}'] = 1000 * seconds_per_call(
                 lambda: sess.run(last.op, {image: pixels}), repeats) / batch
     saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, f'saved-model-{tag}'),
-                                                  decoder)
-    frozen = inference.freeze(saved_model, shape)
+                                                  main.network().layers)
+    frozen = conversion.freeze(saved_model, shape)
     if arithmetic != 'fp32':
-        frozen = inference.grappler(frozen, arithmetic)
+        frozen = conversion.grappler(frozen, arithmetic)
     predict, _ = inference.graph_predictor(frozen)
     pixels, _ = random_batch(1, shape)
     rows['frozen, batch 1'] = 1000 * seconds_per_call(lambda: predict(pixels), repeats)
@@ -266,8 +294,7 @@ def replicated_speed(workers, shape, batch, repeats, arithmetic):
     and global batch, replicated by a cluster.Cluster; and the bytes all-reduced per step (every gradient)."""
     with tf.Graph().as_default(), tf.Session(workers.target, config=cluster.session_config(
             workers, precision.training_config(arithmetic))) as sess:
-        net = cluster.build_replicated_fcn(sess, workers, None, 0, decoder, main.optimize,
-                                           main.masked_cross_entropy)
+        net = cluster.build_replicated_fcn(sess, workers, None, 0, main.network())
         gradient_bytes = sum(v.shape.num_elements() * v.dtype.base_dtype.size for v in tf.trainable_variables())
         sess.graph.finalize()
         pixels, labels = random_batch(batch, shape)
@@ -370,7 +397,7 @@ def training_feed(dataset, shape, repeats):
             last = now
         main.train_nn(sess, 1, TRAIN_BATCH, get_batches_fn, fetch, feeds['loss'], feeds['image'], feeds['label'],
                       feeds['keep_prob'], feeds['learning_rate'], keep_prob_value=0.5, learning_rate_value=1e-6,
-                      num_images=PIPELINE_IMAGES, on_step=on_step)
+                      num_images=PIPELINE_IMAGES, recorder=(on_step, None))
     fed = float(np.median(steps[1:]))  # the first step also waits for the first batch
     return {'shape': list(shape), 'batch': TRAIN_BATCH, 'preloaded_s': preloaded, 'pipeline_s': fed,
             'steps': len(steps) - 1, 'slowdown': fed / preloaded - 1}
@@ -380,7 +407,7 @@ def build_variant(frozen_path, variant, path, calibration, precision):
     """Write variant (a name of paths.VARIANT_FILES) of the frozen graph at frozen_path to path; return the seconds."""
     start = time.perf_counter()
     frozen = inference.read_graph_def(frozen_path)
-    files.atomic_write(path, inference.make_variant(frozen, variant, precision, calibration))
+    files.atomic_write(path, conversion.make_variant(frozen, variant, precision, calibration))
     return time.perf_counter() - start
 
 
@@ -390,13 +417,13 @@ def build_variants(dataset, folder):
     {variant: seconds to build, or the reason it was skipped}."""
     with tf.Graph().as_default(), tf.Session() as sess:
         _, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=0)
-        decoder(layer3, layer4, layer7)
+        main.network().layers(layer3, layer4, layer7, NUM_CLASSES)
         sess.run(tf.global_variables_initializer())
         checkpoint = tf.train.Saver().save(sess, os.path.join(folder, 'model'))
     saved_model = run_folder.export_serving_model(checkpoint, None, 0, os.path.join(folder, 'saved_model'),
-                                                   decoder)
+                                                   main.network().layers)
     frozen_path = os.path.join(folder, 'frozen.pb')
-    files.atomic_write(frozen_path, inference.freeze(saved_model, SMALL).SerializeToString())
+    files.atomic_write(frozen_path, conversion.freeze(saved_model, SMALL).SerializeToString())
     training = os.path.join(dataset, 'training', 'image_2')
     calibration = [images.resize_image(images.read_rgb(os.path.join(training, name)), SMALL)
                    for name in kitti.list_images(training)[:CALIBRATION_IMAGES]]
@@ -404,7 +431,7 @@ def build_variants(dataset, folder):
     built = {'bf16': why} if precision is None else {}
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn')) as pool:
         # The ONNX models come from the SavedModel at a dynamic size, as main.py optimize makes them.
-        onnx = pool.submit(inference.write_onnx_variants, saved_model, calibration, folder)
+        onnx = pool.submit(conversion.write_onnx_variants, saved_model, calibration, folder)
         jobs = {variant: pool.submit(build_variant, frozen_path, variant, os.path.join(folder, file), calibration,
                                      precision)
                 for variant, file in paths.VARIANT_FILES.items()
@@ -536,7 +563,7 @@ def profile_steps(args):
 
 
 def run_benchmark(argv=None):
-    args = command_line.parse_benchmark_args(argv)
+    args = parse_args(argv)
     args.output = args.output or ('profile.json' if args.profile else 'benchmark.json')
     precision.reuse_cpu_memory()  # as main.py trains; its child processes inherit it
     start = time.time()

@@ -19,7 +19,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import main
-from fcn8s import datasets, recipes, synthetic, vgg
+from fcn8s import datasets, recipes, synthetic, vgg, weights
 from fcn8s.images import read_rgb, resize_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -241,9 +241,9 @@ def resolve_dataset(args):
 
 
 def resolve_weights(args):
-    """vgg.resolve_weights for parsed training flags, as main.run calls it."""
-    return vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights, args.vgg_url,
-                               download=not args.no_download)
+    """weights.resolve_weights for parsed training flags, as main.run calls it."""
+    return weights.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights, args.vgg_url,
+                                   download=not args.no_download)
 
 
 @pytest.fixture(scope='session')

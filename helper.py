@@ -1,15 +1,15 @@
 """Udacity's data functions, with their names and signatures: the pretrained VGG16, the training batches and the
-road overlays of KITTI's test images, each a thin face over the library (fcn8s/vgg.py, batches.py, outputs.py)."""
+road overlays of KITTI's test images, each a thin face over the library (fcn8s/weights.py, batches.py, outputs.py)."""
 import os
 
-from fcn8s import batches, kitti, outputs, run_folder, vgg
+from fcn8s import batches, kitti, outputs, run_folder, weights
 from fcn8s.images import overlay
 from fcn8s.metrics import ROAD_CLASSES
 
 
-def maybe_download_pretrained_vgg(data_dir, url=vgg.VGG_URL):
+def maybe_download_pretrained_vgg(data_dir, url=weights.VGG_URL):
     """Make sure data_dir/vgg holds Udacity's VGG16 SavedModel, downloading and extracting vgg.zip if not."""
-    return vgg.maybe_download_pretrained_vgg(data_dir, url)
+    return weights.maybe_download_pretrained_vgg(data_dir, url)
 
 
 def gen_batch_function(data_folder, image_shape, names=None, seed=0, first_epoch=0, augment=False, pairs=None,

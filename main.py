@@ -10,8 +10,8 @@ import sys
 
 from fcn8s import command_line
 
-if __name__ == '__main__':  # --help and a mistyped flag answer here, before TensorFlow takes seconds to load
-    command_line.parse(sys.argv[1:])
+if __name__ == '__main__':  # parsed once, here: --help and a mistyped flag answer before TensorFlow loads
+    COMMAND_LINE = command_line.parse(sys.argv[1:])
 with command_line.quiet_tensorflow():
     import tensorflow.compat.v1 as tf
 
@@ -29,34 +29,30 @@ import numpy as np
 from tqdm import tqdm
 
 import helper
-from fcn8s import (cluster, datasets, evaluation, files, infer, kitti, optimization, outputs, precision, run_folder,
-                   synthetic, vgg)
+from fcn8s import (cluster, datasets, evaluation, files, infer, outputs, precision, run_folder, splits, synthetic,
+                   variants, vgg, weights)
 from fcn8s.command_line import OPERATIONAL
 from fcn8s.errors import LossDiverged, UserError
+from fcn8s.layout import labelled_pairs
 from fcn8s.metrics import NUM_CLASSES, score_key
 from fcn8s.pipeline import prefetch
 from fcn8s.recipes import POLY_POWER, RANDOM_ENCODER_LEARNING_RATE, RECIPES, WARMUP_STEPS
 
 tf.disable_eager_execution()
 
-VGG_TENSOR_NAMES = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
-# FCN-8s "at once" (Long, Shelhamer, Darrell): the skips are scaled so that pool3/pool4 activations of the
-# pretrained VGG16, much larger than fc7's, do not swamp the fused scores at the start of training.
+# FCN-8s "at once" (Long, Shelhamer, Darrell) scales the skips so that the pretrained pool3/pool4 activations,
+# much larger than fc7's, do not swamp the fused scores at the start of training; Udacity's layers() keeps them.
 POOL4_SCALE = 0.01
 POOL3_SCALE = 0.0001
-# A He-initialised VGG16 keeps its activations' size from layer to layer (RMS of pool3, pool4, fc7 on generated
-# scenes: 74, 82, 54), so its skips are not scaled. With Adam, whose steps ignore a gradient's size, a skip's
-# scale is also the speed at which its scores learn: pool3's ten thousand times slower at FCN's (docs/network.md).
-# Pretrained convolutions (HED's VGG16) on CamVid val learned slower at FCN's scales too: 21-24 % mean IoU in the
-# first four epochs against 33-49 % unscaled (docs/measurements.md), so new runs leave every encoder's unscaled.
+# New runs leave the skips unscaled, whatever the encoder: with Adam a skip's scale is also the speed at which its
+# scores learn, pool3's ten thousand times slower at FCN's (docs/network.md).
 UNSCALED_SKIPS = (1.0, 1.0)
 # (kernel, stride) of the three transposed convolutions; kernel = 2 x stride makes bilinear upsampling exact.
 UPSCORE2 = (4, 2)
 UPSCORE_POOL4 = (4, 2)
 UPSCORE8 = (16, 8)
-# Score layers start near zero, as FCN's zero-initialised ones, with noise to break symmetry: stddev 0.01 /
-# sqrt(fan_in) keeps the first logits small whatever the encoder's scale (a He-initialised VGG16's fc7 has an
-# RMS near 50 on road images: a fixed stddev of 0.01 started the logits near +-30 and the first loss above 10).
+# Score layers start near zero, as FCN's zero-initialised ones, with noise to break symmetry; scaled by
+# 1 / sqrt(fan_in), the first logits stay small whatever the size of the encoder's activations.
 SCORE_INIT_GAIN = 0.01
 # Weight decay on the new layers, as the classic tf.contrib l2_regularizer(scale): scale * sum(w^2) / 2.
 L2_SCALE = 1e-3
@@ -64,8 +60,11 @@ L2_SCALE = 1e-3
 # healthy run's mean cross-entropy starts near ln(classes) and never climbs to a hundred nats.
 DIVERGED_LOSS_FACTOR = 100
 
-# A run's training data: source, layout, split, batches, validation examples, first step and records, epochs.
-TrainingData = collections.namedtuple('TrainingData', 'dataset source layout train_names val_names '
+# The network as the library's modules take it (cluster.py replicates it, run_folder.py exports it): main's
+# stage functions, layers with a run's skip scales.
+Network = collections.namedtuple('Network', 'layers optimize masked_cross_entropy')
+# A run's training data: source, layout, the data's recipe, split, batches, validation examples, first step and records, epochs.
+TrainingData = collections.namedtuple('TrainingData', 'dataset source layout recipe train_names val_names '
                                                       'get_batches_fn val_examples start_step history epochs')
 
 
@@ -78,7 +77,7 @@ def load_vgg(sess, vgg_path):
     layer4_out [N, H/16, W/16, 512], layer7_out [N, H/32, W/32, 4096]).
     """
     tf.saved_model.loader.load(sess, [vgg.TAG], vgg_path)
-    return tuple(sess.graph.get_tensor_by_name(name) for name in VGG_TENSOR_NAMES)
+    return tuple(sess.graph.get_tensor_by_name(name) for name in vgg.TENSOR_NAMES)
 
 
 def bilinear_kernel(kernel, channels):
@@ -185,6 +184,11 @@ def masked_cross_entropy(nn_last_layer, correct_label, num_classes, valid_pixels
     return logits, tf.divide(tf.reduce_sum(pixel_loss), tf.maximum(valid_pixels, 1.0), name='cross_entropy_loss')
 
 
+def network(skip_scales=UNSCALED_SKIPS):
+    """The Network of a run whose skips are scaled by skip_scales (pool4's, pool3's; None: FCN's)."""
+    return Network(functools.partial(layers, skip_scales=skip_scales), optimize, masked_cross_entropy)
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 def learning_rate_at(step, total_steps, base, warmup_steps=WARMUP_STEPS):
@@ -201,29 +205,30 @@ def diverged(loss, first_loss):
 
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
-             num_images=None, validate_fn=None, on_epoch_end=None, start_step=0, history=None, patience=None,
-             on_step=None, run_options=None):
+             num_images=None, start=(0, ()), validation=(None, None), recorder=(None, None), run_options=None):
     """Train for `epochs` passes over get_batches_fn(batch_size) of num_images images; return one dict per epoch.
 
     num_images (when known) gives the progress bar its length and the learning rate its poly decay
-    (learning_rate_at; without it, the warm-up only). To resume, start_step is the number of steps already taken
-    and history the records of the finished epochs: training goes on in the middle of the epoch where it stopped,
-    skipping the batches that epoch already had (get_batches_fn must then yield that epoch's batches in the same
-    order, as helper.gen_batch_function's first_epoch does).
+    (learning_rate_at; without it, the warm-up only). start: (steps already taken, records of the finished
+    epochs) of a resumed run: training goes on in the middle of the epoch where it stopped, skipping the batches
+    that epoch already had (get_batches_fn must then yield that epoch's batches in the same order, as
+    helper.gen_batch_function's first_epoch does).
 
-    validate_fn() -> (dict of validation figures such as val_max_f, {name: overlay image}) runs after each
-    epoch; its figures are printed and recorded. on_epoch_end(history, overlays) is called after each epoch (to
-    save metrics and checkpoints as training goes), on_step(step, loss) after every step. A loss that becomes NaN,
-    infinite or DIVERGED_LOSS_FACTOR times its first value raises LossDiverged naming the step. With patience N,
-    training stops once the validation score (MaxF; mean IoU for scene parsing) has not improved for N epochs.
-    run_options (a RunOptions: a timeout) go with every training step.
+    validation: (validate_fn, patience). validate_fn() -> (dict of validation figures such as val_max_f,
+    {name: overlay image}) runs after each epoch; its figures are printed and recorded. With patience N, training
+    stops once the validation score (MaxF; mean IoU for scene parsing) has not improved for N epochs.
+    recorder: (on_step, on_epoch_end), run_folder.epoch_recorder's: on_step(step, loss) after every step,
+    on_epoch_end(history, overlays) after each epoch. A loss that becomes NaN, infinite or DIVERGED_LOSS_FACTOR
+    times its first value raises LossDiverged naming the step. run_options (a RunOptions: a timeout) go with
+    every training step.
     """
-    history, step, first_loss = list(history or []), start_step, None
+    (step, history), (validate_fn, patience), (on_step, on_epoch_end) = start, validation, recorder
+    history, first_loss = list(history), None
     num_batches = -(-num_images // batch_size) if num_images else None
     total_steps = num_batches * epochs if num_batches else None
-    first_epoch, skip = divmod(start_step, num_batches) if start_step else (0, 0)
+    first_epoch, skip = divmod(step, num_batches) if step else (0, 0)
     for epoch in range(first_epoch + 1, epochs + 1):
-        start, losses, overlays = time.time(), [], {}
+        begun, losses, overlays = time.time(), [], {}
         done = skip if epoch == first_epoch + 1 else 0  # batches this epoch had before the run stopped
         batches = prefetch(itertools.islice(get_batches_fn(batch_size), done, None))
         bar = tqdm(batches, total=num_batches, initial=done, desc=f'epoch {epoch}/{epochs}', leave=False)
@@ -250,7 +255,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
         if validate_fn is not None:
             figures, overlays = validate_fn()
             record.update(figures)
-        record['seconds'] = round(time.time() - start, 1)
+        record['seconds'] = round(time.time() - begun, 1)
         history.append(record)
         print(' '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in record.items()
                        if not isinstance(v, (dict, list))), flush=True)
@@ -282,7 +287,7 @@ def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES, skip_scales=None):
             input_image, keep_prob, layer3, layer4, layer7 = load_vgg(sess, vgg_dir)
         except (RuntimeError, KeyError, ValueError, tf.errors.OpError) as e:
             raise UserError(f'{vgg_dir} is not a VGG16 SavedModel tagged "{vgg.TAG}" with the Udacity tensors '
-                            f'{", ".join(VGG_TENSOR_NAMES)}: {e}') from None
+                            f'{", ".join(vgg.TENSOR_NAMES)}: {e}') from None
         restored = {v.name for v in tf.global_variables()}
     else:
         input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed)
@@ -298,32 +303,30 @@ def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES, skip_scales=None):
 
 # ------------------------------------------------------------------------------------------------ the job
 
-def run(argv=None):
+def run(argv=None, args=None):
     """The whole job, as in Udacity's project: data, weights, graph, training, outputs; with --resume, the rest
-    of a stopped run. On several devices or machines (cluster.py) the same job, with one writer: the chief.
-    Returns the run folder (None on the other workers)."""
-    args = command_line.parse_args(argv)
+    of a stopped run. argv: the training flags (default: the process's); args: the same already parsed (main's).
+    On several devices or machines (cluster.py) the same job, with one writer: the chief. Returns the run folder
+    (None on the other workers)."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = command_line.parse_args(argv) if args is None else args
     workers = cluster.from_environment()  # a bad TF_CONFIG stops here, before anything is read or written
-    resume = run_folder.load_run(args.resume) if args.resume else None
-    if resume:  # the run's own settings; of the operational ones, a switch turned on stays on
-        saved = {'balance_classes': False, **resume.config['settings']}  # (runs from before the flag: unbalanced)
-        vars(args).update({k: v for k, v in saved.items()
-                           if k in vars(args) and k != 'resume' and (k not in OPERATIONAL or v is True)})
+    resume = resumed(args)
     data = load_data(args, resume, workers)  # every file read and checked before the weights, the run folder
-    arithmetic, why = precision.choose(args.precision)  # before the weights and the run folder: bf16 may be refused
-    weights = encoder_weights(args, resume, workers)
-    recipe = settings(args, data.source, data.layout.kind, random_encoder=weights['vgg_dir'] is None)
-    run_dir, config = start_run(args, argv, data, recipe, resume, (arithmetic, why), workers, weights)
-    vgg_dir, decoder = weights['vgg_dir'], functools.partial(layers, skip_scales=weights.get('skip_scales'))
+    arithmetic = precision.choose(args.precision)  # before the weights and the run folder: bf16 may be refused
+    encoder = encoder_weights(args, resume, workers)
+    recipe = {**data.recipe, 'learning_rate': encoder_learning_rate(args, data.recipe, data.layout.kind,
+                                                                    random_encoder=encoder['vgg_dir'] is None)}
+    run_dir, config = start_run(args, argv, data, recipe, resume, arithmetic, workers, encoder)
+    vgg_dir, fcn = encoder['vgg_dir'], network(encoder.get('skip_scales'))
 
-    session_config = cluster.session_config(workers, precision.training_config(arithmetic))
+    session_config = cluster.session_config(workers, precision.training_config(arithmetic[0]))
     with tf.Graph().as_default(), tf.Session(workers.target, config=session_config) as sess:
         num_classes = len(data.layout.classes)
         if workers.strategy is None:
-            net = build_fcn(sess, vgg_dir, args.seed, num_classes, weights.get('skip_scales'))
+            net = build_fcn(sess, vgg_dir, args.seed, num_classes, encoder.get('skip_scales'))
         else:
-            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, decoder, optimize,
-                                               masked_cross_entropy, num_classes,
+            net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, fcn, num_classes,
                                                (data.source, data.train_names, data.val_names), data.dataset)
         history, best = train(sess, net, args, data, recipe, run_dir, resume, workers)
         if not workers.chief:
@@ -335,8 +338,8 @@ def run(argv=None):
               + evaluation.format_record_table(record, data.layout.classes), flush=True)
         with files.writing(run_dir, 'the test-set outputs'):
             outputs.save_test_outputs(sess, net['logits'], net['keep_prob'], net['input_image'], data.layout,
-                                     recipe['image_shape'], run_dir)
-    run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, decoder, args.keep_last_checkpoint,
+                                      recipe['image_shape'], run_dir)
+    run_folder.finish(run_dir, config, best_checkpoint, vgg_dir, fcn.layers, args.keep_last_checkpoint,
                       data.layout.classes)
     print(f'test-set outputs, checkpoints/best, {run_folder.SERVING_DIR}/ and the records written to {run_dir}')
     return run_dir
@@ -352,12 +355,11 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
                                               min(evaluation.VALIDATION_BATCH, 2 * recipe['batch_size']))
     if workers.chief:
         run_folder.warn_if_short_of_space(run_dir, (last, best))
-        on_step, on_epoch_end = run_folder.epoch_recorder(sess, run_dir, (last, best), data.history,
-                                                          data.layout.classes)
+        recorder = run_folder.epoch_recorder(sess, run_dir, (last, best), data.history, data.layout.classes)
         stopping = run_folder.checkpoint_on_interrupt(sess, last, run_dir, tf.train.get_global_step(),
                                                       -(-len(data.train_names) // recipe['batch_size']))
     else:
-        on_step, on_epoch_end, stopping = None, None, contextlib.nullcontext()
+        recorder, stopping = (None, None), contextlib.nullcontext()
     get_batches = cluster.padded(data.get_batches_fn, workers.replicas) if workers.replicas > 1 else data.get_batches_fn
     sess.graph.finalize()  # from here on, a new op would be a bug (e.g. one built per image)
     with stopping, cluster.reporting_lost_workers(workers):
@@ -365,15 +367,27 @@ def train(sess, net, args, data, recipe, run_dir, resume, workers):
                            net['train_loss'], net['input_image'], net['correct_label'], net['keep_prob'],
                            net['learning_rate'], keep_prob_value=recipe['keep_prob'],
                            learning_rate_value=recipe['learning_rate'], num_images=len(data.train_names),
-                           validate_fn=validate_fn, on_epoch_end=on_epoch_end, start_step=data.start_step,
-                           history=data.history, patience=args.patience, on_step=on_step,
-                           run_options=cluster.run_options(workers, args.worker_timeout))
+                           start=(data.start_step, data.history), validation=(validate_fn, args.patience),
+                           recorder=recorder, run_options=cluster.run_options(workers, args.worker_timeout))
     return history, best
 
 
+def resumed(args):
+    """The stopped run of --resume (None without it), its own settings put into args; of the operational flags,
+    a switch turned on stays on."""
+    if not args.resume:
+        return None
+    resume = run_folder.load_run(args.resume)
+    saved = {'balance_classes': False, **resume.config['settings']}  # (runs from before the flag: unbalanced)
+    vars(args).update({k: v for k, v in saved.items()
+                       if k in vars(args) and k != 'resume' and (k not in OPERATIONAL or v is True)})
+    return resume
+
+
 def load_data(args, resume, workers):
-    """The run's TrainingData: the dataset (resume's, or datasets.resolve's) summarised, split (its own validation
-    split, or stretches of frames held out), and every training and validation file read and checked."""
+    """The run's TrainingData: the dataset (resume's, or datasets.resolve's) opened by its provider, its recipe,
+    its split (its own validation split, or stretches of frames held out), every training and validation file
+    read and checked."""
     if resume:
         dataset, source = resume.config['data']['dataset'], resume.config['data']['source']
         if not os.path.isdir(dataset):
@@ -387,48 +401,54 @@ def load_data(args, resume, workers):
     layout, summary = datasets.open_training_layout(dataset, args.classes, source)
     print(summary, flush=True)
     recipe = settings(args, source, layout.kind)
-    names = [n for n, _, _ in layout.train + (layout.val or [])]
-    if resume:  # the run's own split, whatever splitting does today
-        train_names, val_names = run_folder.resumed_split(resume, names, None if layout.val is None else
-                                                          [n for n, _, _ in layout.train])
-    elif layout.val is None:
-        train_names, val_names = kitti.split_train_val(names, args.val_fraction, args.seed, layout.category)
-    else:
-        train_names, val_names = [n for n, _, _ in layout.train], [n for n, _, _ in layout.val]
-    if not train_names or not val_names:
-        raise UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
-                        f'{len(val_names)} validation images of {len(names)}: both need at least one')
-    val_pairs = datasets.labelled_pairs(layout, val_names, f'--resume {args.resume}' if resume else '--dataset')
+    train_names, val_names = split(args, resume, layout)
     start_step, history = (resume.step, resume.history) if resume else (0, [])
     finished_epochs = start_step // -(-len(train_names) // recipe['batch_size'])
     history = [h for h in history if h['epoch'] <= finished_epochs]  # the records of checkpointed epochs
     epochs = history[-1]['epoch'] if history and history[-1].get('early_stop') else recipe['epochs']
     get_batches_fn = helper.gen_batch_function(dataset, recipe['image_shape'], seed=args.seed,
                                                first_epoch=finished_epochs, augment=not args.no_augment,
-                                               pairs=datasets.labelled_pairs(layout, train_names, '--dataset'),
+                                               pairs=labelled_pairs(layout, train_names, '--dataset'),
                                                load_pair=layout.load_pair, num_classes=len(layout.classes),
                                                balance=recipe['balance_classes'])
+    val_pairs = labelled_pairs(layout, val_names, f'--resume {args.resume}' if resume else '--dataset')
     val_examples = evaluation.load_examples(val_pairs, layout.load_pair)
-    return TrainingData(dataset, source, layout, train_names, val_names, get_batches_fn, val_examples, start_step,
-                        history, epochs)
+    return TrainingData(dataset, source, layout, recipe, train_names, val_names, get_batches_fn, val_examples,
+                        start_step, history, epochs)
+
+
+def split(args, resume, layout):
+    """(training names, validation names): a resumed run's own, the layout's validation split, or stretches of
+    consecutive frames held out (--val-fraction)."""
+    names = [n for n, _, _ in layout.train + (layout.val or [])]
+    if resume:  # the run's own split, whatever splitting does today
+        return run_folder.resumed_split(resume, names, None if layout.val is None else
+                                        [n for n, _, _ in layout.train])
+    if layout.val is None:
+        train_names, val_names = splits.split_train_val(names, args.val_fraction, args.seed, layout.category)
+    else:
+        train_names, val_names = [n for n, _, _ in layout.train], [n for n, _, _ in layout.val]
+    if not train_names or not val_names:
+        raise UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
+                        f'{len(val_names)} validation images of {len(names)}: both need at least one')
+    return train_names, val_names
 
 
 def encoder_weights(args, resume, workers):
     """The encoder's weights of a run: source, vgg_dir (None: He-initialised) and skip_scales (older runs: none,
-    that is FCN's; older pretrained runs recorded FCN's); a new run's resolved by
-    vgg.resolve_weights (downloaded or converted where needed, by the chief only), its skips unscaled."""
+    that is FCN's; older pretrained runs recorded FCN's); a new run's resolved by weights.resolve_weights
+    (downloaded or converted where needed, by the chief only), its skips unscaled."""
     if resume:
-        weights = resume.config['weights']
-        if weights['vgg_dir'] and not vgg.vgg_is_complete(weights['vgg_dir']):
-            raise UserError(f'--resume {args.resume}: its VGG16 {weights["vgg_dir"]} is gone')
-        return weights
-    vgg_dir, weights = vgg.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
-                                           args.vgg_url, download=workers.chief and not args.no_download)
-    return {**weights, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir),
-            'skip_scales': UNSCALED_SKIPS}
+        saved = resume.config['weights']
+        if saved['vgg_dir'] and not weights.vgg_is_complete(saved['vgg_dir']):
+            raise UserError(f'--resume {args.resume}: its VGG16 {saved["vgg_dir"]} is gone')
+        return saved
+    vgg_dir, source = weights.resolve_weights(args.data_dir, args.vgg_init, args.vgg_dir, args.imagenet_weights,
+                                              args.vgg_url, download=workers.chief and not args.no_download)
+    return {**source, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir), 'skip_scales': UNSCALED_SKIPS}
 
 
-def start_run(args, argv, data, recipe, resume, arithmetic, workers, weights):
+def start_run(args, argv, data, recipe, resume, arithmetic, workers, encoder):
     """(run folder, its config) of a new run, or of the resumed one; config.json written either way, with the
     recipe, the encoder's weights, the (precision, why) chosen and the cluster. Only the chief writes: other
     workers get (None, None)."""
@@ -441,12 +461,12 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers, weights):
     else:
         run_dir = run_folder.new_run_dir(args.runs_dir) if workers.chief else None
         config = {
-            'command': ['main.py', *(sys.argv[1:] if argv is None else argv)],
+            'command': ['main.py', *argv],
             'settings': {**vars(args), **recipe},
             'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset), 'layout': data.layout.kind,
                      'classes': list(data.layout.classes), 'train_images': len(data.train_names),
                      'val_images': len(data.val_names), 'val_names': data.val_names},
-            'weights': weights,
+            'weights': encoder,
             'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},
             'machine': precision.machine(),
             'cluster': workers.described,
@@ -456,38 +476,49 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers, weights):
         return None, None
     run_folder.write_config(run_dir, config)
     print(f'run folder {run_dir}: data {data.source} ({len(data.train_names)} train, {len(data.val_names)} val), '
-          f'weights {weights["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), '
+          f'weights {encoder["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), '
           f'{workers.described["strategy"]} ({workers.replicas} replica(s), {workers.workers} worker(s)), {recipe}'
           + (f', resuming at step {data.start_step}' if resume else ''), flush=True)
     return run_dir, config
 
 
-def settings(args, data_source, kind='kitti', random_encoder=False):
-    """The effective training settings: the recipe of the data source and layout, overridden by the flags given;
-    segmenting road alone (--classes road) is not class-balanced, and a random encoder learns scene parsing at
-    RANDOM_ENCODER_LEARNING_RATE, unless asked otherwise."""
+def settings(args, data_source, kind='kitti'):
+    """The effective training settings of the data: the recipe of its source and layout, overridden by the flags
+    given; segmenting road alone (KITTI, or --classes road) is not class-balanced unless asked. The learning
+    rate is the recipe's until the encoder is known (encoder_learning_rate)."""
     recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
               if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape', 'balance_classes')}
     chosen['image_shape'] = tuple(chosen['image_shape'])
-    road = args.classes == 'road' or kind == 'kitti'
-    if args.balance_classes is None and road:
+    if args.balance_classes is None and road_alone(args, kind):
         chosen['balance_classes'] = False
-    if args.learning_rate is None and random_encoder and not road:
-        chosen['learning_rate'] = RANDOM_ENCODER_LEARNING_RATE
     return chosen
+
+
+def encoder_learning_rate(args, recipe, kind, random_encoder):
+    """The peak learning rate: the recipe's (or --learning-rate's), but RANDOM_ENCODER_LEARNING_RATE for a random
+    encoder learning scene parsing, unless --learning-rate says otherwise."""
+    if args.learning_rate is None and random_encoder and not road_alone(args, kind):
+        return RANDOM_ENCODER_LEARNING_RATE
+    return recipe['learning_rate']
+
+
+def road_alone(args, kind):
+    """Whether a run segments road alone: KITTI Road, or --classes road."""
+    return args.classes == 'road' or kind == 'kitti'
 
 
 # ---------------------------------------------------------------------------------------- command line
 
-def main(argv=None):
+def main(argv=None, parsed=None):
     """The command line: `python main.py [flags]` trains (run); `python main.py evaluate|optimize|infer|synthetic
-    ...` runs that command. A UserError is one `error:` line and exit code 2; anything else keeps its traceback."""
+    ...` runs that command. parsed: argv already parsed, (command, flags). A UserError is one `error:` line and
+    exit code 2; anything else keeps its traceback."""
     argv = sys.argv[1:] if argv is None else argv
-    command, args = command_line.parse(argv)
+    command, args = command_line.parse(argv) if parsed is None else parsed
     precision.reuse_cpu_memory()
-    commands = {'train': lambda _: run(argv), 'evaluate': lambda a: evaluation.evaluate_command(a, build_fcn),
-                'optimize': lambda a: optimization.optimize_command(a, argv[1:]), 'infer': infer.infer_command,
+    commands = {'train': lambda a: run(argv, a), 'evaluate': lambda a: evaluation.evaluate_command(a, build_fcn),
+                'optimize': lambda a: variants.optimize_command(a, argv[1:]), 'infer': infer.infer_command,
                 'synthetic': synthetic.synthetic_command}
     try:
         commands[command](args)
@@ -501,4 +532,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:], COMMAND_LINE))

@@ -21,19 +21,20 @@ import pytest
 
 import main
 from conftest import KITTI_DIR, THIN, thin_fcn
+from fcn8s import vgg
 
 # ------------------------------------------------------------------------- the classic Udacity checks
 
 def test_load_vgg_calls_the_loader_and_returns_the_graph_tensors():
     def fake_load(sess, tags, path):
-        for name in main.VGG_TENSOR_NAMES:
+        for name in vgg.TENSOR_NAMES:
             tf.placeholder(tf.float32, name=name.split(':')[0])
 
     with tf.Session() as sess, mock.patch.object(main.tf.saved_model.loader, 'load',
                                                  side_effect=fake_load) as load:
         tensors = main.load_vgg(sess, 'some/vgg/path')
     load.assert_called_once_with(sess, ['vgg16'], 'some/vgg/path')
-    assert [t.name for t in tensors] == list(main.VGG_TENSOR_NAMES)
+    assert [t.name for t in tensors] == list(vgg.TENSOR_NAMES)
     assert all(t.graph is tf.get_default_graph() for t in tensors)
 
 

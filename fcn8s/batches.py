@@ -42,7 +42,7 @@ def median_frequency_weights(classes, num_classes):
 
 def load_resized(pairs, image_shape, load_pair=load_pair, desc='loading'):
     """Images uint8 [N, H, W, 3] and class ids int8 [N, H, W] at image_shape (compact: kept for all epochs) of
-    (image path, label path) pairs read by load_pair (KITTI's, or a datasets.Layout's)."""
+    (image path, label path) pairs read by load_pair (KITTI's, or a layout.Layout's)."""
     images = np.empty((len(pairs), *image_shape, 3), np.uint8)
     classes = np.empty((len(pairs), *image_shape), np.int8)
     for i, (image_path, label_path) in enumerate(tqdm(pairs, desc=desc, leave=False)):

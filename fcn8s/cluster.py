@@ -265,12 +265,11 @@ def check_same_weights(cluster, fingerprints, vgg_dir):
                         '(data/vgg or --vgg-dir) on every machine before starting the workers')
 
 
-def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, optimize, masked_cross_entropy,
-                         num_classes=NUM_CLASSES, data=None, dataset=None):
+def build_replicated_fcn(sess, cluster, vgg_dir, seed, network, num_classes=NUM_CLASSES, data=None, dataset=None):
     """FCN-8s trained by cluster's strategy in sess's graph, every replica on its share of each batch, every
     variable initialised (the chief's initial values broadcast to all; the encoder's weights from vgg_dir).
 
-    layers, optimize and masked_cross_entropy are main's. Each replica's optimize takes the cross-entropy of its
+    network: main's Network (layers, optimize, masked_cross_entropy). Each replica's optimize takes the cross-entropy of its
     images over the valid pixels of the whole batch, plus its share of the weight decay, so that the strategy's
     sum of the replicas' gradients is the gradient of the single-device loss. Returns the tensors by name, as main's
     build_fcn does, with train_loss, the loss summed over the replicas, for training. On several machines, the
@@ -292,11 +291,12 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, optimize, masked_
             share = tf.shape(images)[0] // context.num_replicas_in_sync  # batches are padded to a multiple
             first = context.replica_id_in_sync_group * share
             decay_before = len(tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES))
-            nn_last_layer = layers(*encoder(images[first:first + share], keep_prob), num_classes)
+            nn_last_layer = network.layers(*encoder(images[first:first + share], keep_prob), num_classes)
             # This replica's own decay terms: replicas are built one after the other, each adding its own.
             decay = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)[decay_before:]
-            _, train_op, loss = optimize(nn_last_layer, labels[first:first + share], learning_rate, num_classes,
-                                         tf.reduce_sum(labels), decay, context.num_replicas_in_sync)
+            _, train_op, loss = network.optimize(nn_last_layer, labels[first:first + share], learning_rate,
+                                                 num_classes, tf.reduce_sum(labels), decay,
+                                                 context.num_replicas_in_sync)
             return train_op, loss
 
         train_ops, losses = strategy.extended.call_for_each_replica(replica_step, args=(input_image, correct_label))
@@ -305,8 +305,8 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, layers, optimize, masked_
         # Validation and test outputs: the same network on this worker's own copy of the weights, whole batches.
         with tf.device(strategy.extended.worker_devices[0]), \
                 tf.variable_scope(tf.get_variable_scope(), reuse=True):
-            nn_last_layer = layers(*encoder(input_image, keep_prob), num_classes)
-            logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes)
+            nn_last_layer = network.layers(*encoder(input_image, keep_prob), num_classes)
+            logits, cross_entropy_loss = network.masked_cross_entropy(nn_last_layer, correct_label, num_classes)
         # One process's replicas are equal by construction (the Saver fills every copy): machines are compared.
         fingerprints = start_fingerprints(strategy, data_fingerprint(*data) if data else ()) if cluster.task else None
     with reporting_lost_workers(cluster):  # the chief's initial values go to every worker here

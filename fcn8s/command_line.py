@@ -163,8 +163,7 @@ def add_tta(parser, verb):
     """--tta, the same for evaluate, optimize and infer: verb is what the command does with the predictions."""
     parser.add_argument('--tta', choices=TTA_CHOICES, default='none',
                         help=f'test-time augmentation: "flip" {verb} the mean of each image\'s prediction and its '
-                             'mirror image\'s (twice the time; on CamVid, random encoders: 11 classes lost 0.8 '
-                             'points of mean IoU, road gained 0.1-0.9 points of MaxF on a new drive, nothing on val: '
+                             'mirror image\'s (twice the time; whether it helps depends on the model and the data: '
                              'docs/measurements.md) [default: %(default)s]')
 
 
@@ -245,35 +244,6 @@ def synthetic_parser():
                         help='images per split [default: 240 30 30]')
     parser.add_argument('--seed', type=int, default=0, help='the scenes\' seed [default: 0]')
     return parser
-
-
-def benchmark_parser():
-    parser = argparse.ArgumentParser(
-        prog='benchmark.py',
-        description='How fast FCN-8s runs on this machine: prints a table and writes benchmark.json. Random weights '
-                    'and generated images: no data needed; 14 to 30 minutes on 2 cores (--profile: about 5).')
-    parser.add_argument('--repeats', type=int, default=2,
-                        help='timed runs per forward and training measurement, after one warm-up run '
-                             '[default: %(default)s]')
-    parser.add_argument('--variant-runs', type=int, default=10,
-                        help='timed runs per optimized variant, after '
-                             f'{WARMUP_RUNS} warm-up runs [default: %(default)s]')
-    parser.add_argument('--profile', action='store_true',
-                        help='instead: where a training step\'s time goes, per phase and op type (TensorFlow\'s '
-                             'step stats), at 96x320 batch 2 and 160x576 batch 4, fp32 and bf16, and the forward '
-                             'pass in the training graph against the frozen one')
-    parser.add_argument('--output',
-                        help='where to write the results [default: benchmark.json; profile.json with --profile]')
-    return parser
-
-
-def parse_benchmark_args(argv=None):
-    """benchmark.py's flags, checked."""
-    parser = benchmark_parser()
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.variant_runs < 2:
-        parser.error('--repeats must be at least 1 and --variant-runs at least 2')
-    return args
 
 
 # The commands of main.py besides training, by their first word.

@@ -1,4 +1,5 @@
 """What the user is told: a UserError is reported as one `error:` line, never as a traceback."""
+import importlib
 import sys
 
 
@@ -14,3 +15,13 @@ def warn(message):
 
 class LossDiverged(UserError):
     """The training loss became NaN, infinite or blew up: training stops, naming the step."""
+
+
+def require(module, purpose):
+    """Import module (a package of requirements.txt) for purpose; a UserError that says how to install it if it
+    is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f'{purpose} needs the Python package {module.split(".")[0]}, which cannot be imported '
+                        f'({e}): pip install -r requirements.txt') from None

@@ -12,11 +12,12 @@ from tqdm import tqdm
 from fcn8s import batches, bev, datasets, files, kitti, metrics, outputs, plots, precision, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import class_ids_at, class_overlay, overlay, resize_image, resize_nearest, resize_probability
+from fcn8s.layout import labelled_pairs
 from fcn8s.metrics import ROAD_CLASSES, is_road
 
 # Validation images per forward pass, at most (and at most twice the training batch, which a forward pass without
 # gradients holds in less memory): the weights' conversion for oneDNN (and to bfloat16) is paid once per forward
-# pass, not once per image (docs/speed.md measures one image at a time against eight).
+# pass, not once per image (docs/measurements.md).
 VALIDATION_BATCH = 8
 
 
@@ -60,7 +61,7 @@ def score_examples(run_model, examples, net_batches, image_shape, layout, desc='
 
     run_model(images [b, H, W, 3], labels [b, H, W, K]) -> (probabilities: the road's, b*H*W values, for a road
     model, else every class's, b*H*W*K; the mean loss over the batch's valid pixels, or None), for the
-    network_batches of examples at image_shape (H, W); layout: a datasets.Layout (classes, palette, category).
+    network_batches of examples at image_shape (H, W); layout: a layout.Layout (classes, palette, category).
     Each probability map is scored at its image's own size (resized back bilinearly), and, for the examples of
     views (bev_views), in KITTI's bird's-eye view too. Returns {'hists': {category: counts}, 'bev_hists': the
     same in the bird's-eye view, 'bev_images': how many were, 'loss': the mean loss over all valid pixels or
@@ -140,7 +141,7 @@ def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDA
     """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])]: () ->
     (validation_record, overlays {name: uint8 image} of one image per category, perspective and bird's-eye).
 
-    net holds build_fcn's tensors, layout the dataset's datasets.Layout. The loss is taken at the network's input
+    net holds build_fcn's tensors, layout the dataset's layout.Layout. The loss is taken at the network's input
     size (the mean over all valid pixels), the counts at each image's own size, and in the bird's-eye view for
     the examples of views (bev_views). batch_size images go through the network at once. With flip, the
     probabilities are the mean of each image's and its mirror's (outputs.flip_mean); the loss is the image's.
@@ -227,7 +228,7 @@ def validation_set(run_dir, config, flag='--checkpoint'):
     if not os.path.isdir(dataset):
         raise UserError(f'{flag} {run_dir}: its dataset {dataset} is gone (its validation images are needed)')
     layout = datasets.open_layout(dataset, run_classes(config)[1])
-    pairs = datasets.labelled_pairs(layout, config['data']['val_names'], f'{flag} {run_dir}')
+    pairs = labelled_pairs(layout, config['data']['val_names'], f'{flag} {run_dir}')
     return layout, load_examples(pairs, layout.load_pair)
 
 

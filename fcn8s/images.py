@@ -140,7 +140,8 @@ def resize_probability(prob, shape):
 def overlay(image, prob):
     """Green overlay (alpha 127) on uint8 [H, W, 3] where the road probability [H, W] exceeds 0.5."""
     # Each channel's blend round((128 x + 127 c) / 255) = (128 x + 127 c + 127) // 255 (an integer / 255 is never
-    # x.5) as a table that Pillow applies, then picks where road: 4.6 ms of a 360x480 frame in numpy, 1.8 here.
+    # x.5) as a table that Pillow applies, then picks where road: far cheaper per video frame than the same blend in
+    # numpy (docs/measurements.md).
     keep = 255 - OVERLAY_ALPHA_255
     table = [(keep * x + OVERLAY_ALPHA_255 * c + 127) // 255 for c in OVERLAY_COLOR for x in range(256)]
     picture = Image.fromarray(image)
@@ -150,8 +151,8 @@ def overlay(image, prob):
 
 def class_ids_at(probs, shape):
     """Class ids int [H, W]: the argmax of per-class maps float [h, w, K] each resized (bilinear) to shape (H, W),
-    the first class on ties, as np.argmax. One class at a time: less than half the time of resizing all K,
-    stacking and taking the argmax (11 ms against 27 ms for 11 classes of a 360x480 frame)."""
+    the first class on ties, as np.argmax. One class at a time: cheaper than resizing all K, stacking and taking
+    the argmax, which holds all K full-size maps at once (docs/measurements.md)."""
     best = np.array(resize_probability(probs[..., 0], shape))  # writable: Pillow's arrays are not
     ids = np.zeros(best.shape, np.int64)
     for k in range(1, probs.shape[-1]):

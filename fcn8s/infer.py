@@ -1,7 +1,6 @@
 """`main.py infer`: overlays (road green, or each class in its colour) and confidence maps or label images of
-images, a folder of them, or a video, with any model a run has: its optimized/ variants, its saved_model/, a
-frozen .pb or a .tflite file."""
-import json
+images, a folder of them, or a video, with any model a run has (models.load_model finds and loads it): its
+optimized/ variants, its saved_model/, a frozen .pb, a .tflite or an .onnx file."""
 import os
 import shutil
 import time
@@ -9,176 +8,15 @@ import time
 import imageio.v3 as iio
 import numpy as np
 import tensorflow.compat.v1 as tf
-from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
-from fcn8s import bev, datasets, files, inference, precision, run_folder
+from fcn8s import bev, files, inference, models
 from fcn8s.errors import UserError
 from fcn8s.images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
-from fcn8s.metrics import ROAD_CLASSES, confidence, is_road
+from fcn8s.metrics import confidence, is_road
 from fcn8s.outputs import FLIP_SAID, classes_at, flipped, model_input, road_at
-from fcn8s.paths import ONNX_VARIANTS, OPTIMIZED_DIR, RUNTIME_VARIANTS, SERVING_DIR, VARIANT_FILES, variant_runtime
 from fcn8s.pipeline import batched, behind, prefetch
 from fcn8s.video import VIDEO_EXTENSIONS, is_video, read_video, video_writer
-
-# --precision auto takes a faster variant than fp32 only if its score is at most this much lower (0.5 points).
-AUTO_SCORE_LOSS = 0.005
-# A video goes through a model of dynamic batch (the ONNX models) at whichever of these batch sizes it runs
-# fastest; frozen graphs and TFLite models take one image at a time.
-VIDEO_BATCHES = (1, 4)
-RUNTIME_NAMES = {'tensorflow': 'TensorFlow', 'onnxruntime': 'ONNX Runtime', 'openvino': 'OpenVINO'}
-
-
-def load_model(path, requested, runtime='auto'):
-    """(predictor (predict, (H, W)), what it is, the batch sizes it takes) for `--model path --precision requested
-    --runtime runtime`.
-
-    path: a run folder (its optimized/ model of that precision and runtime when there is one, else its
-    saved_model/), an optimized/ folder, an exported SavedModel inside a run folder, a frozen .pb, a .tflite or an
-    .onnx file. A SavedModel is frozen when loaded: its weights become constants, which oneDNN lays out once
-    instead of at every image. auto: auto_variant's choice for an optimized/ folder, else bf16 where the CPU has
-    it (precision.choose), else fp32; never int8 by that rule, which costs accuracy."""
-    if os.path.isfile(path):
-        return _load_model_file(path, requested, runtime)
-    if not os.path.isdir(path):
-        raise UserError(f'--model {path}: no such file or folder')
-    optimized = path if os.path.isfile(os.path.join(path, 'optimization.json')) else os.path.join(path,
-                                                                                                   OPTIMIZED_DIR)
-    variant, why = auto_variant(optimized, runtime) if requested == 'auto' else (None, None)
-    chosen = None
-    if variant is None:
-        chosen, rule = precision.choose('auto') if requested == 'auto' else (requested, None)
-        tool = 'tensorflow' if runtime == 'auto' else runtime
-        if requested == 'auto' and chosen not in RUNTIME_VARIANTS[tool]:
-            chosen, rule = 'fp32', f'fp32: {RUNTIME_NAMES[tool]} has no {chosen} model'
-        variant = _runtime_variant(path, chosen, tool)
-        why = why and f'{why}; {rule}'
-    file = os.path.join(optimized, VARIANT_FILES[variant])
-    said = f' (auto: {why})' if why else ''
-    if os.path.isfile(file):
-        runs_on = f', {_runs_on(variant_runtime(variant))}' if variant in ONNX_VARIANTS else ''
-        return (inference.variant_predictor(variant, file, _run_image_shape(file)),
-                f'{file} ({variant}{runs_on}){said}', VIDEO_BATCHES if variant in ONNX_VARIANTS else (1,))
-    if variant in ONNX_VARIANTS:
-        raise UserError(f'--model {path}: no {VARIANT_FILES[variant]} there (python main.py optimize --checkpoint '
-                        'RUN_DIR makes it)')
-    return _load_saved_model(path, chosen, said)  # (auto_variant chooses only variants whose file is there)
-
-
-def _runtime_variant(path, chosen, runtime):
-    """The variant of precision chosen that runtime runs; UserError for a precision it has no model of."""
-    variants = RUNTIME_VARIANTS[runtime]
-    if chosen not in variants:
-        raise UserError(f'--model {path}: --runtime {runtime} runs {" or ".join(variants)} models, not {chosen}')
-    return variants[chosen]
-
-
-def _load_saved_model(path, chosen, said):
-    """load_model for a run folder or SavedModel without an optimized model of precision chosen ('fp32', 'bf16'
-    or 'int8'): the SavedModel, frozen at the run's size."""
-    if os.path.isfile(os.path.join(path, 'saved_model.pb')):
-        run_dir, saved_model = os.path.dirname(os.path.abspath(path)), path
-    else:
-        run_dir, saved_model = path, os.path.join(path, SERVING_DIR)
-    if chosen == 'int8' or not os.path.isfile(os.path.join(saved_model, 'saved_model.pb')):
-        raise UserError(f'--model {path}: no {chosen} model there: give a run folder, its {OPTIMIZED_DIR}/ or '
-                        f'{SERVING_DIR}/ folder, a .pb, a .tflite or an .onnx file'
-                        + (' (int8 models are made by python main.py optimize --checkpoint RUN_DIR)'
-                           if chosen == 'int8' else ''))
-    config = run_folder.read_config(run_dir, '--model')  # the input size the model was trained at
-    mixed = precision.require_mixed_precision('--precision bf16') if chosen == 'bf16' else None
-    frozen = inference.freeze(saved_model, config['settings']['image_shape'])
-    return (inference.graph_predictor(frozen, mixed),
-            f'{saved_model} (SavedModel, frozen{", " + mixed if mixed else ""}){said}', (1,))
-
-
-def auto_variant(optimized, runtime):
-    """(variant, why) for --precision auto from optimized/optimization.json: the fastest variant of runtime
-    ('auto': any) that main.py optimize measured on this very machine (CPU, cores, GPUs) and whose score is
-    within AUTO_SCORE_LOSS of fp32's; (None, why not) when there is no such report, or it was measured
-    elsewhere."""
-    report_path = os.path.join(optimized, 'optimization.json')
-    if not os.path.isfile(report_path):
-        return None, None
-    try:
-        with open(report_path) as f:
-            report = json.load(f)
-        rows = {row['variant']: row for row in report['variants']}
-        fp32, measured_on = rows['fp32']['score'], report['machine']
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return None, f'{report_path} cannot be read ({type(e).__name__}: {e})'
-    here = precision.machine()
-    if measured_on != here:
-        return None, f'{report_path} was measured on {measured_on}, not on this machine ({here})'
-    allowed = [v for v in VARIANT_FILES if runtime in ('auto', variant_runtime(v))]
-    good = [rows[v] for v in allowed if v in rows and rows[v]['score'] >= fp32 - AUTO_SCORE_LOSS
-            and os.path.isfile(os.path.join(optimized, VARIANT_FILES[v]))]
-    if not good:
-        return None, f'{report_path} has no {runtime} variant within {100 * AUTO_SCORE_LOSS:g} points of fp32'
-    best = min(good, key=lambda row: row['median_ms'])
-    return best['variant'], (
-        f'the fastest of the {len(good)} variants main.py optimize measured on this machine within '
-        f'{100 * AUTO_SCORE_LOSS:g} points of fp32\'s {report.get("score_name", "score")}: {best["median_ms"]:.1f} ms '
-        f'against fp32\'s {rows["fp32"]["median_ms"]:.1f}, score {100 * best["score"]:.2f} against '
-        f'{100 * fp32:.2f}' + (' (scored with --tta flip)' if report.get('tta') == 'flip' else ''))
-
-
-def _runs_on(runtime):
-    """What runs an ONNX model here, for the user: ONNX Runtime's execution providers, or OpenVINO's CPU."""
-    if runtime == 'openvino':
-        return 'OpenVINO on CPU'
-    return 'ONNX Runtime on ' + ', '.join(p.replace('ExecutionProvider', '') for p in
-                                          inference.onnx_runtime_providers())
-
-
-def run_config(model_path):
-    """The config.json of the run a model belongs to: the model folder's own (a run folder) or its parent's (its
-    optimized/ or saved_model/), a model file's folder's or that folder's parent's; None when there is none."""
-    folder = os.path.abspath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
-    for run_dir in (folder, os.path.dirname(folder)):
-        if os.path.isfile(os.path.join(run_dir, 'config.json')):
-            return run_folder.read_config(run_dir, '--model')
-    return None
-
-
-def _run_image_shape(model_path):
-    """(H, W) the run of a model file was trained at (run_config), or None."""
-    config = run_config(model_path)
-    return tuple(config['settings']['image_shape']) if config else None
-
-
-def _load_model_file(path, requested, runtime):
-    """load_model for a .tflite, .onnx or frozen .pb file."""
-    kind = next((k for k, ext in (('TFLite', '.tflite'), ('ONNX', '.onnx'), ('frozen graph', '.pb'))
-                 if path.endswith(ext)), None)
-    if kind is None:
-        raise UserError(f'--model {path}: a file must be a frozen graph (.pb), a TFLite model (.tflite) or an '
-                        'ONNX model (.onnx)')
-    if runtime != 'auto' and (runtime != 'tensorflow') != (kind == 'ONNX'):
-        raise UserError(f'--model {path}: --runtime {runtime} does not run {kind} files; drop --runtime')
-    if kind != 'frozen graph' and requested != 'auto':
-        raise UserError(f'--model {path}: a {kind} model has its own precision: drop --precision')
-    if kind == 'TFLite':
-        return inference.tflite_predictor(path), f'{path} (TFLite)', (1,)
-    if kind == 'ONNX':
-        tool = 'openvino' if runtime == 'openvino' else 'onnxruntime'
-        predictor = inference.variant_predictor(RUNTIME_VARIANTS[tool]['fp32'], path, _run_image_shape(path))
-        if None in predictor[1]:
-            raise UserError(f'--model {path}: its input size is dynamic, and no config.json of the run it '
-                            'belongs to is beside it (RUN_DIR/ or RUN_DIR/optimized/) to tell the size it was '
-                            'trained at: keep the model in its run folder')
-        return predictor, f'{path} ({_runs_on(tool)})', VIDEO_BATCHES
-    if requested == 'int8':
-        raise UserError(f'--model {path}: int8 models are .tflite or .onnx files (main.py optimize writes '
-                        'int8.tflite and model_int8.onnx next to it)')
-    try:
-        graph_def = inference.read_graph_def(path)
-    except (OSError, DecodeError) as e:
-        raise UserError(f'--model {path}: not a frozen graph ({e})') from None
-    chosen = precision.choose('auto')[0] if requested == 'auto' else requested
-    mixed = precision.require_mixed_precision('--precision bf16') if chosen == 'bf16' else None
-    return (inference.graph_predictor(graph_def, mixed), f'{path} (frozen graph{", " + mixed if mixed else ""})',
-            (1,))
 
 
 def infer_inputs(path):
@@ -323,17 +161,6 @@ def infer_video(video, output, probability_dir, predictor, paint, written, batch
               'probably cut short (a partial download or copy); the overlay video ends there', flush=True)
 
 
-def model_classes(model_path, warmup_output):
-    """(names, palette, encode) of a model's classes: a road model's when its output has no class axis (a road
-    probability), else those of the run the model belongs to, when its config.json is found beside it, else told
-    by their count."""
-    output = np.asarray(warmup_output)
-    if output.ndim < 4:
-        return ROAD_CLASSES, datasets.ROAD_PALETTE, None
-    config = run_config(model_path)
-    return datasets.class_table(config['data'].get('layout') if config else None, output.shape[-1])
-
-
 def timed(predictor, seconds):
     """The predictor with (duration, images) of each call appended to seconds."""
     predict, image_shape = predictor
@@ -348,8 +175,8 @@ def timed(predictor, seconds):
 
 def video_batch(predictor, batches):
     """(batch, images/s) of the batch size of batches at which the model runs the most images per second on its
-    own (inference.latency: two timed calls after one): on a CPU, a batch reads fc6's 400 MB of weights once for
-    all its images."""
+    own (inference.latency: two timed calls after one): on a CPU, a batch reads fc6's weights, the largest, once
+    for all its images."""
     speeds = {batch: inference.latency(predictor, runs=2, warmup=1, batch=batch)['images_per_s'] for batch in batches}
     return max(speeds.items(), key=lambda item: item[1])
 
@@ -359,7 +186,7 @@ def ready_model(args):
     sets its graph up at its first run) and described on one line."""
     start = time.perf_counter()
     try:
-        predictor, description, batches = load_model(args.model, args.precision, args.runtime)
+        predictor, description, batches = models.load_model(args.model, args.precision, args.runtime)
     except (KeyError, ValueError, RuntimeError, tf.errors.OpError) as e:  # a graph or file not of this project
         raise UserError(f'--model {args.model}: cannot be loaded as a model of this project '
                         f'({type(e).__name__}: {e})') from None
@@ -367,7 +194,7 @@ def ready_model(args):
     if None in image_shape:
         raise UserError(f'--model {args.model}: its input size is not fixed (main.py optimize writes models at '
                         'the size the run was trained at)')
-    classes = model_classes(args.model, predict(np.zeros((1, *image_shape, 3), np.float32)))
+    classes = models.model_classes(args.model, predict(np.zeros((1, *image_shape, 3), np.float32)))
     print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, '
           + ('road, ' if is_road(classes[0]) else f'{len(classes[0])} classes, ')
           + f'ready in {time.perf_counter() - start:.1f} s', flush=True)

@@ -1,5 +1,5 @@
-"""KITTI Road: its layout and file names, ground-truth colours, image/label pairing by name, the checks and
-summary of a dataset folder, the validation split, and the download of data_road.zip."""
+"""KITTI Road, a dataset provider (datasets.py): its layout and file names, ground-truth colours, image/label
+pairing by name, the checks and summary of a dataset folder, and the download of data_road.zip."""
 import collections
 import os
 import re
@@ -9,13 +9,17 @@ import numpy as np
 from fcn8s import downloads
 from fcn8s.errors import UserError
 from fcn8s.images import check_convertible, read_header, read_pair
-from fcn8s.metrics import IGNORE, NON_ROAD, ROAD
+from fcn8s.layout import ROAD_PALETTE, Layout
+from fcn8s.metrics import IGNORE, NON_ROAD, ROAD, ROAD_CLASSES
 from fcn8s.paths import KITTI_URL
 
+KIND = 'kitti'
+DESCRIPTION = 'KITTI Road (training/image_2, training/gt_image_2, testing/image_2)'
+CLASSES, PALETTE = ROAD_CLASSES, ROAD_PALETTE
+label_ids = None  # a road model writes KITTI's confidence maps, not label images
 KITTI_FOLDERS = ('training/image_2', 'training/gt_image_2', 'testing/image_2')
 CATEGORIES = ('um', 'umm', 'uu')
 ROAD_COLOR, NON_ROAD_COLOR, INVALID_COLOR = (255, 0, 255), (255, 0, 0), (0, 0, 0)
-VAL_STRETCH = 10  # frames: the longest stretch of consecutive frames held out together for validation
 IMAGE_NAME = re.compile(r'^(um|umm|uu)_(\d{6})\.png$')
 ROAD_LABEL_NAME = re.compile(r'^(um|umm|uu)_road_(\d{6})\.png$')
 
@@ -107,24 +111,54 @@ def load_pair(image_path, label_path):
         raise UserError(f'{label_path} has {e}') from None
 
 
-def scan_dataset(dataset):
-    """Check dataset's KITTI layout and pairing and read every image header: a dict for dataset_summary, with the
-    training pairs [(image path, label path)] and the test image names it listed.
+def detected(folder):
+    """Whether folder is meant as KITTI Road: it has training/ (or data_road/, which check_folders names)."""
+    return any(os.path.isdir(os.path.join(folder, f)) for f in ('training', 'data_road'))
 
-    UserError for a missing folder, an empty training set or an image without its road label.
-    """
-    for folder in KITTI_FOLDERS:
+
+def missing_parts(folder):
+    """What a KITTI Road folder lacks, for the error that lists the layouts."""
+    return [f for f in KITTI_FOLDERS if not os.path.isdir(os.path.join(folder, f))]
+
+
+def check_folders(dataset, folders=KITTI_FOLDERS):
+    """UserError naming the first of folders that dataset lacks (and data_road/ inside it, if that is KITTI)."""
+    for folder in folders:
         path = os.path.join(dataset, folder)
         if not os.path.isdir(path):
             nested = os.path.join(dataset, 'data_road')
             hint = f' (did you mean {nested}?)' if kitti_is_present(nested) else ''
             raise UserError(f'{path} does not exist: a KITTI-layout dataset has {", ".join(KITTI_FOLDERS)}{hint}')
+
+
+def open_layout(folder, classes='road'):
+    """The Layout of a KITTI Road folder: its training pairs and whatever test images it has (evaluation needs
+    none; summary checks them for training). KITTI is road alone, whatever classes asks."""
+    check_folders(folder, KITTI_FOLDERS[:2])
+    test_dir = os.path.join(folder, 'testing', 'image_2')
+    test_names = list_images(test_dir) if os.path.isdir(test_dir) else []
+    return Layout(KIND, folder, ROAD_CLASSES, ROAD_PALETTE,
+                  [(os.path.basename(image), image, label) for image, label in
+                   training_pairs(os.path.join(folder, 'training'))], None,
+                  [(name, os.path.join(test_dir, name), None) for name in test_names], category, load_pair, None)
+
+
+def summary(layout, source):
+    """One screen about a KITTI Road folder to train on, after checking its three folders and every image header
+    (scan_dataset)."""
+    check_folders(layout.root)
+    return dataset_summary(layout.root, source, scan_dataset(layout))
+
+
+def scan_dataset(layout):
+    """Read every image header of a KITTI Road layout: a dict for dataset_summary. UserError for a label whose
+    size differs from its image's, or an image that cannot become RGB."""
+    dataset = layout.root
     train_dir, test_dir = (os.path.join(dataset, f) for f in ('training', 'testing'))
-    pairs = training_pairs(train_dir)
-    test_images = list_images(os.path.join(test_dir, 'image_2'))
+    pairs = [(image, label) for _, image, label in layout.train]
+    test_images = [name for name, _, _ in layout.test]
     scan = {'counts': collections.OrderedDict(), 'sizes': collections.Counter(),
-            'converted': collections.Counter(), 'unreadable_tests': [], 'ignored': [], 'pairs': pairs,
-            'test_images': test_images}
+            'converted': collections.Counter(), 'unreadable_tests': [], 'ignored': []}
     scan['counts']['training images'] = collections.Counter(category(os.path.basename(i)) for i, _ in pairs)
     road_labels = [f for f in os.listdir(os.path.join(train_dir, 'gt_image_2')) if ROAD_LABEL_NAME.match(f)]
     scan['counts']['road labels'] = collections.Counter(ROAD_LABEL_NAME.match(f).group(1) for f in road_labels)
@@ -177,28 +211,3 @@ def dataset_summary(dataset, source, scan):
         lines.append(f'ignored: {len(others)} file(s) not named like KITTI\'s, e.g. {others[0]}')
     lines += [f'warning: {e}; this test image will be skipped' for e in scan['unreadable_tests']]
     return '\n'.join(lines)
-
-
-def split_train_val(names, val_fraction, seed, category_of=category):
-    """Seeded split of image names into (train, val), stratified by category (category_of a name), both sorted.
-
-    The validation images of a category are whole stretches of up to VAL_STRETCH consecutive frames (names
-    sorted): neighbouring frames of a drive look alike, so a split of single random frames would score the
-    model on near-copies of its training images and overstate its quality.
-    """
-    rng = np.random.RandomState(seed)
-    train, val = [], []
-    for cat in sorted({category_of(n) for n in names}):
-        members = sorted(n for n in names if category_of(n) == cat)
-        n_val = int(round(len(members) * val_fraction))
-        stretch = max(1, min(VAL_STRETCH, n_val))
-        blocks = [members[i:i + stretch] for i in range(0, len(members), stretch)]
-        held = []
-        for block in rng.permutation(len(blocks)):
-            if len(held) >= n_val:
-                break
-            held += blocks[block][:n_val - len(held)]
-        val += held
-        held_names = set(held)
-        train += [n for n in members if n not in held_names]
-    return sorted(train), sorted(val)

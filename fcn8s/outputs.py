@@ -166,7 +166,7 @@ def save_class_outputs(predictions, count, classes, palette, encode, output_dir)
 
 
 def save_test_outputs(sess, logits, keep_prob, input_image, layout, image_shape, output_dir):
-    """The test-set outputs of a run into output_dir, for every test image of a datasets.Layout: for a road model
+    """The test-set outputs of a run into output_dir, for every test image of a layout.Layout: for a road model
     overlays and KITTI confidence maps in kitti/ (named as KITTI names them, or like the test image for the other
     layouts), and, for KITTI's layout with testing/calib/, the bird's-eye-view maps in kitti_bev/ and
     kitti_bev.zip, ready to upload to KITTI's server; for scene parsing class overlays, labels/ and the legend."""

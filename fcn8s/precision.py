@@ -77,8 +77,8 @@ def session_config(precision=None, fold_constants=True):
 def reuse_cpu_memory():
     """Have TensorFlow keep the CPU memory its tensors free and hand it out again (its BFC allocator), unless the
     user set TF_CPU_ALLOCATOR_USE_BFC. By default every large tensor is fresh memory from the system: a training
-    step's gradients (fc6's alone is 411 MB) are faulted in page by page at every step, which took a quarter
-    of an fp32 step on a 2-core AMD EPYC (docs/speed.md). TensorFlow reads the switch when its first Session
+    step's gradients (fc6's alone is 411 MB) are faulted in page by page at every step, a sizeable share of an
+    fp32 step on a CPU (docs/measurements.md). TensorFlow reads the switch when its first Session
     makes the CPU allocator: call this before."""
     os.environ.setdefault(BFC_SWITCH, 'true')
 

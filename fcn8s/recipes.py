@@ -7,8 +7,8 @@ RECIPES = {
     'synthetic': dict(image_shape=(96, 320), epochs=4, batch_size=2, learning_rate=3e-4, keep_prob=1.0,
                       balance_classes=False, num_train=270, num_test=30),
     # KITTI's recipe at each set's own aspect ratio: Cityscapes' 1024x2048 at a quarter of each side, CamVid's
-    # 360x480 whole (to a multiple of 32). Size is what raised mean IoU most on CamVid val: pretrained, 10 epochs,
-    # 48.7 % at 96x128, 54.5 % at 192x256, 55.9 % at 352x480.
+    # 360x480 whole (to a multiple of 32). Size is what raised mean IoU most on CamVid val (pretrained, 10 epochs:
+    # each larger size scored higher, 352x480 highest; docs/measurements.md).
     # Scene parsing balances its classes (SegNet's median-frequency weights): on CamVid val, poles, signs,
     # pedestrians and cyclists stayed near 0 IoU without (docs/measurements.md has the runs). Road alone (--classes
     # road) is two classes and is not balanced.
@@ -20,13 +20,13 @@ RECIPES = {
 
 # A randomly initialised encoder learning scene parsing trains at this peak learning rate unless --learning-rate
 # says otherwise (the pretrained recipes' 1e-4 fine-tunes). On CamVid val (96x128, 10 epochs, classes balanced)
-# 3e-4 rather than 1e-4 raised mean IoU from 40.82 % to 47.32 %. Road alone keeps its recipe's rate: on CamVid's
-# road, 3e-4 gained 0.3 points of MaxF on val but lost 2.5 on a drive held out of training; the generated scenes'
-# recipe has 3e-4 of its own, the best of 1e-4 to 6e-4 there (docs/measurements.md).
+# 3e-4 rather than 1e-4 clearly raised mean IoU. Road alone keeps its recipe's rate: on CamVid's road, 3e-4 did a
+# little better on val but worse on a drive held out of training, and what generalises decides; the generated
+# scenes' recipe has 3e-4 of its own, the best of 1e-4 to 6e-4 there (docs/measurements.md).
 RANDOM_ENCODER_LEARNING_RATE = 3e-4
 
 # Adam's first steps are sign steps of size learning_rate on every weight: on fc6 (fan-in 25088) that moves
-# pre-activations by several times their own scale, and the loss went from 0.85 to ~100 on the second step.
+# pre-activations by several times their own scale, and the loss jumps on the second step.
 # A linear warm-up of the learning rate over the first steps avoids it. After it, DeepLab's "poly" decay.
 WARMUP_STEPS = 50
 POLY_POWER = 0.9

@@ -254,10 +254,9 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, classes=
     with tf.Graph().as_default(), tf.Session() as sess:
         if vgg_dir:
             # Udacity's keep_prob is a placeholder without a default: fixed at 1.0, serving needs only the image.
-            tf.saved_model.loader.load(sess, [vgg.TAG], vgg_dir, input_map={'keep_prob:0': tf.constant(1.0)})
-            graph = sess.graph
-            input_image, layer3, layer4, layer7 = (graph.get_tensor_by_name(name) for name in (
-                'image_input:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0'))
+            tf.saved_model.loader.load(sess, [vgg.TAG], vgg_dir, input_map={vgg.KEEP_PROB: tf.constant(1.0)})
+            input_image, layer3, layer4, layer7 = (sess.graph.get_tensor_by_name(name)
+                                                   for name in (vgg.IMAGE_INPUT, *vgg.OUTPUTS))
         else:
             input_image, _, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed, fc_as_matmul=False)
         last = layers(layer3, layer4, layer7, len(classes))

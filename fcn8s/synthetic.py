@@ -604,8 +604,8 @@ def _render(rng, height, width):
 
 
 def _write_scenes(jobs, scene, desc, progress):
-    """Write the PNGs of scene(job) -> [(path, array)] for every job. Encoding was half of the time and Pillow's
-    encoder releases the GIL: writer threads encode while the next scene is drawn."""
+    """Write the PNGs of scene(job) -> [(path, array)] for every job. Encoding is a large share of the time and
+    Pillow's encoder releases the GIL: writer threads encode while the next scene is drawn."""
     with concurrent.futures.ThreadPoolExecutor(WRITER_THREADS) as pool:
         pending = deque()
         for job in tqdm(jobs, desc=desc, unit='img', disable=not progress):

@@ -49,8 +49,7 @@ def video_writer(path, fps, size):
     # macro_block_size=1: ffmpeg would otherwise scale frames up to a multiple of 16 pixels. yuv420p (what every
     # player reads) halves the colour resolution and so needs even sizes; KITTI's 375x1242 takes yuv444p.
     pixels = 'yuv420p' if size[0] % 2 == 0 and size[1] % 2 == 0 else 'yuv444p'
-    # x264's default preset (medium) took 30 ms of CPU per 360x480 frame, a fifth of a small model's time, on the
-    # cores the model needs; superfast 7.5 ms, for a 20% larger file and a PSNR of 37.7 dB instead of 39.5
-    # (docs/measurements.md).
+    # x264's default preset (medium) costs several times superfast's CPU per frame, taken from the cores the model
+    # needs; superfast pays with a somewhat larger file and a slightly lower PSNR (docs/measurements.md).
     return imageio.v2.get_writer(path, format='FFMPEG', mode='I', fps=fps, codec='libx264', macro_block_size=1,
                                  pixelformat=pixels, ffmpeg_params=['-preset', ENCODER_PRESET])

@@ -62,8 +62,8 @@ def test_two_devices_train_as_one_device_on_the_same_batches(thin_vgg, small_dat
     single = train_steps(lambda sess: main.build_fcn(sess, vgg_dir, 0), ('', None), vgg_dir, small_dataset, 2, 1)
     two = cluster.local(['/cpu:0', '/cpu:1'])
     assert two.replicas == 2 and two.described['strategy'] == 'MirroredStrategy'
-    mirrored = train_steps(lambda sess: cluster.build_replicated_fcn(sess, two, vgg_dir, 0, main.layers,
-                                                                     main.optimize, main.masked_cross_entropy),
+    mirrored = train_steps(lambda sess: cluster.build_replicated_fcn(sess, two, vgg_dir, 0,
+                                                                     main.network(None)),
                            ('', two.config), vgg_dir, small_dataset, 2, 2)
     assert single[2] == mirrored[2] == 2  # one global step per step, however many replicas
     np.testing.assert_allclose(mirrored[1], single[1], rtol=1e-5)

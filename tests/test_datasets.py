@@ -21,11 +21,11 @@ from fcn8s.metrics import ROAD_CLASSES
 
 
 def test_each_layout_is_recognised_by_its_folders(small_dataset, small_camvid, small_cityscapes, tmp_path):
-    assert [datasets.detect(f) for f in (small_dataset, small_camvid, small_cityscapes)] == ['kitti', 'camvid',
+    assert [datasets.provider(f).KIND for f in (small_dataset, small_camvid, small_cityscapes)] == ['kitti', 'camvid',
                                                                                              'cityscapes']
     (tmp_path / 'images').mkdir()
     with pytest.raises(UserError) as error:
-        datasets.detect(str(tmp_path))
+        datasets.provider(str(tmp_path))
     said = str(error.value)
     assert 'none of the layouts' in said and 'no training/image_2' in said and 'no leftImg8bit/train' in said
     assert 'no train, trainannot' in said
@@ -134,7 +134,7 @@ def test_the_synthetic_camvid_set_has_the_scenes_classes(small_camvid):
 def test_main_py_synthetic_writes_the_camvid_set_and_never_into_an_existing_folder(tmp_path, capsys):
     root = tmp_path / 'demo'
     assert main.main(['synthetic', str(root), '--counts', '2', '1', '1']) == 0
-    assert datasets.detect(str(root)) == 'camvid'
+    assert datasets.provider(str(root)).KIND == 'camvid'
     layout = datasets.open_layout(str(root))
     assert (len(layout.train), len(layout.val), len(layout.test)) == (2, 1, 1)
     before = sorted(p.name for p in root.rglob('*'))

@@ -10,7 +10,7 @@ import tensorflow.compat.v1 as tf
 import helper
 import main
 from conftest import FileServer, make_zip, snapshot, vgg_zip, zipfile_members
-from fcn8s import downloads, kitti, vgg
+from fcn8s import downloads, kitti, weights
 from fcn8s.errors import UserError
 
 
@@ -18,7 +18,7 @@ def test_vgg_download_from_a_loopback_server(thin_vgg, tmp_path):
     data_dir = str(tmp_path / 'data')
     with FileServer({'/vgg.zip': vgg_zip(thin_vgg)}) as server:
         vgg_dir = helper.maybe_download_pretrained_vgg(data_dir, url=server.url + '/vgg.zip')
-        assert vgg.vgg_is_complete(vgg_dir)
+        assert weights.vgg_is_complete(vgg_dir)
         with tf.Session() as sess:
             main.load_vgg(sess, vgg_dir)
         before = snapshot(data_dir)
@@ -32,7 +32,7 @@ def test_a_download_cut_off_midway_resumes_where_it_stopped(thin_vgg, tmp_path):
     with FileServer({'/vgg.zip': body}, cut={'/vgg.zip': len(body) // 2}) as server:
         vgg_dir = helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
     assert server.requests == [('/vgg.zip', None), ('/vgg.zip', f'bytes={len(body) // 2}-')]
-    assert (tmp_path / 'vgg.zip').read_bytes() == body and vgg.vgg_is_complete(vgg_dir)
+    assert (tmp_path / 'vgg.zip').read_bytes() == body and weights.vgg_is_complete(vgg_dir)
 
 
 def test_a_server_ignoring_range_restarts_the_download_cleanly(tmp_path):
@@ -98,7 +98,7 @@ def test_an_empty_target_folder_is_filled(thin_vgg, tmp_path):
     (tmp_path / 'vgg').mkdir()
     with FileServer({'/vgg.zip': vgg_zip(thin_vgg)}) as server:
         vgg_dir = helper.maybe_download_pretrained_vgg(str(tmp_path), url=server.url + '/vgg.zip')
-    assert vgg.vgg_is_complete(vgg_dir)
+    assert weights.vgg_is_complete(vgg_dir)
 
 
 def test_a_corrupt_zip_of_the_user_is_reported_not_deleted(tmp_path):

@@ -14,8 +14,8 @@ from PIL import Image
 
 import main
 from conftest import sample_batch, snapshot, write_png16
-from fcn8s import (bev, evaluation, files, infer, inference, optimization, outputs, paths, precision, run_folder,
-                   synthetic, video)
+from fcn8s import (bev, conversion, evaluation, files, inference, models, outputs, paths, precision, run_folder,
+                   synthetic, variants, video)
 
 
 def test_optimize_writes_every_variant_and_its_table(optimized_run):
@@ -82,7 +82,7 @@ def test_optimize_exports_a_checked_onnx_model_of_any_batch_and_size(optimized_r
     out = os.path.join(optimized_run, paths.OPTIMIZED_DIR)
     report = json.load(open(os.path.join(out, 'optimization.json')))
     rows = {row['variant']: row for row in report['variants']}
-    assert rows['onnx-fp32']['max_abs_diff'] <= optimization.ONNX_TOLERANCE
+    assert rows['onnx-fp32']['max_abs_diff'] <= variants.ONNX_TOLERANCE
     assert rows['onnx-int8']['size_mb'] < rows['onnx-fp32']['size_mb'] / 2
     table = open(os.path.join(out, 'optimization.md')).read()
     assert re.search(r'onnx-fp32: largest \|Δ probability\| against fp32 on the validation images: \S+e-0[5-9]', table)
@@ -118,7 +118,7 @@ def test_onnx_conversion_drops_grapplers_annotations(tmp_path):
     with tf.Session(graph=graph) as sess:
         expected = sess.run('road_probability:0', {images: image})
     path = str(tmp_path / 'model.onnx')
-    files.atomic_write(path, inference.convert_onnx(graph_def).SerializeToString())
+    files.atomic_write(path, conversion.convert_onnx(graph_def).SerializeToString())
     session = inference.onnx_session(path)
     np.testing.assert_allclose(session.run(None, {inference.INPUT: image})[0], expected, atol=1e-6)
 
@@ -134,8 +134,8 @@ def test_an_openvino_failure_skips_its_rows_and_keeps_onnx_runtimes(optimized_ru
     def broken(path, image_shape=None):
         raise RuntimeError('Exception from src/plugin.cpp:1:\nUnsupported operation in this made-up failure')
     monkeypatch.setattr(inference, 'openvino_predictor', broken)
-    calibration = optimization.calibration_images(layout, config['data']['val_names'], (64, 224), count=4)
-    rows, skipped = optimization.onnx_variant_rows(saved_model, (64, 224), examples, calibration, str(staging), 2,
+    calibration = variants.calibration_images(layout, config['data']['val_names'], (64, 224), count=4)
+    rows, skipped = variants.onnx_variant_rows(saved_model, (64, 224), examples, calibration, str(staging), 2,
                                                    layout)
     assert [row['variant'] for row in rows] == ['onnx-fp32', 'onnx-int8']
     assert [row['variant'] for row in skipped] == ['openvino-fp32', 'openvino-int8']
@@ -210,11 +210,11 @@ def test_precision_auto_takes_the_fastest_variant_measured_here_within_half_a_po
               'openvino-fp32': 0.900, 'openvino-int8': 0.896}
     here = fake_optimized(optimized_run, str(tmp_path / 'run' / 'optimized'), precision.machine(), medians, scores)
     # tflite-int8 is faster but 1 point worse: openvino-int8, 0.4 points worse, is the fastest that is good enough.
-    variant, why = infer.auto_variant(here, 'auto')
+    variant, why = models.auto_variant(here, 'auto')
     assert variant == 'openvino-int8' and 'fastest of the 6 variants' in why and '70.0 ms' in why
-    assert infer.auto_variant(here, 'tensorflow')[0] == 'tflite-fp16'
-    assert infer.auto_variant(here, 'onnxruntime')[0] == 'onnx-int8'
-    assert infer.auto_variant(here, 'openvino')[0] == 'openvino-int8'
+    assert models.auto_variant(here, 'tensorflow')[0] == 'tflite-fp16'
+    assert models.auto_variant(here, 'onnxruntime')[0] == 'onnx-int8'
+    assert models.auto_variant(here, 'openvino')[0] == 'openvino-int8'
     image = os.path.join(small_dataset, 'testing', 'image_2', 'um_000000.png')
     assert main.main(['infer', '--model', str(tmp_path / 'run'), '--input', image, '--output',
                       str(tmp_path / 'o')]) == 0
@@ -223,7 +223,7 @@ def test_precision_auto_takes_the_fastest_variant_measured_here_within_half_a_po
     # Measured on another machine: those figures say nothing here; today's rule (bf16 where the CPU has it).
     elsewhere = fake_optimized(optimized_run, str(tmp_path / 'other' / 'optimized'), 'Some CPU, 64 cores', medians,
                                scores)
-    variant, why = infer.auto_variant(elsewhere, 'auto')
+    variant, why = models.auto_variant(elsewhere, 'auto')
     assert variant is None and 'measured on Some CPU, 64 cores, not on this machine' in why
     assert main.main(['infer', '--model', str(tmp_path / 'other'), '--input', image, '--output',
                       str(tmp_path / 'o2')]) == 0
@@ -288,7 +288,7 @@ def write_half_road_onnx(path, shape=(32, 64)):
         [helper.make_tensor_value_info('road_probability', TensorProto.FLOAT, ['batch', *shape])],
         [numpy_helper.from_array(np.zeros((), np.float32), 'zero'), numpy_helper.from_array(road, 'road'),
          numpy_helper.from_array(np.array([3], np.int64), 'channel')])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', inference.ONNX_OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', conversion.ONNX_OPSET)])
     model.ir_version = 8  # what opset 17 came with; onnx 1.23 writes a newer one than ONNX Runtime 1.31 reads
     onnx.save(model, str(path))
     return str(path)
@@ -306,7 +306,7 @@ def test_a_video_goes_through_the_model_in_batches_with_the_same_overlays(tmp_pa
     said = capsys.readouterr().out
     assert re.search(r"7 frame\(s\) in [\d.]+ s: [\d.]+ per second overall, [\d.]+x the model's own [\d.]+ images/s at "
                      r'batch 1 \(it had [\d.]+ ms of each frame\)', said), said
-    monkeypatch.setattr(infer, 'VIDEO_BATCHES', (4,))  # 7 frames: a batch of 4, then one of 3
+    monkeypatch.setattr(models, 'VIDEO_BATCHES', (4,))  # 7 frames: a batch of 4, then one of 3
     batched = write_half_road_onnx(tmp_path / 'half.onnx')
     assert main.main(['infer', '--model', batched, '--input', str(tmp_path / 'in.mp4'), '--output',
                       str(tmp_path / 'four.mp4'), '--probabilities']) == 0
@@ -431,6 +431,23 @@ def test_infer_refuses_what_it_cannot_use(optimized_run, small_dataset, tmp_path
                       *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err and not os.path.exists(tmp_path / 'o')
+
+
+def test_an_explicit_precision_is_accepted_where_it_is_the_model_files_own(optimized_run, small_dataset, tmp_path,
+                                                                            capsys):
+    """A TFLite or ONNX model has its own precision: --precision may name that one, and no other."""
+    image = os.path.join(small_dataset, 'testing', 'image_2', 'um_000000.png')
+    onnx_fp32 = write_half_road_onnx(tmp_path / 'half.onnx')
+    optimized = os.path.join(optimized_run, paths.OPTIMIZED_DIR)
+    for model, own in ((onnx_fp32, 'fp32'), (os.path.join(optimized, 'model_int8.onnx'), 'int8'),
+                       (os.path.join(optimized, 'int8.tflite'), 'int8')):
+        output = str(tmp_path / 'o' / os.path.basename(model))
+        assert main.main(['infer', '--model', model, '--input', image, '--output', output, '--precision', own]) == 0
+    assert main.main(['infer', '--model', onnx_fp32, '--input', image, '--output', str(tmp_path / 'o2'),
+                      '--precision', 'int8']) == 2
+    err = capsys.readouterr().err
+    assert f'error: --model {onnx_fp32}: an ONNX model has its own precision, fp32, not int8: drop --precision' in err
+    assert 'Traceback' not in err and not os.path.exists(tmp_path / 'o2')
 
 
 def test_infer_refuses_foreign_models_and_clashing_names(small_dataset, tmp_path, capsys):

@@ -19,7 +19,7 @@ def test_patience_stops_training_when_max_f_stops_improving(capsys):
     with tf.Session() as sess:
         history = main.train_nn(sess, 7, 1, lambda batch_size: iter([(None, None)]), tf.no_op(), loss,
                                 tf.placeholder(tf.float32), tf.placeholder(tf.float32), tf.placeholder(tf.float32),
-                                None, validate_fn=lambda: ({'val_max_f': next(scores)}, {}), patience=2)
+                                None, validation=(lambda: ({'val_max_f': next(scores)}, {}), 2))
     assert [h['epoch'] for h in history] == [1, 2, 3, 4, 5] and history[-1]['early_stop']
     assert 'has not improved for 2 epoch(s) since epoch 3' in capsys.readouterr().out
 

@@ -12,6 +12,7 @@ import tensorflow.compat.v1 as tf
 import main
 from conftest import THIN, FileServer, resolve_weights, write_keras_h5
 from fcn8s import command_line, vgg
+from fcn8s import weights as weight_sources
 from fcn8s.errors import UserError
 
 
@@ -48,7 +49,7 @@ def numpy_vgg16(images, weights):
 
 def test_keras_weights_convert_to_the_udacity_model(tmp_path):
     weights = write_keras_h5(tmp_path / 'vgg16.h5', THIN, seed=3)
-    export_dir = vgg.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'vgg'))
+    export_dir = weight_sources.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'vgg'))
     images = np.random.default_rng(4).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
     with tf.Graph().as_default(), tf.Session() as sess:
         image_input, keep_prob, layer3, layer4, layer7 = main.load_vgg(sess, export_dir)
@@ -86,8 +87,8 @@ def test_unusable_keras_weights_are_reported(tmp_path, notop, spoil, message):
     write_keras_h5(h5_path, THIN, seed=3, notop=notop)
     if spoil:
         spoil(h5_path)
-    with pytest.raises(vgg.ConversionError) as error:
-        vgg.convert_keras_h5(str(h5_path), str(tmp_path / 'vgg'))
+    with pytest.raises(weight_sources.ConversionError) as error:
+        weight_sources.convert_keras_h5(str(h5_path), str(tmp_path / 'vgg'))
     assert str(h5_path) in str(error.value) and message in str(error.value)
     assert sorted(os.listdir(tmp_path)) == ['vgg16.h5']
 
@@ -96,24 +97,25 @@ def test_conversion_never_overwrites_and_never_leaves_half_a_model(tmp_path, mon
     write_keras_h5(tmp_path / 'vgg16.h5', THIN, seed=3)
     (tmp_path / 'vgg').mkdir()
     (tmp_path / 'vgg' / 'mine.txt').write_text('keep me')
-    with pytest.raises(vgg.ConversionError, match='already exists'):
-        vgg.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'vgg'))
+    with pytest.raises(weight_sources.ConversionError, match='already exists'):
+        weight_sources.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'vgg'))
     assert os.listdir(tmp_path / 'vgg') == ['mine.txt'] and (tmp_path / 'vgg' / 'mine.txt').read_text() == 'keep me'
 
     def crash(sess, export_dir, info):
         os.makedirs(os.path.join(export_dir, 'variables'))
         raise OSError('disk full')
-    monkeypatch.setattr(vgg, '_save', crash)
+    monkeypatch.setattr(vgg, 'save_encoder', crash)
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(vgg.ConversionError, match='disk full'):
-        vgg.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'empty'))
+    with pytest.raises(weight_sources.ConversionError, match='disk full'):
+        weight_sources.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'empty'))
     assert sorted(os.listdir(tmp_path)) == ['empty', 'vgg', 'vgg16.h5'] and not os.listdir(tmp_path / 'empty')
 
 
 def test_read_source_returns_the_saved_info(tmp_path):
     info = {'source': 'imagenet', 'converted_from': '/somewhere/vgg16.h5'}
     write_keras_h5(tmp_path / 'vgg16.h5', THIN, seed=3)
-    assert vgg.read_source(vgg.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'a'), info)) == info
+    assert vgg.read_source(weight_sources.convert_keras_h5(str(tmp_path / 'vgg16.h5'), str(tmp_path / 'a'),
+                                                           info)) == info
     assert vgg.read_source(vgg.save_vgg16(str(tmp_path / 'b'), THIN, info={'source': 'random'})) == {
         'source': 'random'}
     assert vgg.read_source(vgg.save_vgg16(str(tmp_path / 'c'), THIN)) is None
@@ -127,11 +129,11 @@ def test_read_source_returns_the_saved_info(tmp_path):
 def test_vgg_init_auto_converts_local_imagenet_weights_once(tmp_path, capsys):
     data_dir = tmp_path / 'data'
     data_dir.mkdir()
-    write_keras_h5(data_dir / vgg.KERAS_H5, THIN, seed=3)
+    write_keras_h5(data_dir / weight_sources.KERAS_H5, THIN, seed=3)
     args = command_line.parse_args(['--data-dir', str(data_dir), '--no-download'])
     vgg_dir, info = resolve_weights(args)
     assert vgg_dir == str(data_dir / 'vgg')
-    assert info == {'source': 'imagenet', 'converted_from': str(data_dir / vgg.KERAS_H5)}
+    assert info == {'source': 'imagenet', 'converted_from': str(data_dir / weight_sources.KERAS_H5)}
     err = capsys.readouterr().err
     assert "Udacity's pretrained VGG16 is not available" in err and 'Using the ImageNet VGG16 weights of' in err
     with tf.Session() as sess:
@@ -151,20 +153,21 @@ def test_vgg_init_imagenet_finds_keras_cache_or_downloads_with_its_checksum(tmp_
     weights = tmp_path / 'served.h5'
     write_keras_h5(weights, THIN, seed=3)
     body = weights.read_bytes()
-    monkeypatch.setattr(vgg, 'IMAGENET_MD5', hashlib.md5(body).hexdigest())
+    monkeypatch.setattr(weight_sources, 'IMAGENET_MD5', hashlib.md5(body).hexdigest())
     with FileServer({'/vgg16.h5': body}) as server:
-        monkeypatch.setattr(vgg, 'IMAGENET_URL', server.url + '/vgg16.h5')
+        monkeypatch.setattr(weight_sources, 'IMAGENET_URL', server.url + '/vgg16.h5')
         args = command_line.parse_args(['--data-dir', str(tmp_path / 'data'), '--vgg-init', 'imagenet'])
         vgg_dir, info = resolve_weights(args)
-    assert info['converted_from'] == str(tmp_path / 'data' / vgg.KERAS_H5) and vgg.vgg_is_complete(vgg_dir)
-    assert (tmp_path / 'data' / vgg.KERAS_H5).read_bytes() == body
+    assert info['converted_from'] == str(tmp_path / 'data' / weight_sources.KERAS_H5) and \
+        weight_sources.vgg_is_complete(vgg_dir)
+    assert (tmp_path / 'data' / weight_sources.KERAS_H5).read_bytes() == body
 
     keras_models = tmp_path / 'keras' / 'models'
     keras_models.mkdir(parents=True)
-    os.replace(weights, keras_models / vgg.KERAS_H5)
+    os.replace(weights, keras_models / weight_sources.KERAS_H5)
     monkeypatch.setenv('KERAS_HOME', str(tmp_path / 'keras'))
     args = command_line.parse_args(['--data-dir', str(tmp_path / 'other'), '--vgg-init', 'imagenet', '--no-download'])
-    assert resolve_weights(args)[1]['converted_from'] == str(keras_models / vgg.KERAS_H5)
+    assert resolve_weights(args)[1]['converted_from'] == str(keras_models / weight_sources.KERAS_H5)
 
 
 def test_named_weights_are_used_or_refused_never_replaced(thin_vgg, tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from fcn8s import evaluation, files, inference, run_folder
+from fcn8s import conversion, evaluation, files, inference, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import read_rgb, resize_image
 from fcn8s.metrics import is_road
@@ -53,13 +53,13 @@ def largest_difference(predictor, reference, examples):
 
 def onnx_variant_rows(saved_model, image_shape, examples, calibration, staging, runs, layout, tta='none'):
     """(rows, skipped) of the ONNX variants: model.onnx and model_int8.onnx written into staging
-    (inference.write_onnx_variants), each run by ONNX Runtime and by OpenVINO, timed and scored as the others, with
+    (conversion.write_onnx_variants), each run by ONNX Runtime and by OpenVINO, timed and scored as the others, with
     its largest difference from fp32.pb's probabilities on examples (max_abs_diff). All are skipped, with the
     reason, where tf2onnx or ONNX Runtime is missing or model.onnx differs from fp32.pb by more than
     ONNX_TOLERANCE; OpenVINO's where it is missing, cannot compile the model or differs by more."""
     print('making onnx-fp32 and onnx-int8 (a minute or two)', flush=True)
     try:
-        built = inference.write_onnx_variants(saved_model, calibration, staging)
+        built = conversion.write_onnx_variants(saved_model, calibration, staging)
     except UserError as e:  # a package of requirements.txt missing: the other variants are still worth having
         print(f'onnx: skipped: {e}', flush=True)
         return [], [{'variant': variant, 'reason': str(e)} for variant in ONNX_VARIANTS]
@@ -137,7 +137,7 @@ def optimize_command(args, argv):
         raise UserError(f'--checkpoint {args.checkpoint}: no training image outside the validation split to '
                         'calibrate int8 on')
     out_dir = os.path.join(args.checkpoint, OPTIMIZED_DIR)
-    # Staged: a failure leaves no half-made models (about 1 GB), and the previous ones stay until the new are done.
+    # Staged: a failure leaves no half-made models, and the previous ones stay until the new are done.
     with files.writing(args.checkpoint, 'the optimized models'), \
             files.staged_folder(out_dir, replace=True) as staging:
         report = optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging, layout)
@@ -149,7 +149,7 @@ def optimize_command(args, argv):
 def optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging, layout):
     """Make, time and score every variant into staging; write and return the report (optimization.json)."""
     print(f'freezing {saved_model} at {image_shape[0]}x{image_shape[1]}', flush=True)
-    frozen = inference.freeze(saved_model, image_shape)
+    frozen = conversion.freeze(saved_model, image_shape)
     reference = measure_variant('saved_model', inference.saved_model_predictor(saved_model, image_shape),
                                 examples, args.runs, layout, args.tta)
     reference.update(file=SERVING_DIR, size_mb=files.folder_bytes(saved_model) / 2 ** 20)
@@ -165,7 +165,7 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
             continue
         start = time.time()
         print(f'making {variant} (a minute or two)', flush=True)
-        files.atomic_write(path, inference.make_variant(frozen, variant, precision, calibration))
+        files.atomic_write(path, conversion.make_variant(frozen, variant, precision, calibration))
         build_s = round(time.time() - start, 1)
         row = measure_variant(variant, inference.variant_predictor(variant, path), examples, args.runs, layout,
                               args.tta)
