@@ -28,12 +28,11 @@ import zlib
 import numpy as np
 from tqdm import tqdm
 
-import helper
-from fcn8s import (cluster, datasets, evaluation, files, infer, outputs, precision, run_folder, splits, synthetic,
+from fcn8s import (batches, cluster, datasets, evaluation, files, infer, outputs, precision, run_folder, synthetic,
                    variants, vgg, weights)
 from fcn8s.command_line import OPERATIONAL
 from fcn8s.errors import LossDiverged, UserError
-from fcn8s.layout import labelled_pairs
+from fcn8s.layout import labelled_pairs, split_train_val
 from fcn8s.metrics import NUM_CLASSES, score_key
 from fcn8s.pipeline import prefetch
 from fcn8s.recipes import POLY_POWER, RANDOM_ENCODER_LEARNING_RATE, RECIPES, WARMUP_STEPS
@@ -212,7 +211,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     (learning_rate_at; without it, the warm-up only). start: (steps already taken, records of the finished
     epochs) of a resumed run: training goes on in the middle of the epoch where it stopped, skipping the batches
     that epoch already had (get_batches_fn must then yield that epoch's batches in the same order, as
-    helper.gen_batch_function's first_epoch does).
+    batches.batch_function's first_epoch does).
 
     validation: (validate_fn, patience). validate_fn() -> (dict of validation figures such as val_max_f,
     {name: overlay image}) runs after each epoch; its figures are printed and recorded. With patience N, training
@@ -406,11 +405,9 @@ def load_data(args, resume, workers):
     finished_epochs = start_step // -(-len(train_names) // recipe['batch_size'])
     history = [h for h in history if h['epoch'] <= finished_epochs]  # the records of checkpointed epochs
     epochs = history[-1]['epoch'] if history and history[-1].get('early_stop') else recipe['epochs']
-    get_batches_fn = helper.gen_batch_function(dataset, recipe['image_shape'], seed=args.seed,
-                                               first_epoch=finished_epochs, augment=not args.no_augment,
-                                               pairs=labelled_pairs(layout, train_names, '--dataset'),
-                                               load_pair=layout.load_pair, num_classes=len(layout.classes),
-                                               balance=recipe['balance_classes'])
+    get_batches_fn = batches.batch_function(labelled_pairs(layout, train_names, '--dataset'), recipe['image_shape'],
+                                            layout.load_pair, len(layout.classes), args.seed, finished_epochs,
+                                            augment=not args.no_augment, balance=recipe['balance_classes'])
     val_pairs = labelled_pairs(layout, val_names, f'--resume {args.resume}' if resume else '--dataset')
     val_examples = evaluation.load_examples(val_pairs, layout.load_pair)
     return TrainingData(dataset, source, layout, recipe, train_names, val_names, get_batches_fn, val_examples,
@@ -425,7 +422,7 @@ def split(args, resume, layout):
         return run_folder.resumed_split(resume, names, None if layout.val is None else
                                         [n for n, _, _ in layout.train])
     if layout.val is None:
-        train_names, val_names = splits.split_train_val(names, args.val_fraction, args.seed, layout.category)
+        train_names, val_names = split_train_val(names, args.val_fraction, args.seed, layout.category)
     else:
         train_names, val_names = [n for n, _, _ in layout.train], [n for n, _, _ in layout.val]
     if not train_names or not val_names:
@@ -518,7 +515,7 @@ def main(argv=None, parsed=None):
     command, args = command_line.parse(argv) if parsed is None else parsed
     precision.reuse_cpu_memory()
     commands = {'train': lambda a: run(argv, a), 'evaluate': lambda a: evaluation.evaluate_command(a, build_fcn),
-                'optimize': lambda a: variants.optimize_command(a, argv[1:]), 'infer': infer.infer_command,
+                'optimize': variants.optimize_command, 'infer': infer.infer_command,
                 'synthetic': synthetic.synthetic_command}
     try:
         commands[command](args)

@@ -4,7 +4,6 @@ import numpy as np
 from tqdm import tqdm
 
 from fcn8s.images import resize_image, resize_nearest
-from fcn8s.kitti import load_pair
 
 # Training augmentation: zoom up to 1.25x, brightness +-0.1 (of 1), contrast x(1 +- 0.2), gamma exp(+-0.2).
 AUGMENT_MAX_SCALE = 1.25
@@ -40,9 +39,9 @@ def median_frequency_weights(classes, num_classes):
     return weights
 
 
-def load_resized(pairs, image_shape, load_pair=load_pair, desc='loading'):
+def load_resized(pairs, image_shape, load_pair, desc='loading'):
     """Images uint8 [N, H, W, 3] and class ids int8 [N, H, W] at image_shape (compact: kept for all epochs) of
-    (image path, label path) pairs read by load_pair (KITTI's, or a layout.Layout's)."""
+    (image path, label path) pairs read by load_pair (a layout.Layout's)."""
     images = np.empty((len(pairs), *image_shape, 3), np.uint8)
     classes = np.empty((len(pairs), *image_shape), np.int8)
     for i, (image_path, label_path) in enumerate(tqdm(pairs, desc=desc, leave=False)):
@@ -75,8 +74,7 @@ def jitter_photometric(image, rng):
     return np.round(x * 255).astype(np.uint8)
 
 
-def batch_function(pairs, image_shape, load_pair=load_pair, num_classes=2, seed=0, first_epoch=0, augment=False,
-                   balance=False):
+def batch_function(pairs, image_shape, load_pair, num_classes=2, seed=0, first_epoch=0, augment=False, balance=False):
     """get_batches_fn(batch_size) over (image path, label path) pairs read by load_pair, at image_shape (H, W).
 
     Every image and label is read, checked and resized here, once, so that a bad file stops the job before any

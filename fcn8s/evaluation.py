@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from fcn8s import batches, bev, datasets, files, kitti, metrics, outputs, plots, precision, run_folder
+from fcn8s import batches, bev, datasets, files, metrics, outputs, plots, precision, run_folder
 from fcn8s.errors import UserError
 from fcn8s.images import class_ids_at, class_overlay, overlay, resize_image, resize_nearest, resize_probability
 from fcn8s.layout import labelled_pairs
@@ -21,7 +21,7 @@ from fcn8s.metrics import ROAD_CLASSES, is_road
 VALIDATION_BATCH = 8
 
 
-def load_examples(pairs, load_pair=kitti.load_pair):
+def load_examples(pairs, load_pair):
     """[(name, uint8 image [h, w, 3], int8 classes [h, w])] of (image path, label path) pairs, read and checked."""
     return [(os.path.basename(image), *load_pair(image, label))
             for image, label in tqdm(pairs, desc='loading', leave=False)]

@@ -1,7 +1,10 @@
 """A dataset's layout as training, evaluation and inference read it: the one record every provider (kitti.py,
-cityscapes.py, camvid.py) returns from its open_layout, and what providers of label-id images share."""
+cityscapes.py, camvid.py) returns from its open_layout, what providers of label-id images share, and the
+validation split of a layout without one of its own."""
 import collections
 import functools
+
+import numpy as np
 
 from fcn8s.errors import UserError
 from fcn8s.images import OVERLAY_COLOR, read_pair
@@ -16,6 +19,7 @@ from fcn8s.metrics import ROAD_CLASSES
 Layout = collections.namedtuple('Layout', 'kind root classes palette train val test category load_pair encode')
 ROAD_PALETTE = ((0, 0, 0), OVERLAY_COLOR)
 SPLITS = ('train', 'val', 'test')
+VAL_STRETCH = 10  # frames: the longest stretch of consecutive frames held out together for validation
 
 
 def load_label_pair(decode_label, table, image_path, label_path):
@@ -59,3 +63,28 @@ def labelled_pairs(layout, names, flag):
         raise UserError(f'{flag}: {layout.root} has changed: {missing[0]} ({len(missing)} of {len(names)} images) '
                         'is no longer there with its label')
     return [pairs[name] for name in names]
+
+
+def split_train_val(names, val_fraction, seed, category_of):
+    """Seeded split of image names into (train, val), stratified by category (category_of a name), both sorted.
+
+    The validation images of a category are whole stretches of up to VAL_STRETCH consecutive frames (names
+    sorted): neighbouring frames of a drive look alike, so a split of single random frames would score the
+    model on near-copies of its training images and overstate its quality.
+    """
+    rng = np.random.RandomState(seed)
+    train, val = [], []
+    for cat in sorted({category_of(n) for n in names}):
+        members = sorted(n for n in names if category_of(n) == cat)
+        n_val = int(round(len(members) * val_fraction))
+        stretch = max(1, min(VAL_STRETCH, n_val))
+        blocks = [members[i:i + stretch] for i in range(0, len(members), stretch)]
+        held = []
+        for block in rng.permutation(len(blocks)):
+            if len(held) >= n_val:
+                break
+            held += blocks[block][:n_val - len(held)]
+        val += held
+        held_names = set(held)
+        train += [n for n in members if n not in held_names]
+    return sorted(train), sorted(val)

@@ -126,9 +126,9 @@ def format_optimization_table(report):
     return '\n'.join(lines) + '\n'
 
 
-def optimize_command(args, argv):
+def optimize_command(args):
     """`main.py optimize`: the run's model frozen, in bf16, as TFLite fp16/int8 and as ONNX fp32/int8, each timed
-    and scored. args: command_line.optimize_parser's, parsed from argv (recorded in the report)."""
+    and scored. args: command_line.optimize_parser's (recorded in the report as the command that has them)."""
     config, saved_model = run_folder.finished_run(args.checkpoint, '--checkpoint')
     image_shape = tuple(config['settings']['image_shape'])
     layout, examples = evaluation.validation_set(args.checkpoint, config)
@@ -140,13 +140,13 @@ def optimize_command(args, argv):
     # Staged: a failure leaves no half-made models, and the previous ones stay until the new are done.
     with files.writing(args.checkpoint, 'the optimized models'), \
             files.staged_folder(out_dir, replace=True) as staging:
-        report = optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging, layout)
+        report = optimize_variants(args, saved_model, image_shape, examples, calibration, staging, layout)
         table = format_optimization_table(report)
         files.atomic_write(os.path.join(staging, 'optimization.md'), table)
     print(table + f'\nwritten to {out_dir}')
 
 
-def optimize_variants(args, argv, saved_model, image_shape, examples, calibration, staging, layout):
+def optimize_variants(args, saved_model, image_shape, examples, calibration, staging, layout):
     """Make, time and score every variant into staging; write and return the report (optimization.json)."""
     print(f'freezing {saved_model} at {image_shape[0]}x{image_shape[1]}', flush=True)
     frozen = conversion.freeze(saved_model, image_shape)
@@ -180,7 +180,7 @@ def optimize_variants(args, argv, saved_model, image_shape, examples, calibratio
     for row in [reference] + rows:
         row.update(speedup=fp32['median_ms'] / row['median_ms'], score_change=row['score'] - fp32['score'],
                    iou_change=row['iou'] - fp32['iou'])
-    report = {'run': args.checkpoint, 'command': ' '.join(['python main.py optimize', *argv]),
+    report = {'run': args.checkpoint, 'command': f'python main.py optimize --checkpoint {args.checkpoint} --runs {args.runs} --tta {args.tta}',
               'machine': machine(), 'tensorflow': tf.__version__, 'image_shape': list(image_shape),
               'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration), 'tta': args.tta,
               'score_name': 'MaxF' if is_road(layout.classes) else 'mean IoU',

@@ -19,8 +19,8 @@ import benchmark
 import helper
 import main
 from conftest import HERE, THIN, resolve_dataset, resolve_weights, run_main, snapshot, thin_fcn
-from fcn8s import (command_line, datasets, evaluation, files, images, inference, kitti, outputs, paths, precision,
-                   recipes, run_folder, vgg)
+from fcn8s import (batches, command_line, datasets, evaluation, files, images, inference, kitti, outputs, paths,
+                   precision, recipes, run_folder, vgg)
 from fcn8s.errors import UserError
 
 
@@ -333,7 +333,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset,
     flags = ['--dataset', small_dataset, *weights, '--epochs', '2', '--batch-size', '3', '--image-shape', '64',
              '224', '--val-fraction', '0.25', '--keep-prob', '1', '--no-download', '--keep-last-checkpoint']
     straight = main.run(flags + ['--runs-dir', str(tmp_path / 'straight')])
-    original = helper.gen_batch_function
+    original = batches.batch_function
 
     def interrupted_at_step_4(*args, **kwargs):  # 9 training images, batch 3: in the middle of epoch 2
         get_batches_fn, taken = original(*args, **kwargs), []
@@ -361,7 +361,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset,
         return validate
 
     if where == 'mid-epoch':
-        monkeypatch.setattr(helper, 'gen_batch_function', interrupted_at_step_4)
+        monkeypatch.setattr(batches, 'batch_function', interrupted_at_step_4)
     else:
         monkeypatch.setattr(evaluation, 'make_validate_fn', interrupted_in_epoch_2_validation)
     assert main.main(flags + ['--runs-dir', str(tmp_path / 'stopped')]) == 130
@@ -369,7 +369,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(thin_vgg, small_dataset,
     err = capsys.readouterr().err
     stopped_at = 4 if where == 'mid-epoch' else 6  # at 6, epoch 2's checkpoint is not written: it is redone
     assert f'interrupted at step {stopped_at}' in err and f'python main.py --resume {run_dir}' in err
-    monkeypatch.setattr(helper, 'gen_batch_function', original)
+    monkeypatch.setattr(batches, 'batch_function', original)
     monkeypatch.setattr(evaluation, 'make_validate_fn', original_validate)
     assert main.run(['--resume', run_dir]) == run_dir
     history = json.load(open(os.path.join(run_dir, 'metrics.json')))['epochs']
