@@ -596,7 +596,7 @@ def run_benchmark(argv=None):
             else:
                 report['network'] += result
             files.write_json(args.output, report)  # as it goes: a later failure keeps what was measured
-        print('building the optimized variants, two at a time (3 to 9 minutes on 2 cores) ...', flush=True)
+        print('building the optimized variants, two at a time (minutes on a small machine) ...', flush=True)
         report['variant_build_s'] = build_variants(dataset, folder)  # its own worker processes
         print('optimized variants ...', flush=True)
         report['variants'] = in_child(variant_latency, folder, report['variant_build_s'], args.variant_runs)

@@ -245,6 +245,12 @@ def epoch_recorder(sess, run_dir, checkpoints, history, classes):
 
 # ------------------------------------------------------------------------------------------- the end of a run
 
+def tensor_info(tensor):
+    """The TensorInfo a signature records of tensor: what predict_signature_def builds, without the TF1 deprecation
+    notice its helper logs at the end of every run."""
+    return tf.TensorInfo(name=tensor.name, dtype=tensor.dtype.as_datatype_enum, tensor_shape=tensor.shape.as_proto())
+
+
 def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, classes=ROAD_CLASSES):
     """Write the model of checkpoint as a SavedModel (tag `serve`) whose `serving_default` signature maps
     `image` [N, H, W, 3] raw RGB 0-255 (H, W multiples of 32: the run's image_shape is what it was trained at)
@@ -268,7 +274,9 @@ def export_serving_model(checkpoint, vgg_dir, seed, export_dir, layers, classes=
             output = {'class_probabilities': tf.reshape(outputs.class_probabilities(logits), tf.shape(last),
                                                         name='class_probabilities')}
         tf.train.Saver(tf.trainable_variables()).restore(sess, checkpoint)
-        signature = tf.saved_model.signature_def_utils.predict_signature_def({'image': input_image}, output)
+        signature = tf.saved_model.build_signature_def({'image': tensor_info(input_image)},
+                                                       {name: tensor_info(t) for name, t in output.items()},
+                                                       tf.saved_model.PREDICT_METHOD_NAME)
         builder = tf.saved_model.Builder(export_dir)
         builder.add_meta_graph_and_variables(sess, [tf.saved_model.tag_constants.SERVING],
                                              signature_def_map={'serving_default': signature})
