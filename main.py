@@ -39,33 +39,6 @@ from fcn8s.recipes import POLY_POWER, RANDOM_ENCODER_LEARNING_RATE, RECIPES, WAR
 
 tf.disable_eager_execution()
 
-# FCN-8s "at once" (Long, Shelhamer, Darrell) scales the skips so that the pretrained pool3/pool4 activations,
-# much larger than fc7's, do not swamp the fused scores at the start of training; Udacity's layers() keeps them.
-POOL4_SCALE = 0.01
-POOL3_SCALE = 0.0001
-# New runs leave the skips unscaled, whatever the encoder: with Adam a skip's scale is also the speed at which its
-# scores learn, pool3's ten thousand times slower at FCN's (docs/network.md).
-UNSCALED_SKIPS = (1.0, 1.0)
-# (kernel, stride) of the three transposed convolutions; kernel = 2 x stride makes bilinear upsampling exact.
-UPSCORE2 = (4, 2)
-UPSCORE_POOL4 = (4, 2)
-UPSCORE8 = (16, 8)
-# Score layers start near zero, as FCN's zero-initialised ones, with noise to break symmetry; scaled by
-# 1 / sqrt(fan_in), the first logits stay small whatever the size of the encoder's activations.
-SCORE_INIT_GAIN = 0.01
-# Weight decay on the new layers, as the classic tf.contrib l2_regularizer(scale): scale * sum(w^2) / 2.
-L2_SCALE = 1e-3
-# A training loss this many times its first value (or 1, if that was lower) has blown up, though finite: a
-# healthy run's mean cross-entropy starts near ln(classes) and never climbs to a hundred nats.
-DIVERGED_LOSS_FACTOR = 100
-
-# The network as the library's modules take it (cluster.py replicates it, run_folder.py exports it): main's
-# stage functions, layers with a run's skip scales.
-Network = collections.namedtuple('Network', 'layers optimize masked_cross_entropy')
-# A run's training data: source, layout, the data's recipe, split, batches, validation examples, first step and records, epochs.
-TrainingData = collections.namedtuple('TrainingData', 'dataset source layout recipe train_names val_names '
-                                                      'get_batches_fn val_examples start_step history epochs')
-
 
 # ------------------------------------------------------------------------------------------------- network
 
@@ -92,11 +65,20 @@ def bilinear_kernel(kernel, channels):
     return weights
 
 
+# Weight decay on the new layers, as the classic tf.contrib l2_regularizer(scale): scale * sum(w^2) / 2.
+L2_SCALE = 1e-3
+
+
 def _regularized_variable(name, shape, initializer):
     """A new layer's variable whose L2 penalty goes to the REGULARIZATION_LOSSES collection."""
     var = tf.get_variable(name, shape, initializer=initializer)
     tf.add_to_collection(tf.GraphKeys.REGULARIZATION_LOSSES, L2_SCALE * tf.nn.l2_loss(var))
     return var
+
+
+# Score layers start near zero, as FCN's zero-initialised ones, with noise to break symmetry; scaled by
+# 1 / sqrt(fan_in), the first logits stay small whatever the size of the encoder's activations.
+SCORE_INIT_GAIN = 0.01
 
 
 def score(x, num_classes, name):
@@ -128,6 +110,19 @@ def _spatial_shape(x):
     """(H, W) of [N, H, W, C], as Python ints where static so that static shapes propagate."""
     static, dynamic = x.shape.as_list(), tf.shape(x)
     return [static[i] if static[i] is not None else dynamic[i] for i in (1, 2)]
+
+
+# FCN-8s "at once" (Long, Shelhamer, Darrell) scales the skips so that the pretrained pool3/pool4 activations,
+# much larger than fc7's, do not swamp the fused scores at the start of training; Udacity's layers() keeps them.
+POOL4_SCALE = 0.01
+POOL3_SCALE = 0.0001
+# New runs leave the skips unscaled, whatever the encoder: with Adam a skip's scale is also the speed at which its
+# scores learn, pool3's ten thousand times slower at FCN's (docs/network.md).
+UNSCALED_SKIPS = (1.0, 1.0)
+# (kernel, stride) of the three transposed convolutions; kernel = 2 x stride makes bilinear upsampling exact.
+UPSCORE2 = (4, 2)
+UPSCORE_POOL4 = (4, 2)
+UPSCORE8 = (16, 8)
 
 
 def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, skip_scales=None):
@@ -183,6 +178,11 @@ def masked_cross_entropy(nn_last_layer, correct_label, num_classes, valid_pixels
     return logits, tf.divide(tf.reduce_sum(pixel_loss), tf.maximum(valid_pixels, 1.0), name='cross_entropy_loss')
 
 
+# The network as the library's modules take it (cluster.py replicates it, run_folder.py exports it): main's
+# stage functions, layers with a run's skip scales.
+Network = collections.namedtuple('Network', 'layers optimize masked_cross_entropy')
+
+
 def network(skip_scales=UNSCALED_SKIPS):
     """The Network of a run whose skips are scaled by skip_scales (pool4's, pool3's; None: FCN's)."""
     return Network(functools.partial(layers, skip_scales=skip_scales), optimize, masked_cross_entropy)
@@ -195,6 +195,11 @@ def learning_rate_at(step, total_steps, base, warmup_steps=WARMUP_STEPS):
     warmup = min(1.0, step / max(warmup_steps, 1))
     progress = (step - 1) / total_steps if total_steps else 0.0
     return base * warmup * (1.0 - progress) ** POLY_POWER
+
+
+# A training loss this many times its first value (or 1, if that was lower) has blown up, though finite: a
+# healthy run's mean cross-entropy starts near ln(classes) and never climbs to a hundred nats.
+DIVERGED_LOSS_FACTOR = 100
 
 
 def diverged(loss, first_loss):
@@ -381,6 +386,12 @@ def resumed(args):
     vars(args).update({k: v for k, v in saved.items()
                        if k in vars(args) and k != 'resume' and (k not in OPERATIONAL or v is True)})
     return resume
+
+
+# A run's training data: source, layout, the data's recipe, split, batches, validation examples, first step and
+# records, epochs.
+TrainingData = collections.namedtuple('TrainingData', 'dataset source layout recipe train_names val_names '
+                                                      'get_batches_fn val_examples start_step history epochs')
 
 
 def load_data(args, resume, workers):

@@ -269,13 +269,13 @@ def build_replicated_fcn(sess, cluster, vgg_dir, seed, network, num_classes=NUM_
     """FCN-8s trained by cluster's strategy in sess's graph, every replica on its share of each batch, every
     variable initialised (the chief's initial values broadcast to all; the encoder's weights from vgg_dir).
 
-    network: main's Network (layers, optimize, masked_cross_entropy). Each replica's optimize takes the cross-entropy of its
-    images over the valid pixels of the whole batch, plus its share of the weight decay, so that the strategy's
-    sum of the replicas' gradients is the gradient of the single-device loss. Returns the tensors by name, as main's
-    build_fcn does, with train_loss, the loss summed over the replicas, for training. On several machines, the
-    weights and data (source, training names, validation names) of this worker's dataset folder, unless None (fed
-    batches of benchmark.py), are compared with the chief's before the first step (a UserError names the workers
-    that differ).
+    network: main's Network (layers, optimize, masked_cross_entropy). Each replica's optimize takes the
+    cross-entropy of its images over the valid pixels of the whole batch, plus its share of the weight decay, so
+    that the strategy's sum of the replicas' gradients is the gradient of the single-device loss. Returns the
+    tensors by name, as main's build_fcn does, with train_loss, the loss summed over the replicas, for training.
+    On several machines, the weights and data (source, training names, validation names) of this worker's dataset
+    folder, unless None (fed batches of benchmark.py), are compared with the chief's before the first step (a
+    UserError names the workers that differ).
     """
     strategy = cluster.strategy
     encoder = encoder_builder(vgg_dir, seed)

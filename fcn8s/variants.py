@@ -180,7 +180,8 @@ def optimize_variants(args, saved_model, image_shape, examples, calibration, sta
     for row in [reference] + rows:
         row.update(speedup=fp32['median_ms'] / row['median_ms'], score_change=row['score'] - fp32['score'],
                    iou_change=row['iou'] - fp32['iou'])
-    report = {'run': args.checkpoint, 'command': f'python main.py optimize --checkpoint {args.checkpoint} --runs {args.runs} --tta {args.tta}',
+    command = f'python main.py optimize --checkpoint {args.checkpoint} --runs {args.runs} --tta {args.tta}'
+    report = {'run': args.checkpoint, 'command': command,
               'machine': machine(), 'tensorflow': tf.__version__, 'image_shape': list(image_shape),
               'runs': args.runs, 'val_images': len(examples), 'calibration_images': len(calibration), 'tta': args.tta,
               'score_name': 'MaxF' if is_road(layout.classes) else 'mean IoU',
