@@ -2,9 +2,11 @@
 ends with a line `N passed, M failed, K skipped`.
 
 This file keeps the classic checks of Udacity's project_tests.py (load_vgg, layers, optimize, train_nn, the KITTI
-folder); tests/ holds the rest, a file per module, with the shared fixtures in conftest.py. No network, GPU, KITTI
-or real VGG16: tests generate thin SavedModels with the VGG tensor names and small KITTI-layout folders of
-synthetic scenes. A test that cannot run on this machine is reported as skipped, with its reason.
+folder); tests/ holds the rest, a file per module: the tests of fcn8s/<module>.py in tests/test_<module>.py, and
+tests/test_main.py, test_helper.py and test_benchmark.py for the scripts. The fixtures are in conftest.py, the helpers
+and constants the tests share in tests/support.py (a module of the package `tests`, imported as tests.support). No
+network, GPU, KITTI or real VGG16: tests generate thin SavedModels with the VGG tensor names and small KITTI-layout
+folders of synthetic scenes. A test that cannot run on this machine is reported as skipped, with its reason.
 """
 import os
 import sys
@@ -20,8 +22,8 @@ import numpy as np
 import pytest
 
 import main
-from conftest import KITTI_DIR, THIN, thin_fcn
 from fcn8s import vgg
+from tests.support import KITTI_DIR, THIN, thin_fcn
 
 # ------------------------------------------------------------------------- the classic Udacity checks
 

@@ -1,20 +1,26 @@
-"""KITTI Road's bird's-eye view: calibration files, the devkit's grid and sampling, the generated scenes' cameras, and
-the real calibrations beside the project."""
+"""fcn8s/bev.py, KITTI Road's bird's-eye view: calibration files, the devkit's grid and sampling, the generated
+scenes' cameras, and the real calibrations beside the project."""
 import os
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from conftest import KITTI_SAMPLES, SMALL_SIZES
 from fcn8s import bev, kitti, synthetic
 from fcn8s.errors import UserError
 from fcn8s.metrics import IGNORE, NON_ROAD, ROAD
+from tests.support import KITTI_SAMPLES
 
 KITTI_SIZE = (375, 1242)
+
+
 # u = 10 x + 101.5, v = 93.5 - 2 z: a hand-made homography for the sampling tests (see their docstrings).
 TOY_HOMOGRAPHY = np.array([[10.0, 0.0, 101.5], [0.0, -2.0, 93.5], [0.0, 0.0, 1.0]])
+
+
 REAL_CALIB = os.path.join(KITTI_SAMPLES, 'training', 'calib', 'um_000000.txt')
+
+
 REAL_LABEL = os.path.join(KITTI_SAMPLES, 'training', 'gt_image_2', 'um_road_000000.png')
 
 
@@ -145,29 +151,6 @@ def test_probabilities_are_sampled_bilinearly_at_the_devkits_pixel_middles():
     shifted = TOY_HOMOGRAPHY - [[0, 0, 0.65], [0, 0, 0], [0, 0, 0]]   # u = 1.1 + 0.5 j
     edge, _ = bev.bev_probability(ramp + 1, shifted)
     np.testing.assert_allclose(edge[7, :2], [1.0, 1.1], atol=1e-4)   # clamped; then column 0.1: 1 + 0.1
-
-
-def test_the_generated_sets_have_a_calibration_per_image(tmp_path):
-    """make_synthetic_kitti writes calib/<image name>.txt beside every training and test image, the scene's own
-    camera (the same matrices render_kitti_scene gives), and the images stay those of render_scene. The bottom
-    edge of the image (generator row `height`, devkit row height + 1) is BOTTOM_ROW_DISTANCE_M = 5.8 m ahead, and
-    there a metre across is PX_PER_METRE * width = 0.1 * width pixels, as the generator draws."""
-    root = synthetic.make_synthetic_kitti(str(tmp_path / 'road'), 4, 2, seed=3, sizes=SMALL_SIZES, progress=False)
-    for split in ('training', 'testing'):
-        images = sorted(os.listdir(os.path.join(root, split, 'image_2')))
-        calibs = sorted(os.listdir(os.path.join(root, split, 'calib')))
-        assert calibs == [name.replace('.png', '.txt') for name in images]
-        for i, name in enumerate(images):
-            height, width = iio.imread(os.path.join(root, split, 'image_2', name)).shape[:2]
-            homography = bev.plane_homography(bev.read_calibration(os.path.join(root, split, 'calib', calibs[i])))
-            (u0, v0, w0), (u1, _, w1) = homography @ [0, 5.8, 1], homography @ [1, 5.8, 1]
-            assert v0 / w0 == pytest.approx(height + 1) and u1 / w1 - u0 / w0 == pytest.approx(0.1 * width)
-    with open(os.path.join(root, 'training', 'calib', 'umm_000000.txt')) as f:
-        written = f.read()
-    image, gt, calibration = synthetic.render_kitti_scene(np.random.default_rng([3, 0, 1]), *SMALL_SIZES[1])
-    assert written == bev.format_calibration(calibration)
-    again, gt_again = synthetic.render_scene(np.random.default_rng([3, 0, 1]), *SMALL_SIZES[1])
-    assert (image == again).all() and (gt == gt_again).all()
 
 
 @pytest.mark.skipif(not os.path.isfile(REAL_CALIB), reason='no real KITTI samples beside the project')

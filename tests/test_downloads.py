@@ -1,5 +1,5 @@
-"""Downloads and archives through a loopback HTTP server: resuming, checks, safe extraction, never writing into a
-folder of the user's."""
+"""fcn8s/downloads.py through a loopback HTTP server: resuming, checks, safe extraction, never writing into a folder
+of the user's."""
 import io
 import os
 import zipfile
@@ -9,9 +9,9 @@ import tensorflow.compat.v1 as tf
 
 import helper
 import main
-from conftest import FileServer, make_zip, snapshot, vgg_zip, zipfile_members
 from fcn8s import downloads, kitti, weights
 from fcn8s.errors import UserError
+from tests.support import FileServer, make_zip, snapshot, vgg_zip, zipfile_members
 
 
 def test_vgg_download_from_a_loopback_server(thin_vgg, tmp_path):

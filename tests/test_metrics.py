@@ -1,8 +1,11 @@
-"""metrics.py on hand-made arrays, every figure derived in the docstring."""
+"""fcn8s/metrics.py on hand-made arrays, every figure derived in the docstring, and against Cityscapes' own
+evaluation."""
+import imageio.v3 as iio
 import numpy as np
 import pytest
+from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cityscapes_eval
 
-from fcn8s import metrics
+from fcn8s import cityscapes, metrics
 
 
 def test_fast_hist_and_road_iou_on_a_hand_made_case():
@@ -79,3 +82,30 @@ def test_segmentation_scores_of_a_hand_made_confusion_matrix():
     labels = np.array([[0, 0, 0, 0, 1], [1, 1, 1, 2, 2], [-1, -1, 3, 3, 3]])  # -1: void, never counted
     pred = np.array([[0, 0, 0, 1, 1], [1, 1, 1, 0, 0], [2, 2, 3, 3, 3]])
     np.testing.assert_array_equal(metrics.fast_hist(labels, pred, 4)[:3, :3], hist[:3, :3])
+
+
+def test_scene_parsing_figures_match_cityscapes_own_evaluation(tmp_path):
+    """One pair of images, ground truth and prediction in labelIds, scored by cityscapesscripts'
+    evalPixelLevelSemanticLabeling and by this project (trainIds, fast_hist, segmentation_scores)."""
+    rng = np.random.default_rng(0)
+    eval_ids = [label.id for label in cityscapes.EVAL_LABELS]
+    truth = rng.choice(eval_ids[:6] + [0, 1], (40, 60)).astype(np.uint8)  # six classes and two void ids
+    prediction = np.where(rng.random((40, 60)) < 0.7, truth, rng.choice(eval_ids[:8], (40, 60))).astype(np.uint8)
+    prediction[~np.isin(prediction, eval_ids)] = eval_ids[0]  # a prediction is always an evaluated class
+    iio.imwrite(tmp_path / 'gt_gtFine_labelIds.png', truth)
+    iio.imwrite(tmp_path / 'pred.png', prediction)
+    args = cityscapes_eval.args
+    args.evalInstLevelScore, args.quiet = False, True
+    matrix = cityscapes_eval.generateMatrix(args)
+    cityscapes_eval.evaluatePair(str(tmp_path / 'pred.png'), str(tmp_path / 'gt_gtFine_labelIds.png'), matrix, {},
+                                 {}, args)
+    theirs = {cityscapes_eval.id2label[i].name: cityscapes_eval.getIouScoreForLabel(i, matrix, args)
+              for i in args.evalLabels}
+    table = cityscapes.decoder(road_only=False)
+    hist = metrics.fast_hist(cityscapes.decode_label('gt', truth, table),
+                             cityscapes.decode_label('p', prediction, table), len(cityscapes.CLASSES))
+    ours = metrics.segmentation_scores(hist)
+    for name, iou in zip(cityscapes.CLASSES, ours['iou']):
+        assert (np.isnan(iou) and np.isnan(theirs[name])) or iou == pytest.approx(theirs[name]), name
+    assert ours['mean_iou'] == pytest.approx(cityscapes_eval.getScoreAverage(theirs, args))
+    assert np.isfinite(ours['iou'][:6]).all() and 0.3 < ours['mean_iou'] < 0.9  # a case with something to compare
