@@ -408,7 +408,7 @@ def load_data(args, resume, workers):
         dataset, source = datasets.resolve(args.dataset, args.data_dir, args.kitti_url,
                                            workers.chief and not args.no_download, counts,
                                            0 if workers.chief else args.worker_timeout)
-    layout, summary = datasets.open_training_layout(dataset, args.classes, source)
+    layout, summary = datasets.open_training_layout(dataset, args.classes, args.background, source)
     print(summary, flush=True)
     recipe = settings(args, source, layout.kind)
     train_names, val_names = split(args, resume, layout)
@@ -472,7 +472,8 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers, encoder):
             'command': ['main.py', *argv],
             'settings': {**vars(args), **recipe},
             'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset), 'layout': data.layout.kind,
-                     'classes': list(data.layout.classes), 'train_images': len(data.train_names),
+                     'classes': list(data.layout.classes), 'palette': [list(c) for c in data.layout.palette],
+                     'train_images': len(data.train_names),
                      'val_images': len(data.val_names), 'val_names': data.val_names},
             'weights': encoder,
             'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},

@@ -71,8 +71,9 @@ def label_ids(classes):
     return np.asarray(classes, np.uint8)
 
 
-def open_layout(folder, classes='all'):
-    """The Layout of a CamVid folder; classes 'road': road against every labelled pixel."""
+def open_layout(folder, classes='all', background='class'):
+    """The Layout of a CamVid folder; classes 'road': road against every labelled pixel. (background: VOC-style exports'
+    only.)"""
     return layout.label_id_layout(KIND, folder, classes, split_pairs, category, decode_label, decoder,
                                   (CLASSES, PALETTE, label_ids))
 

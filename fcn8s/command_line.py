@@ -15,8 +15,10 @@ from fcn8s.recipes import (CALIBRATION_IMAGES, INITS, LATENCY_RUNS, RANDOM_ENCOD
 TTA_CHOICES = ('none', 'flip')
 # infer --runtime: what runs an optimized model (auto: tensorflow, unless --precision auto measured otherwise).
 RUNTIMES = ('auto', 'tensorflow', 'onnxruntime', 'openvino')
-# --classes: every class of a Cityscapes or CamVid dataset, or road against the rest.
+# --classes: every class of a Cityscapes, CamVid or VOC-style dataset, or road against the rest.
 CLASS_CHOICES = ('all', 'road')
+# --background: a VOC-style export's background class, a class or "not labelled".
+BACKGROUND_CHOICES = ('class', 'ignore')
 # Flags about how a run runs, not what it trains: a resumed run takes them anew (a switch turned on stays on).
 OPERATIONAL = ('worker_timeout', 'keep_last_checkpoint', 'no_download')
 
@@ -35,8 +37,9 @@ def train_parser():
     k, s = RECIPES['kitti'], RECIPES['synthetic']
     parser.add_argument('--data-dir', default='data',
                         help='holds vgg/ (pretrained VGG16) and data_road/ (KITTI Road) [default: data]')
-    parser.add_argument('--dataset', help='a dataset folder in KITTI Road\'s, Cityscapes\' or CamVid\'s layout '
-                                          '(docs/datasets.md) [default: DATA_DIR/data_road]')
+    parser.add_argument('--dataset', help='a dataset folder in KITTI Road\'s, Cityscapes\' or CamVid\'s layout, or '
+                                          'your own labelled images as CVAT or labelme2voc export them (Pascal VOC '
+                                          'style: docs/your-own-data.md) [default: DATA_DIR/data_road]')
     parser.add_argument('--vgg-dir', help='folder of the VGG16 SavedModel: Udacity\'s, or the one converted '
                                           'from ImageNet weights [default: DATA_DIR/vgg]')
     parser.add_argument('--vgg-init', choices=INITS, default='auto',
@@ -70,9 +73,15 @@ def train_parser():
                              'back to each image\'s own size [default: 160 576 KITTI; 256 512 Cityscapes; 352 480 '
                              'CamVid; 96 320 synthetic]')
     parser.add_argument('--classes', choices=CLASS_CHOICES, default='all',
-                        help='what to segment in a Cityscapes or CamVid --dataset: "all" its classes (19 for '
-                             'Cityscapes, 11 for CamVid), or "road" against everything labelled, scored as KITTI '
-                             'scores road; KITTI Road is always road [default: all]')
+                        help='what to segment in a Cityscapes, CamVid or VOC-style --dataset: "all" its classes '
+                             '(19 for Cityscapes, 11 for CamVid, an export\'s own), or "road" against everything '
+                             'labelled, scored as KITTI scores road; KITTI Road is always road [default: all]')
+    parser.add_argument('--background', choices=BACKGROUND_CHOICES, default='class',
+                        help='what the background class of a VOC-style export (CVAT\'s "background", labelme\'s '
+                             '"_background_") is: "class", learned and scored like the others (right when only the '
+                             'things of interest were drawn, e.g. road on everything else); "ignore", pixels nobody '
+                             'labelled, left out of the loss and the scores (right when every pixel that matters '
+                             'was drawn) [default: class]')
     parser.add_argument('--val-fraction', type=float, default=0.1,
                         help='fraction of each category (KITTI: um/umm/uu) held out for validation in stretches '
                              'of consecutive frames, never trained on; a dataset with a validation split of its own '

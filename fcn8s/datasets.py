@@ -1,5 +1,5 @@
 """Where the training data comes from and which provider reads it: a --dataset folder of the user's in one of the
-layouts the project reads (PROVIDERS: KITTI Road, Cityscapes, CamVid), KITTI Road in the data folder (downloaded
+layouts the project reads (PROVIDERS: KITTI Road, Cityscapes, CamVid, VOC-style exports), KITTI Road in the data folder (downloaded
 when missing), or, offline, road scenes generated in KITTI's layout (the fallback, said loudly)."""
 import colorsys
 import os
@@ -8,7 +8,7 @@ import zipfile
 
 import numpy as np
 
-from fcn8s import camvid, cityscapes, downloads, files, kitti, synthetic
+from fcn8s import camvid, cityscapes, downloads, files, kitti, synthetic, voc
 from fcn8s.errors import UserError, warn
 from fcn8s.paths import SYNTHETIC_DIR
 
@@ -67,9 +67,9 @@ def wait_for_data(road_dir, synthetic_dir, wait_s):
 # ------------------------------------------------------------------------------------------- the layouts
 
 # The dataset providers, each a module with KIND, DESCRIPTION, CLASSES, PALETTE, label_ids, detected(folder),
-# missing_parts(folder), open_layout(folder, classes) -> Layout and summary(layout, source) -> text: a new layout
-# is one new module, named here. Detection tries them in this order (KITTI's is the loosest).
-PROVIDERS = (cityscapes, camvid, kitti)
+# missing_parts(folder), open_layout(folder, classes, background) -> Layout and summary(layout, source) -> text: a
+# new layout is one new module, named here. Detection tries them in this order (KITTI's is the loosest).
+PROVIDERS = (cityscapes, camvid, voc, kitti)
 
 
 def provider(folder):
@@ -81,22 +81,28 @@ def provider(folder):
                     + '; '.join(f'{p.DESCRIPTION}: no {", ".join(p.missing_parts(folder))}' for p in PROVIDERS))
 
 
-def open_layout(folder, classes='all'):
-    """The Layout of a dataset folder; classes 'road' makes any layout a road / non-road one (void ignored)."""
-    return provider(folder).open_layout(folder, classes)
+def open_layout(folder, classes='all', background='class'):
+    """The Layout of a dataset folder; classes 'road' makes any layout a road / non-road one (void ignored);
+    background 'ignore' takes a VOC-style export's background class as not labelled."""
+    return provider(folder).open_layout(folder, classes, background)
 
 
-def open_training_layout(folder, classes, source):
+def open_training_layout(folder, classes, background, source):
     """(Layout, a few lines about it) of the dataset a run trains on, listed and checked once by its provider."""
     reader = provider(folder)
-    layout = reader.open_layout(folder, classes)
+    layout = reader.open_layout(folder, classes, background)
     return layout, reader.summary(layout, source)
 
 
-def class_table(kind, num_classes):
-    """(class names, palette, encode) of a scene-parsing model of num_classes classes trained on a layout of kind
-    (None: unknown, as for a model file outside its run folder: told by the count, 19 Cityscapes', 11 CamVid's);
+def class_table(kind, num_classes, names=None, palette=None):
+    """(class names, palette, encode) of a scene-parsing model of num_classes classes trained on a layout of kind:
+    names and palette as its run recorded them (config.json) where they fit, else the layout's own; for a kind
+    of None (unknown, as for a model file outside its run folder) told by the count, 19 Cityscapes', 11 CamVid's;
     a count of none gets numbered classes, colours spread over the hue circle, and raw ids."""
+    if names and palette and len(names) == len(palette) == num_classes:
+        encode = next((reader.label_ids for reader in PROVIDERS if reader.KIND == kind and reader.label_ids),
+                      lambda classes: np.asarray(classes, np.uint8))
+        return tuple(names), tuple(tuple(c) for c in palette), encode
     for reader in PROVIDERS:
         if reader.label_ids and kind in (None, reader.KIND) and len(reader.CLASSES) == num_classes:
             return reader.CLASSES, reader.PALETTE, reader.label_ids

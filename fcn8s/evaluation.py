@@ -215,10 +215,11 @@ def format_kitti_table(table):
 
 
 def run_classes(config):
-    """(the class names of a run's model, the --classes any dataset is opened with to score it): 'road' for a
-    road model, which every layout can score, else the run's own choice."""
+    """(the class names of a run's model, the --classes and --background any dataset is opened with to score it):
+    'road' for a road model, which every layout can score, else the run's own choice."""
     classes = tuple(config['data'].get('classes', ROAD_CLASSES))
-    return classes, 'road' if is_road(classes) else config['settings'].get('classes', 'all')
+    return (classes, 'road' if is_road(classes) else config['settings'].get('classes', 'all'),
+            config['settings'].get('background', 'class'))
 
 
 def validation_set(run_dir, config, flag='--checkpoint'):
@@ -227,21 +228,22 @@ def validation_set(run_dir, config, flag='--checkpoint'):
     dataset = config['data']['dataset']
     if not os.path.isdir(dataset):
         raise UserError(f'{flag} {run_dir}: its dataset {dataset} is gone (its validation images are needed)')
-    layout = datasets.open_layout(dataset, run_classes(config)[1])
+    layout = datasets.open_layout(dataset, *run_classes(config)[1:])
     pairs = labelled_pairs(layout, config['data']['val_names'], f'{flag} {run_dir}')
     return layout, load_examples(pairs, layout.load_pair)
 
 
 def labelled_set(dataset, run_dir, config):
-    """(layout, examples) of every labelled image of another dataset folder (KITTI: all of training/; Cityscapes
-    and CamVid: val and whatever test images have labels), opened to score the run's model."""
+    """(layout, examples) of every labelled image of another dataset folder (one without a validation split of
+    its own, as KITTI: all its training images; else its val and whatever test images have labels), opened to
+    score the run's model."""
     if not os.path.isdir(dataset):
         raise UserError(f'--dataset {dataset}: no such folder')
-    classes, opened_as = run_classes(config)
-    layout = datasets.open_layout(dataset, opened_as)
+    classes, opened_as, background = run_classes(config)
+    layout = datasets.open_layout(dataset, opened_as, background)
     if tuple(layout.classes) != classes:
         raise UserError(f'--dataset {dataset}: its classes ({", ".join(layout.classes)}) are not those of {run_dir}')
-    labelled = layout.train if layout.kind == 'kitti' else (layout.val or []) + layout.test
+    labelled = layout.train if layout.val is None else layout.val + layout.test
     return layout, load_examples([(image, label) for _, image, label in labelled if label], layout.load_pair)
 
 

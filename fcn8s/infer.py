@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from fcn8s import bev, files, inference, models
+from fcn8s import bev, files, inference, models, voc
 from fcn8s.errors import UserError
 from fcn8s.images import PICTURE_EXTENSIONS, class_overlay, list_pictures, overlay, read_rgb
 from fcn8s.metrics import confidence, is_road
@@ -36,17 +36,20 @@ def infer_inputs(path):
                     f'({", ".join(VIDEO_EXTENSIONS)})')
 
 
-def output_paths(args, video, pictures):
+def output_paths(args, video, pictures, prelabels=False):
     """([output name per picture], [every path this command would write]); UserError if one exists already or two
-    pictures would write the same name."""
+    pictures would write the same name. prelabels: also an annotation tool's export (voc.MASK_DIRS[0]/ and its
+    lists)."""
     names = [os.path.splitext(os.path.basename(p))[0] + '.png' for p in pictures]
     if video:
         targets = [args.output] + ([os.path.splitext(args.output)[0] + '_probabilities'] if args.probabilities
                                    else [])
     else:
-        targets = [os.path.join(args.output, folder, n) for folder in
-                   ('', *(['probabilities'] if args.probabilities else []), *(['bev'] if args.bev else []))
-                   for n in names]
+        folders = ('', *(['probabilities'] if args.probabilities else []), *(['bev'] if args.bev else []),
+                   *([voc.MASK_DIRS[0]] if prelabels else []))
+        targets = [os.path.join(args.output, folder, n) for folder in folders for n in names]
+        targets += [os.path.join(args.output, f) for f in (voc.LABELMAP, os.path.join(voc.LIST_DIR, 'default.txt'))
+                    if prelabels]
     if len(set(names)) < len(names):
         clash = next(n for n in names if names.count(n) > 1)
         raise UserError(f'--input {args.input}: two images would both be written as {clash} (e.g. a .png and a '
@@ -81,12 +84,15 @@ def per_image(outputs, count):
     return np.reshape(outputs, (count, -1))
 
 
-def infer_pictures(pictures, names, output, probabilities, predictor, paint, written, bev_calib=None):
+def infer_pictures(pictures, names, output, probabilities, predictor, paint, written, bev_calib=None,
+                   mask_palette=None):
     """Overlays (and maps: confidence or labels) of pictures into output, predictor's outputs painted by paint,
-    and with bev_calib (infer's --bev) each road picture's bird's-eye view into output/bev/; every path made is
+    with bev_calib (infer's --bev) each road picture's bird's-eye view into output/bev/, and with mask_palette
+    each picture's classes as an annotation tool's mask in those colours (voc.write_mask); every path made is
     appended to written. An unreadable picture is skipped with a warning; returns the [(path, why)] skipped."""
     predict, image_shape = predictor
-    for folder in ('', *(['probabilities'] if probabilities else []), *(['bev'] if bev_calib else [])):
+    for folder in ('', *(['probabilities'] if probabilities else []), *(['bev'] if bev_calib else []),
+                   *([voc.MASK_DIRS[0]] if mask_palette else [])):
         os.makedirs(os.path.join(output, folder), exist_ok=True)
     skipped = []
     for picture, name in tqdm(list(zip(pictures, names)), desc='images', unit='image'):
@@ -102,6 +108,9 @@ def infer_pictures(pictures, names, output, probabilities, predictor, paint, wri
         if probabilities:
             written.append(os.path.join(output, 'probabilities', name))
             iio.imwrite(written[-1], labels)
+        if mask_palette:
+            written.append(os.path.join(output, voc.MASK_DIRS[0], name))
+            voc.write_mask(written[-1], labels, mask_palette)
         calibration = bev_calib and bev.calibration_of(bev_calib, os.path.basename(picture))
         if calibration:
             homography = bev.plane_homography(bev.read_calibration(calibration))
@@ -210,7 +219,10 @@ def infer_command(args):
     if args.bev and (video or not os.path.exists(args.bev)):
         raise UserError(f'--bev {args.bev}: ' + ('bird\'s-eye views are drawn of images, not of a video' if video
                                                  else 'no such calibration file or folder'))
-    names, targets = output_paths(args, video, pictures)
+    # A run trained on an annotation tool's export gets its pre-labels back in the same form.
+    data = (models.run_config(args.model) or {}).get('data', {})
+    prelabels = not video and data.get('layout') == voc.KIND and not is_road(data['classes'])
+    names, targets = output_paths(args, video, pictures, prelabels)
     predictor, batches, classes = ready_model(args)
     if args.tta == 'flip':
         predictor = flipped(predictor)
@@ -229,7 +241,11 @@ def infer_command(args):
                             timed(predictor, model_seconds), paint, written, batch)
             else:
                 skipped = infer_pictures(pictures, names, args.output, args.probabilities,
-                                         timed(predictor, model_seconds), paint, written, args.bev)
+                                         timed(predictor, model_seconds), paint, written, args.bev,
+                                         classes[1] if prelabels else None)
+                if prelabels:
+                    read = [os.path.splitext(n)[0] for p, n in zip(pictures, names) if p not in dict(skipped)]
+                    written += voc.write_lists(args.output, {'default': read}, *classes[:2])
     except BaseException:
         for path in reversed(written):
             if os.path.isdir(path):

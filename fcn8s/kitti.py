@@ -131,9 +131,9 @@ def check_folders(dataset, folders=KITTI_FOLDERS):
             raise UserError(f'{path} does not exist: a KITTI-layout dataset has {", ".join(KITTI_FOLDERS)}{hint}')
 
 
-def open_layout(folder, classes='road'):
+def open_layout(folder, classes='road', background='class'):
     """The Layout of a KITTI Road folder: its training pairs and whatever test images it has (evaluation needs
-    none; summary checks them for training). KITTI is road alone, whatever classes asks."""
+    none; summary checks them for training). KITTI is road alone, whatever classes and background ask."""
     check_folders(folder, KITTI_FOLDERS[:2])
     test_dir = os.path.join(folder, 'testing', 'image_2')
     test_names = list_images(test_dir) if os.path.isdir(test_dir) else []

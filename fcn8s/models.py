@@ -196,9 +196,9 @@ def file_precision(path, kind):
 def model_classes(model_path, warmup_output):
     """(names, palette, encode) of a model's classes: a road model's when its output has no class axis (a road
     probability), else those of the run the model belongs to, when its config.json is found beside it, else told
-    by their count."""
+    by their count (the names and colours it recorded, else its layout's)."""
     output = np.asarray(warmup_output)
     if output.ndim < 4:
         return ROAD_CLASSES, ROAD_PALETTE, None
-    config = run_config(model_path)
-    return datasets.class_table(config['data'].get('layout') if config else None, output.shape[-1])
+    data = (run_config(model_path) or {}).get('data', {})
+    return datasets.class_table(data.get('layout'), output.shape[-1], data.get('classes'), data.get('palette'))

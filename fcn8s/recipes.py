@@ -16,6 +16,9 @@ RECIPES = {
                        balance_classes=True),
     'camvid': dict(image_shape=(352, 480), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5,
                    balance_classes=True),
+    # A user's own labelled street images (a VOC-style export): CamVid's recipe, the nearest measured kind of data.
+    'voc': dict(image_shape=(352, 480), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5,
+                balance_classes=True),
 }
 
 # A randomly initialised encoder learning scene parsing trains at this peak learning rate unless --learning-rate

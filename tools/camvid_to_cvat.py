@@ -1,0 +1,48 @@
+"""Write a CamVid folder (SegNet's layout) as a CVAT "Segmentation mask 1.1" export: RGB masks in CamVid's
+colours, CamVid's unlabelled pixels as CVAT's background (0, 0, 0), its train and val splits as CVAT subsets.
+
+    python tools/camvid_to_cvat.py CAMVID_DIR OUTPUT_DIR
+
+The export then trains as any annotation tool's would (`python main.py --dataset OUTPUT_DIR`): the check that
+nothing is lost to the layout (docs/measurements.md), and an example of writing another dataset for CVAT."""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+from fcn8s import camvid, files, voc  # noqa: E402
+from fcn8s.errors import UserError  # noqa: E402
+from fcn8s.metrics import IGNORE  # noqa: E402
+
+
+def export_items(layout):
+    """(name, image path, class ids with CamVid's unlabelled as background, subset) of its train and val images;
+    class id 0 is the background, CamVid's classes follow."""
+    for subset in ('train', 'val'):
+        for name, image, label in getattr(layout, subset) or []:
+            _, classes = layout.load_pair(image, label)
+            yield name, image, (classes.astype(int) + 1) * (classes != IGNORE), subset
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('camvid', metavar='CAMVID_DIR', help='a CamVid folder: train/, trainannot/, val/, valannot/')
+    parser.add_argument('output', metavar='OUTPUT_DIR', help='the export to create; it must not exist')
+    args = parser.parse_args(argv)
+    try:
+        if os.path.exists(args.output):
+            raise UserError(f'{args.output} exists: give a new folder')
+        layout = camvid.open_layout(args.camvid)
+        names, palette = ('background', *camvid.CLASSES), ((0, 0, 0), *camvid.PALETTE)
+        with files.staged_folder(args.output) as staging:
+            count = voc.write_export(staging, export_items(layout), names, palette, rgb=True)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(f'{count} masks written to {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
