@@ -651,17 +651,19 @@ def make_synthetic_kitti(root, num_train, num_test, seed=0, sizes=KITTI_SIZES, p
 def make_synthetic_camvid(root, num_train, num_val, num_test, seed=0, size=CAMVID_SIZE, progress=True):
     """Write a multi-class set of the same scenes in CamVid's SegNet layout to root (which must not exist) and
     return root: train/, val/, test/ images and trainannot/, valannot/, testannot/ class ids 0-10 (uint8 PNG),
-    named like CamVid's (<sequence>_<index>.png, over four sequences). Seeded per image like
-    make_synthetic_kitti, written to a sibling folder and renamed when complete."""
+    named like CamVid's (<sequence>_<index>.png, over four sequences; as in CamVid, no name in two splits).
+    Seeded per image like make_synthetic_kitti, written to a sibling folder and renamed when complete."""
     splits = {'train': ('training', num_train), 'val': ('validation', num_val), 'test': ('testing', num_test)}
     jobs = [(split, i) for split, (_, count) in splits.items() for i in range(count)]
+    first = {'train': 0, 'val': num_train, 'test': num_train + num_val}  # each split's first frame number
     with files.staged_folder(root) as partial:
         for folder in (folder for split in splits for folder in (split, camvid.SPLITS[split])):
             os.makedirs(os.path.join(partial, folder))
 
         def scene(job):
             split, i = job
-            name = f'{CAMVID_SEQUENCES[i % len(CAMVID_SEQUENCES)]}_{i // len(CAMVID_SEQUENCES):06d}.png'
+            frame = first[split] + i
+            name = f'{CAMVID_SEQUENCES[frame % len(CAMVID_SEQUENCES)]}_{frame // len(CAMVID_SEQUENCES):06d}.png'
             image, classes = render_scene_classes(np.random.default_rng([seed, SPLIT_IDS[splits[split][0]], i]),
                                                   *size)
             return [(os.path.join(partial, split, name), image),

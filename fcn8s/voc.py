@@ -186,15 +186,31 @@ def write_export(folder, items, names, palette, rgb=False):
     labelmap.txt. Returns the number of masks."""
     for sub in (IMAGE_DIR, MASK_DIRS[0], LIST_DIR):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    subsets = {}
+    subsets, written = {}, set()
     for name, image, classes, subset in items:
         stem = os.path.splitext(name)[0]
+        if stem in written:
+            raise UserError(f'two images are named {stem}: an export holds each name once')
+        written.add(stem)
         write_mask(os.path.join(folder, MASK_DIRS[0], stem + '.png'), classes, palette, rgb)
         if image:
             shutil.copyfile(image, os.path.join(folder, IMAGE_DIR, stem + os.path.splitext(image)[1].lower()))
         subsets.setdefault(subset, []).append(stem)
     write_lists(folder, subsets, names, palette)
     return sum(map(len, subsets.values()))
+
+
+def layout_export(layout):
+    """(names, palette, items for write_export) of a labelled Layout written as a CVAT export: CVAT's background
+    (0, 0, 0) first, standing for the layout's void pixels, its classes after it, its train and val splits as
+    subsets. Items are read lazily, one image at a time."""
+    def items():
+        for subset in ('train', 'val'):
+            for name, image, label in getattr(layout, subset) or []:
+                _, classes = layout.load_pair(image, label)
+                yield name, image, (classes.astype(np.int64) + 1) * (classes != IGNORE), subset
+
+    return ('background', *layout.classes), ((0, 0, 0), *layout.palette), items()
 
 
 def write_lists(folder, subsets, names, palette):

@@ -13,16 +13,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from fcn8s import camvid, files, voc  # noqa: E402
 from fcn8s.errors import UserError  # noqa: E402
-from fcn8s.metrics import IGNORE  # noqa: E402
-
-
-def export_items(layout):
-    """(name, image path, class ids with CamVid's unlabelled as background, subset) of its train and val images;
-    class id 0 is the background, CamVid's classes follow."""
-    for subset in ('train', 'val'):
-        for name, image, label in getattr(layout, subset) or []:
-            _, classes = layout.load_pair(image, label)
-            yield name, image, (classes.astype(int) + 1) * (classes != IGNORE), subset
 
 
 def main(argv=None):
@@ -33,10 +23,9 @@ def main(argv=None):
     try:
         if os.path.exists(args.output):
             raise UserError(f'{args.output} exists: give a new folder')
-        layout = camvid.open_layout(args.camvid)
-        names, palette = ('background', *camvid.CLASSES), ((0, 0, 0), *camvid.PALETTE)
+        names, palette, items = voc.layout_export(camvid.open_layout(args.camvid))
         with files.staged_folder(args.output) as staging:
-            count = voc.write_export(staging, export_items(layout), names, palette, rgb=True)
+            count = voc.write_export(staging, items, names, palette, rgb=True)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
