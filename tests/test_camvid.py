@@ -26,12 +26,12 @@ def test_camvid_ids_keep_their_classes_and_11_is_ignored():
 def test_camvid_needs_its_val_labels_but_not_its_test_labels(small_camvid, tmp_path):
     root = tmp_path / 'camvid'
     shutil.copytree(small_camvid, root)
-    (root / 'testannot' / '0001TP_000000.png').unlink()  # withheld, as benchmarks do
+    (root / 'testannot' / '0001TP_000003.png').unlink()  # withheld, as benchmarks do
     layout = datasets.open_layout(str(root))
-    assert [label for name, _, label in layout.test if name == '0001TP_000000.png'] == [None]
-    label = root / 'valannot' / '0006R0_000000.png'
+    assert [label for name, _, label in layout.test if name == '0001TP_000003.png'] == [None]
+    label = root / 'valannot' / '0006R0_000002.png'
     label.unlink()
-    with pytest.raises(UserError, match=f'0006R0_000000.png has no label: {re.escape(str(label))} is missing .1 of '
+    with pytest.raises(UserError, match=f'0006R0_000002.png has no label: {re.escape(str(label))} is missing .1 of '
                                         '4 val images'):
         datasets.open_layout(str(root))
 
