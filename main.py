@@ -434,11 +434,14 @@ def split(args, resume, layout):
                                         [n for n, _, _ in layout.train])
     if layout.val is None:
         train_names, val_names = split_train_val(names, args.val_fraction, args.seed, layout.category)
+        said = f'stretches of consecutive frames of each sequence held out (--val-fraction {args.val_fraction:g})'
     else:
         train_names, val_names = [n for n, _, _ in layout.train], [n for n, _, _ in layout.val]
+        said = 'the dataset\'s own validation split'
     if not train_names or not val_names:
         raise UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
                         f'{len(val_names)} validation images of {len(names)}: both need at least one')
+    print(f'validation: {len(val_names)} images, {said}', flush=True)
     return train_names, val_names
 
 
