@@ -31,7 +31,7 @@ from tqdm import tqdm
 from fcn8s import (batches, cluster, datasets, evaluation, files, infer, outputs, precision, run_folder, synthetic,
                    variants, vgg, weights)
 from fcn8s.command_line import OPERATIONAL
-from fcn8s.errors import LossDiverged, UserError
+from fcn8s.errors import FirstStepFailed, LossDiverged, UserError
 from fcn8s.layout import labelled_pairs, split_train_val
 from fcn8s.metrics import NUM_CLASSES, score_key
 from fcn8s.pipeline import prefetch
@@ -197,6 +197,9 @@ def learning_rate_at(step, total_steps, base, warmup_steps=WARMUP_STEPS):
     return base * warmup * (1.0 - progress) ** POLY_POWER
 
 
+# What TensorFlow raises for an op it has no kernel for (these types, this device): at the first step, a setup
+# the user can change (--precision), not a bug of a step that ran before.
+KERNEL_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError)
 # A training loss this many times its first value (or 1, if that was lower) has blown up, though finite: a
 # healthy run's mean cross-entropy starts near ln(classes) and never climbs to a hundred nats.
 DIVERGED_LOSS_FACTOR = 100
@@ -242,7 +245,13 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
                 step += 1
                 if learning_rate is not None:
                     feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
-                _, loss = sess.run([train_op, cross_entropy_loss], feed, options=run_options)
+                try:
+                    _, loss = sess.run([train_op, cross_entropy_loss], feed, options=run_options)
+                except KERNEL_ERRORS as e:
+                    if first_loss is not None:
+                        raise
+                    raise FirstStepFailed(f'TensorFlow could not run the first training step ({type(e).__name__}: '
+                                          f'{e.message.splitlines()[0]})') from None
                 first_loss = loss if first_loss is None else first_loss
                 if diverged(loss, first_loss):
                     bar.close()
@@ -332,7 +341,11 @@ def run(argv=None, args=None):
         else:
             net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, fcn, num_classes,
                                                (data.source, data.train_names, data.val_names), data.dataset)
-        history, best = train(sess, net, args, data, recipe, run_dir, resume, workers)
+        try:
+            history, best = train(sess, net, args, data, recipe, run_dir, resume, workers)
+        except FirstStepFailed as e:
+            hint = 'try --precision fp32' if arithmetic[0] == 'bf16' else 'reinstall: pip install -r requirements.txt'
+            raise UserError(f'{e}, in {arithmetic[0]} arithmetic ({arithmetic[1]}): {hint}') from None
         if not workers.chief:
             print(f'task {workers.described["task"]} finished training; the chief writes the outputs', flush=True)
             return None

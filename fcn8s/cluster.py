@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 import tensorflow.compat.v1 as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from fcn8s import vgg
 from fcn8s.errors import UserError
@@ -129,7 +130,13 @@ def session_config(cluster, arithmetic_config):
     config = tf.ConfigProto()
     config.CopyFrom(cluster.config)
     if arithmetic_config is not None:
-        config.graph_options.rewrite_options.MergeFrom(arithmetic_config.graph_options.rewrite_options)
+        rewrite = config.graph_options.rewrite_options
+        rewrite.MergeFrom(arithmetic_config.graph_options.rewrite_options)
+        if cluster.task and rewrite.auto_mixed_precision_onednn_bfloat16 == rewriter_config_pb2.RewriterConfig.ON:
+            # A worker receives its part of the graph as a GraphDef, checked against the public op definitions:
+            # Grappler's fused convolution (_FusedConv2D) lists no bfloat16 there, though oneDNN's op that replaces
+            # it in one process has it. Unfused, every op is one the check allows and oneDNN still runs in bf16.
+            rewrite.remapping = rewriter_config_pb2.RewriterConfig.OFF
     return config
 
 

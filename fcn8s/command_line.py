@@ -155,7 +155,16 @@ def evaluate_parser():
         prog='main.py evaluate',
         description='Score a trained run (its best checkpoint) at each image\'s original resolution: KITTI\'s road '
                     'figures per category and pooled for a road model, per-class and mean IoU and accuracies for '
-                    'scene parsing; print a table and write RUN_DIR/eval.json and a plot.')
+                    'scene parsing; print a table and write RUN_DIR/eval.json, a plot, the confusion matrix '
+                    '(eval_confusion.png), every image\'s figures (eval_images.csv) and the worst images '
+                    '(eval_worst/).')
+
+    def count(text):
+        """--worst's value: a whole number, 0 or more."""
+        if int(text) < 0:
+            raise argparse.ArgumentTypeError(f'{text} is negative')
+        return int(text)
+
     parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True, help='a run folder of main.py')
     parser.add_argument('--dataset', metavar='DIR',
                         help='score the labelled images of DIR (KITTI: all of training/; Cityscapes and CamVid: '
@@ -164,6 +173,10 @@ def evaluate_parser():
                         help='arithmetic of the network: auto = bf16 on CPUs with AVX512_BF16 or AMX, else fp32 '
                              '[default: the precision the run validated with, so that its figures are repeated; '
                              'auto where this machine lacks it]')
+    parser.add_argument('--worst', type=count, default=8, metavar='N',
+                        help='draw the N images of the lowest figure (mean IoU; road IoU at 0.5 for a road model) '
+                             'into RUN_DIR/eval_worst/, worst first, each as image | truth | prediction; 0: none '
+                             '[default: %(default)s]')
     add_tta(parser, 'scores')
     return parser
 

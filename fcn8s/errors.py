@@ -17,6 +17,11 @@ class LossDiverged(UserError):
     """The training loss became NaN, infinite or blew up: training stops, naming the step."""
 
 
+class FirstStepFailed(UserError):
+    """TensorFlow could not run a run's first training step (a kernel it lacks for these types or this device):
+    the caller says which arithmetic was asked for and what to try."""
+
+
 def require(module, purpose):
     """Import module (a package of requirements.txt) for purpose; a UserError that says how to install it if it
     is missing."""

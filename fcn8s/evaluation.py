@@ -1,8 +1,13 @@
 """Scoring a segmentation model on labelled images: KITTI's road figures (MaxF, AP, IoU per category) for road
 models, the confusion matrix's figures (per-class and mean IoU, pixel and class accuracy) for scene parsing.
 The one scoring loop behind validation during training, `main.py evaluate` (this module's command) and the
-accuracy columns of `main.py optimize`."""
+accuracy columns of `main.py optimize`. evaluate also writes what a user can act on: the confusion matrix's picture,
+every image's own figures and a gallery of the worst images."""
+import csv
+import heapq
+import io
 import os
+import shutil
 
 import imageio.v3 as iio
 import numpy as np
@@ -19,6 +24,7 @@ from fcn8s.metrics import ROAD_CLASSES, is_road
 # gradients holds in less memory): the weights' conversion for oneDNN (and to bfloat16) is paid once per forward
 # pass, not once per image (docs/measurements.md).
 VALIDATION_BATCH = 8
+GALLERY_WIDTH = 1600  # pixels: a wider image | truth | prediction picture of the gallery is scaled down to it
 
 
 def load_examples(pairs, load_pair):
@@ -56,7 +62,8 @@ def _pool(counts, category, hist):
     counts[category] = counts.get(category, 0) + hist
 
 
-def score_examples(run_model, examples, net_batches, image_shape, layout, desc='scoring', views=None):
+def score_examples(run_model, examples, net_batches, image_shape, layout, desc='scoring', views=None,
+                   on_image=None):
     """Run a model over examples and pool its counts per category: the project's one scoring loop.
 
     run_model(images [b, H, W, 3], labels [b, H, W, K]) -> (probabilities: the road's, b*H*W values, for a road
@@ -67,7 +74,9 @@ def score_examples(run_model, examples, net_batches, image_shape, layout, desc='
     same in the bird's-eye view, 'bev_images': how many were, 'loss': the mean loss over all valid pixels or
     None, 'overlays': {name: overlay} of the first image of each category, 'bev_pictures': {name:
     bev.bev_picture} likewise}; counts are [2, LEVELS] (true class, confidence level) for a road model, else the
-    confusion matrix [K, K].
+    confusion matrix [K, K]. on_image(name, image, classes, prediction, hist), when given, is called for every
+    image with its prediction at its own size (the road probability float [h, w], or class ids int [h, w]) and
+    its own counts (as above), so that a caller keeps what it needs of each image (nothing else is kept).
     """
     road, num_classes, views = is_road(layout.classes), len(layout.classes), views or {}
     hists, bev_hists, loss_sum, valid, overlays, pictures = {}, {}, 0.0, 0, {}, {}
@@ -88,6 +97,8 @@ def score_examples(run_model, examples, net_batches, image_shape, layout, desc='
                 prob = class_ids_at(prob, image.shape[:2])
                 hist = metrics.fast_hist(classes, prob, num_classes)
             _pool(hists, category, hist)
+            if on_image is not None:
+                on_image(name, image, classes, prob, hist)
             if not any(layout.category(n) == category for n in overlays):
                 overlays[name] = overlay(image, prob) if road else class_overlay(image, prob, layout.palette)
             if name in views:
@@ -137,7 +148,8 @@ def validation_record(scores, layout):
     return record
 
 
-def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDATION_BATCH, views=None, flip=False):
+def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDATION_BATCH, views=None, flip=False,
+                     on_image=None):
     """validate_fn for train_nn on examples [(name, uint8 image [h, w, 3], int8 classes [h, w])]: () ->
     (validation_record, overlays {name: uint8 image} of one image per category, perspective and bird's-eye).
 
@@ -145,6 +157,7 @@ def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDA
     size (the mean over all valid pixels), the counts at each image's own size, and in the bird's-eye view for
     the examples of views (bev_views). batch_size images go through the network at once. With flip, the
     probabilities are the mean of each image's and its mirror's (outputs.flip_mean); the loss is the image's.
+    on_image: score_examples'.
     """
     probabilities = outputs.probabilities(net['logits'], layout.classes)
     net_batches = network_batches(examples, image_shape, batch_size)  # once: the same images every epoch
@@ -158,7 +171,8 @@ def make_validate_fn(sess, net, examples, image_shape, layout, batch_size=VALIDA
         return probs, loss
 
     def validate_fn():
-        scores = score_examples(run_model, examples, net_batches, image_shape, layout, 'validation', views)
+        scores = score_examples(run_model, examples, net_batches, image_shape, layout, 'validation', views,
+                                on_image)
         record = validation_record(scores, layout)
         if not is_road(layout.classes):
             tqdm.write(format_class_table(record))
@@ -267,7 +281,9 @@ def evaluate_command(args, build_fcn):
                         config['weights'].get('skip_scales'))
         tf.train.Saver(tf.trainable_variables()).restore(sess, best)
         views, without = bev_views(examples, layout)
-        validate_fn = make_validate_fn(sess, net, examples, image_shape, layout, views=views, flip=args.tta == 'flip')
+        per_image = ImageFigures(layout, args.worst)
+        validate_fn = make_validate_fn(sess, net, examples, image_shape, layout, views=views, flip=args.tta == 'flip',
+                                       on_image=per_image)
         sess.graph.finalize()
         record, pictures = validate_fn()
     print(f'{best} on {len(examples)} images of {args.dataset or "the validation split"}'
@@ -279,7 +295,7 @@ def evaluate_command(args, build_fcn):
     about = {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'], 'precision': arithmetic,
              'tta': args.tta, 'images': [name for name, _, _ in examples],
              **({'bev_without_calibration': without} if is_road(layout.classes) else {})}
-    written = write_evaluation(args.checkpoint, about, record, pictures, layout)
+    written = write_evaluation(args.checkpoint, about, record, pictures, layout, per_image)
     print(f'written to {", ".join(written)}')
 
 
@@ -294,17 +310,118 @@ def evaluation_precision(requested, config):
     return ran, 'the precision the run validated with'
 
 
-def write_evaluation(run_dir, about, record, pictures, layout):
-    """eval.json (about, then the loss and every figure of record), its plot and one bird's-eye picture per
-    category (pictures' bev_<name> entries) into run_dir; returns the paths written."""
-    path = os.path.join(run_dir, 'eval.json')
+def write_evaluation(run_dir, about, record, pictures, layout, per_image):
+    """eval.json (about, then the loss and every figure of record), its plot, the confusion matrix's picture
+    (eval_confusion.png), every image's figures (eval_images.csv) and the gallery of the worst images (eval_worst/)
+    of per_image (an ImageFigures), and one bird's-eye picture per category (pictures' bev_<name> entries) into
+    run_dir; returns the paths written."""
+    path, road = os.path.join(run_dir, 'eval.json'), is_road(layout.classes)
     title = f'{os.path.basename(about["checkpoint"])}, {len(about["images"])} images'
     with files.writing(run_dir, 'the evaluation'):
         files.write_json(path, {**about, 'loss': record['val_loss'], **{
             key[4:]: value for key, value in record.items() if key.startswith('val_') and key != 'val_loss'}})
-        written = [path, plots.plot_scores(record, is_road(layout.classes), run_dir, 'eval_', title)]
+        written = [path, plots.plot_scores(record, road, run_dir, 'eval_', title),
+                   os.path.join(run_dir, 'eval_confusion.png'), os.path.join(run_dir, 'eval_images.csv')]
+        plots.plot_confusion(working_confusion(record['val_counts']['all'] if road else record['val_confusion'], road),
+                             layout.classes, written[2], title + (', road where p > 0.5' if road else ''))
+        files.atomic_write(written[3], per_image.csv_text())
         for name, picture in pictures.items():
             if name.startswith('bev_'):
                 written.append(os.path.join(run_dir, f'eval_bev_{layout.category(name[4:])}.png'))
                 iio.imwrite(written[-1], picture)
+        written += write_gallery(os.path.join(run_dir, 'eval_worst'), per_image, layout)
     return written
+
+
+def working_confusion(counts, road):
+    """The confusion matrix [K, K] (rows: truth, columns: prediction) of score_examples' counts: a road model's
+    [2, LEVELS] read at the threshold 0.5 (non-road, road), scene parsing's [K, K] as they are."""
+    counts = np.asarray(counts)
+    return metrics.binarize(counts) if road else counts
+
+
+def image_figures(hist, road):
+    """One image's figures from its own counts (score_examples' hist: [2, LEVELS] for a road model, else [K, K]):
+    valid_pixels (those not ignored), pixel_accuracy, and mean_iou (the mean over the classes in the image's
+    truth or prediction, metrics.segmentation_scores) or, for a road model at the threshold 0.5, road_iou_at_0.5
+    and road_f_at_0.5 (F = 2 IoU / (1 + IoU), both being TP over sums of TP, FP and FN). nan where a figure has
+    no pixels to count (no valid pixel; no road in the truth nor in the prediction)."""
+    confusion = working_confusion(hist, road)
+    scores = metrics.segmentation_scores(confusion)
+    figures = {'valid_pixels': int(confusion.sum()), 'pixel_accuracy': scores['pixel_accuracy']}
+    if not road:
+        return {**figures, 'mean_iou': scores['mean_iou']}
+    iou = metrics.road_iou(confusion)
+    return {**figures, 'road_iou_at_0.5': iou, 'road_f_at_0.5': 2 * iou / (1 + iou)}
+
+
+class ImageFigures:
+    """score_examples' on_image for evaluate: every image's image_figures, in scoring order, and the `worst` images
+    of the lowest ranking figure (mean IoU, or road IoU at 0.5) with their truth and prediction, in a heap of at
+    most `worst` entries: memory bounded whatever the number of images. An image whose ranking figure is nan
+    (nothing to score, or no road in its truth nor prediction: nothing wrong) is never among the worst."""
+
+    def __init__(self, layout, worst):
+        self.layout, self.worst, self.road, self.rows, self._heap = layout, worst, is_road(layout.classes), [], []
+
+    def __call__(self, name, image, classes, prediction, hist):
+        figures = image_figures(hist, self.road)
+        self.rows.append((name, self.layout.category(name), figures))
+        figure = figures['road_iou_at_0.5' if self.road else 'mean_iou']
+        if self.worst and np.isfinite(figure):
+            # The heap's first entry is the best kept (ties: the last scored), the one a worse image replaces;
+            # the position makes every key unique, so that the arrays are never compared.
+            entry = (-figure, -len(self.rows), name, image, classes, prediction)
+            if len(self._heap) < self.worst:
+                heapq.heappush(self._heap, entry)
+            else:
+                heapq.heappushpop(self._heap, entry)
+
+    def worst_images(self):
+        """[(name, uint8 image [h, w, 3], int8 classes [h, w], prediction [h, w])] of the kept images, worst first
+        (ties in scoring order)."""
+        return [entry[2:] for entry in sorted(self._heap, reverse=True)]
+
+    def csv_text(self):
+        """eval_images.csv: a header, then name, category and image_figures of every image, in scoring order;
+        an empty cell for nan."""
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator='\n')
+        writer.writerow(['name', 'category', *(self.rows[0][2] if self.rows else ())])
+        for name, category, figures in self.rows:
+            writer.writerow([name, category, *('' if isinstance(value, float) and not np.isfinite(value)
+                                               else value for value in figures.values())])
+        return text.getvalue()
+
+
+def gallery_picture(image, classes, prediction, layout):
+    """uint8 [h, 3 w, 3]: an image [h, w, 3], its truth classes [h, w] and the prediction [h, w] (road
+    probability or class ids) side by side, painted as the validation overlays are (green road, or the layout's
+    palette; ignored pixels of the truth left as they are in the image); scaled down to GALLERY_WIDTH if wider."""
+    if is_road(layout.classes):
+        painted = overlay(image, classes == metrics.ROAD), overlay(image, prediction)
+    else:
+        painted = class_overlay(image, classes, layout.palette), class_overlay(image, prediction, layout.palette)
+    picture = np.concatenate([image, *painted], axis=1)
+    height, width = picture.shape[:2]
+    if width > GALLERY_WIDTH:
+        picture = resize_image(picture, (max(1, round(height * GALLERY_WIDTH / width)), GALLERY_WIDTH))
+    return picture
+
+
+def write_gallery(folder, per_image, layout):
+    """The worst images of per_image (an ImageFigures), one gallery_picture each, into folder as
+    <rank>_<image name>.png, rank 1 the worst; the folder is replaced as a whole (never half a gallery), and
+    removed when per_image keeps none (--worst 0: a previous evaluation's gallery would belong to other figures).
+    Returns [folder], or [] when none is written."""
+    if not per_image.worst:
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        return []
+    worst = per_image.worst_images()
+    digits = len(str(len(worst)))
+    with files.staged_folder(folder, replace=True) as staging:
+        for rank, (name, image, classes, prediction) in enumerate(worst, 1):
+            iio.imwrite(os.path.join(staging, f'{rank:0{digits}d}_{os.path.splitext(name)[0]}.png'),
+                        gallery_picture(image, classes, prediction, layout))
+    return [folder]

@@ -1,5 +1,6 @@
 """PNG plots of a run, from what metrics.json holds: loss and the validation score per epoch, and of the last
-validation the precision-recall curves per category (road models) or the IoU of every class (scene parsing)."""
+validation the precision-recall curves per category (road models) or the IoU of every class (scene parsing); and
+evaluate's confusion matrix, each row normalised."""
 import os
 
 import matplotlib
@@ -13,6 +14,7 @@ from fcn8s import metrics  # noqa: E402
 # The validation figures drawn per epoch, where the records have them: (key, legend).
 HISTORY_SCORES = (('val_max_f', 'MaxF'), ('val_iou_at_0.5', 'road IoU at 0.5'), ('val_mean_iou', 'mean IoU'),
                   ('val_pixel_accuracy', 'pixel accuracy'))
+CELL_VALUES_UP_TO = 20  # classes: beyond, a confusion matrix's cells are too small for their values to be read
 
 
 def plot_history(history, path):
@@ -73,6 +75,40 @@ def plot_class_iou(classes, path, title='validation'):
     ax.set_xticklabels(names, rotation=60, ha='right')
     ax.set(ylabel='IoU', ylim=(0, 1), title=f'{title}: mean IoU {100 * np.nanmean(ious):.1f} %')
     ax.grid(alpha=0.3, axis='y')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def row_fractions(confusion):
+    """float [K, K]: each row of a confusion matrix [K, K] (rows: truth) divided by its sum, the share of a true
+    class's pixels predicted as each class; a row of a class without pixels is nan (no share to give)."""
+    confusion = np.asarray(confusion, np.float64)
+    totals = confusion.sum(axis=1, keepdims=True)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(totals > 0, confusion / totals, np.nan)
+
+
+def plot_confusion(confusion, names, path, title):
+    """A confusion matrix [K, K] (rows: truth, columns: prediction, K = len(names)) as row_fractions, the class
+    names on both axes, each cell's percentage written in it for up to CELL_VALUES_UP_TO classes, the rows of
+    classes without pixels grey."""
+    fractions, count = row_fractions(confusion), len(names)
+    side = max(4.0, 0.45 * count + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    shown = ax.imshow(np.ma.masked_invalid(fractions), cmap=plt.get_cmap('Blues').with_extremes(bad='0.85'), vmin=0,
+                      vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
+    ax.set_xticks(range(count))
+    ax.set_xticklabels(names, rotation=60, ha='right')
+    ax.set_yticks(range(count))
+    ax.set_yticklabels(names)
+    ax.set(xlabel='prediction', ylabel='truth', title=title)
+    if count <= CELL_VALUES_UP_TO:
+        for (row, column), value in np.ndenumerate(fractions):
+            if np.isfinite(value):
+                ax.text(column, row, f'{100 * value:.1f}', ha='center', va='center', fontsize=9 if count <= 10 else 7,
+                        color='white' if value > 0.5 else 'black')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

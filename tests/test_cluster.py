@@ -16,7 +16,7 @@ import tensorflow.compat.v1 as tf
 
 import helper
 import main
-from fcn8s import cluster, images, vgg
+from fcn8s import cluster, images, precision, vgg
 from fcn8s.errors import UserError
 from tests.support import HERE, THIN
 
@@ -138,10 +138,11 @@ def stop(processes):
             process.wait(timeout=30)
 
 
-def thin_flags(small_dataset, thin_vgg, epochs):
+def thin_flags(small_dataset, thin_vgg, epochs, arithmetic='fp32'):
     return ['--dataset', small_dataset, '--vgg-dir', thin_vgg, '--epochs', str(epochs), '--batch-size', '3',
-            '--image-shape', '64', '224', '--val-fraction', '0.25', '--no-download', '--precision', 'fp32',
+            '--image-shape', '64', '224', '--val-fraction', '0.25', '--no-download', '--precision', arithmetic,
             '--keep-prob', '1', '--learning-rate', '1e-3', '--worker-timeout', '20']
+
 
 
 def road_probability(run_dir, batch):
@@ -151,8 +152,16 @@ def road_probability(run_dir, batch):
         return sess.run(signature.outputs['road_probability'].name, {signature.inputs['image'].name: batch})
 
 
-def test_two_worker_processes_train_as_one_and_only_the_chief_writes(small_dataset, thin_vgg, tmp_path):
-    flags = thin_flags(small_dataset, thin_vgg, epochs=2)
+BF16_CPU = precision.mixed_precision()
+
+
+# bf16: a replica rounds its half of a batch, one process the whole batch: equal to bf16's precision, not fp32's.
+@pytest.mark.parametrize('arithmetic, tolerance', [
+    ('fp32', 1e-4),
+    pytest.param('bf16', 3e-2, marks=pytest.mark.skipif(BF16_CPU[0] != 'bf16', reason=BF16_CPU[1]))])
+def test_two_worker_processes_train_as_one_and_only_the_chief_writes(small_dataset, thin_vgg, tmp_path, arithmetic,
+                                                                     tolerance):
+    flags = thin_flags(small_dataset, thin_vgg, 2, arithmetic)
     processes, logs = start_workers(flags, tmp_path)
     try:
         codes = [process.wait(timeout=240) for process in processes]
@@ -170,7 +179,8 @@ def test_two_worker_processes_train_as_one_and_only_the_chief_writes(small_datas
                       for name in ('um_000000.png', 'uu_000000.png')]).astype(np.float32)
     expected = road_probability(single, image)
     assert expected.std() > 0.01  # a trained model whose probabilities vary: agreement means something
-    np.testing.assert_allclose(road_probability(str(chief_run), image), expected, atol=1e-4)
+    assert config['precision']['chosen'] == arithmetic
+    np.testing.assert_allclose(road_probability(str(chief_run), image), expected, atol=tolerance)
 
 
 def test_a_worker_that_dies_stops_the_other_with_an_error_naming_it(small_dataset, thin_vgg, tmp_path):

@@ -12,7 +12,7 @@ import tensorflow.compat.v1 as tf
 import helper
 import main
 from fcn8s import camvid, command_line, files, images, inference, kitti, outputs, paths, recipes, vgg
-from fcn8s.errors import UserError
+from fcn8s.errors import FirstStepFailed, UserError
 from tests.support import THIN, thin_fcn
 
 
@@ -119,6 +119,22 @@ def test_loss_falls_over_a_few_steps(thin_vgg, small_dataset):
         feed = {net['image_input']: images, net['correct_label']: labels, net['learning_rate']: 1e-3}
         losses = [sess.run([net['train_op'], net['loss']], feed)[1] for _ in range(15)]
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_a_kernel_error_at_the_first_step_is_one_error_line_and_later_ones_keep_their_traceback():
+    def get_batches_fn(values):
+        return lambda batch_size: iter([(np.full((batch_size, 1, 1, 3), v), np.ones((batch_size, 1, 1, 2)))
+                                        for v in values])
+
+    input_image = tf.placeholder(tf.float32)
+    loss = tf.reduce_mean(input_image)
+    step = tf.Assert(tf.reduce_all(input_image > 0), ['no kernel for this'])  # fails as a missing kernel does
+    placeholders = (input_image, tf.placeholder(tf.float32), tf.placeholder(tf.float32), None)
+    with tf.Session() as sess:
+        with pytest.raises(FirstStepFailed, match=r'could not run the first training step \(InvalidArgumentError: '):
+            main.train_nn(sess, 1, 2, get_batches_fn([-1.0, 1.0]), step, loss, *placeholders)
+        with pytest.raises(tf.errors.InvalidArgumentError):  # a step that ran before: not the setup, a bug
+            main.train_nn(sess, 1, 2, get_batches_fn([1.0, -1.0]), step, loss, *placeholders)
 
 
 def test_a_nan_loss_stops_training_naming_the_step():
