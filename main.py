@@ -431,7 +431,8 @@ def load_data(args, resume, workers):
     epochs = history[-1]['epoch'] if history and history[-1].get('early_stop') else recipe['epochs']
     get_batches_fn = batches.batch_function(labelled_pairs(layout, train_names, '--dataset'), recipe['image_shape'],
                                             layout.load_pair, len(layout.classes), args.seed, finished_epochs,
-                                            augment=not args.no_augment, balance=recipe['balance_classes'])
+                                            augment=not args.no_augment, balance=recipe['balance_classes'],
+                                            check_pair=layout.check_pair)
     val_pairs = labelled_pairs(layout, val_names, f'--resume {args.resume}' if resume else '--dataset')
     val_examples = evaluation.load_examples(val_pairs, layout.load_pair)
     return TrainingData(dataset, source, layout, recipe, train_names, val_names, get_batches_fn, val_examples,

@@ -1,10 +1,20 @@
-"""Training batches: examples read and resized once, image and label augmented together, one-hot labels, the
-seeded batch generator (helper.gen_batch_function is Udacity's face of it)."""
+"""Training batches: examples read and resized once and kept, or streamed from disk where they would not fit in
+memory; image and label augmented together, one-hot labels, the seeded batch generator (helper.gen_batch_function
+is Udacity's face of it)."""
+import concurrent.futures
+import contextlib
+import os
+
 import numpy as np
 from tqdm import tqdm
 
 from fcn8s.images import resize_image, resize_nearest
 
+# The resized training set is kept in memory only where it takes at most this share of the memory available: a
+# small set is decoded once instead of every epoch, and a larger one, whose steps take longer than decoding its
+# batch in the background, loses nothing when streamed; the network, its gradients and Adam's moments need the
+# rest of the memory.
+IN_MEMORY_SHARE = 1 / 32
 # Training augmentation: zoom up to 1.25x, brightness +-0.1 (of 1), contrast x(1 +- 0.2), gamma exp(+-0.2).
 AUGMENT_MAX_SCALE = 1.25
 AUGMENT_BRIGHTNESS = 0.1
@@ -39,16 +49,60 @@ def median_frequency_weights(classes, num_classes):
     return weights
 
 
-def load_resized(pairs, image_shape, load_pair, desc='loading'):
+def resized_example(pair, image_shape, load_pair):
+    """(uint8 image [H, W, 3], int8 class ids [H, W]) at image_shape of an (image path, label path) pair read by
+    load_pair (a layout.Layout's)."""
+    image, label = load_pair(*pair)
+    return resize_image(image, image_shape), resize_nearest(label, image_shape)
+
+
+def load_resized(pairs, image_shape, load_pair, desc='loading', pool=None):
     """Images uint8 [N, H, W, 3] and class ids int8 [N, H, W] at image_shape (compact: kept for all epochs) of
-    (image path, label path) pairs read by load_pair (a layout.Layout's)."""
+    (image path, label path) pairs read by load_pair, in pool's threads if given (without a progress bar)."""
     images = np.empty((len(pairs), *image_shape, 3), np.uint8)
     classes = np.empty((len(pairs), *image_shape), np.int8)
-    for i, (image_path, label_path) in enumerate(tqdm(pairs, desc=desc, leave=False)):
-        image, label = load_pair(image_path, label_path)
-        images[i] = resize_image(image, image_shape)
-        classes[i] = resize_nearest(label, image_shape)
+    examples = (pool.map(resized_example, pairs, [image_shape] * len(pairs), [load_pair] * len(pairs)) if pool else
+                (resized_example(pair, image_shape, load_pair) for pair in pairs))
+    with tqdm(total=len(pairs), desc=desc, leave=False, disable=pool is not None) as bar:  # cleared on an error too
+        for i, (image, label) in enumerate(examples):
+            images[i], classes[i] = image, label
+            bar.update()
     return images, classes
+
+
+def available_memory():
+    """Bytes of memory available to new work (the kernel's MemAvailable), None where it is not known."""
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def keep_in_memory(count, image_shape, available):
+    """(whether count resized examples are kept in memory, a line saying why): where they take at most
+    IN_MEMORY_SHARE of the available bytes (unknown: kept, as small machines report theirs)."""
+    size = count * image_shape[0] * image_shape[1] * 4  # uint8 RGB and an int8 class id per pixel
+    if available is None or size <= IN_MEMORY_SHARE * available:
+        return True, f'training images: kept in memory once read ({size / 2 ** 20:.0f} MB resized)'
+    return False, (f'training images: streamed from disk, decoded and resized as each batch needs them '
+                   f'({size / 2 ** 30:.1f} GB resized would take more than {IN_MEMORY_SHARE:.0%} of the '
+                   f'{available / 2 ** 30:.1f} GB available)')
+
+
+def streamed_labels(pairs, image_shape, load_pair):
+    """Each pair's class ids int8 [H, W] at image_shape, read one at a time (a streamed set's class weights)."""
+    with tqdm(pairs, desc='class weights', leave=False) as bar:  # cleared on an error too
+        for pair in bar:
+            yield resized_example(pair, image_shape, load_pair)[1]
+
+
+def check_headers(pairs, check_pair):
+    """Every (image path, label path) pair checked from its headers (check_pair: a layout.Layout's), so that a
+    streamed dataset's bad file still stops the job before training, naming it."""
+    with tqdm(pairs, desc='checking', leave=False) as bar:
+        for pair in bar:
+            check_pair(*pair)
 
 
 def flip_scale_crop(image, classes, rng, max_scale=AUGMENT_MAX_SCALE):
@@ -74,20 +128,34 @@ def jitter_photometric(image, rng):
     return np.round(x * 255).astype(np.uint8)
 
 
-def batch_function(pairs, image_shape, load_pair, num_classes=2, seed=0, first_epoch=0, augment=False, balance=False):
+def batch_function(pairs, image_shape, load_pair, num_classes=2, seed=0, first_epoch=0, augment=False, balance=False,
+                   check_pair=None, in_memory=None):
     """get_batches_fn(batch_size) over (image path, label path) pairs read by load_pair, at image_shape (H, W).
 
-    Every image and label is read, checked and resized here, once, so that a bad file stops the job before any
-    training. get_batches_fn yields (images [B, H, W, 3] raw RGB 0-255, labels [B, H, W, num_classes]) in a new
-    order on every call, seeded by (seed, epoch), epochs counted from first_epoch (a resumed run's). With augment,
-    each example is flipped, zoomed and jittered at random, seeded by (seed, epoch, batch) so that a resumed run
-    sees the same batches. With balance, each pixel's one-hot label is scaled by its class's median-frequency
-    weight (of these labels): the loss becomes the weighted mean over the valid pixels.
+    in_memory: every example read, checked and resized here, once, and kept; or streamed (False): every pair's
+    headers checked here by check_pair (both a layout.Layout's), each batch's examples read and resized as it is
+    made, in threads, while a step runs (the caller's prefetch). None: kept where keep_in_memory says, and said;
+    always kept without check_pair (nothing would check a streamed dataset's files before training).
+    Either way a bad file stops the job before any training. get_batches_fn yields (images [B, H, W, 3] raw RGB
+    0-255, labels [B, H, W, num_classes]) in a new order on every call, seeded by (seed, epoch), epochs counted
+    from first_epoch (a resumed run's); kept or streamed, the batches are the same. With augment, each example is
+    flipped, zoomed and jittered at random, seeded by (seed, epoch, batch) so that a resumed run sees the same
+    batches. With balance, each pixel's one-hot label is scaled by its class's median-frequency weight (of these
+    labels, read once more where streamed): the loss becomes the weighted mean over the valid pixels.
     """
-    images, classes = load_resized(pairs, image_shape, load_pair)
-    weights = None
+    if in_memory is None and check_pair is None:
+        in_memory = True
+    if in_memory is None:
+        in_memory, said = keep_in_memory(len(pairs), image_shape, available_memory())
+        print(said, flush=True)
+    if in_memory:
+        images, classes = load_resized(pairs, image_shape, load_pair)
+        labels_read = classes
+    else:
+        check_headers(pairs, check_pair)
+        labels_read = streamed_labels(pairs, image_shape, load_pair)
+    weights = median_frequency_weights(labels_read, num_classes) if balance else None
     if balance:
-        weights = median_frequency_weights(classes, num_classes)
         print('median-frequency class weights: ' + ' '.join(f'{w:.3g}' for w in weights), flush=True)
     epoch = first_epoch
 
@@ -95,16 +163,19 @@ def batch_function(pairs, image_shape, load_pair, num_classes=2, seed=0, first_e
         nonlocal epoch
         order = np.random.RandomState([seed, epoch]).permutation(len(pairs))
         this_epoch, epoch = epoch, epoch + 1
-        for number, start in enumerate(range(0, len(order), batch_size)):
-            batch = order[start:start + batch_size]
-            batch_images, batch_classes = images[batch], classes[batch]
-            if augment:
-                rng = np.random.RandomState([seed, this_epoch, number])
-                examples = [flip_scale_crop(image, labels, rng)
-                            for image, labels in zip(batch_images, batch_classes)]
-                batch_images = np.stack([jitter_photometric(image, rng) for image, _ in examples])
-                batch_classes = np.stack([labels for _, labels in examples])
-            labels = one_hot(batch_classes, num_classes)
-            yield batch_images.astype(np.float32), labels if weights is None else labels * weights
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+        with contextlib.nullcontext() if in_memory else concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            for number, start in enumerate(range(0, len(order), batch_size)):
+                batch = order[start:start + batch_size]
+                batch_images, batch_classes = (images[batch], classes[batch]) if in_memory else \
+                    load_resized([pairs[i] for i in batch], image_shape, load_pair, pool=pool)
+                if augment:
+                    rng = np.random.RandomState([seed, this_epoch, number])
+                    examples = [flip_scale_crop(image, labels, rng)
+                                for image, labels in zip(batch_images, batch_classes)]
+                    batch_images = np.stack([jitter_photometric(image, rng) for image, _ in examples])
+                    batch_classes = np.stack([labels for _, labels in examples])
+                labels = one_hot(batch_classes, num_classes)
+                yield batch_images.astype(np.float32), labels if weights is None else labels * weights
 
     return get_batches_fn

@@ -70,19 +70,24 @@ def read_header(path):
         raise _unreadable(path, e) from None
 
 
-def read_pair(image_path, label_path, label_modes, labels_are):
-    """(uint8 RGB image [H, W, 3], its label's pixels) of an image and its label, checked: the label is one of
-    the PIL label_modes (labels_are says what they must be; labels are never converted: a guessed colour or id
-    would be a wrong label) and has the image's size."""
-    image, (mode, _) = read_rgb(image_path), read_header(label_path)
+def check_pair(label_modes, labels_are, image_path, label_path):
+    """UserError, from the two files' headers alone, for an image that is not one or cannot become RGB, or a
+    label that is not one of the PIL label_modes (labels_are says what they must be; labels are never converted:
+    a guessed colour or id would be a wrong label) or has another size than its image."""
+    (image_mode, size), (mode, label_size) = read_header(image_path), read_header(label_path)
+    check_convertible(image_path, image_mode)
     if mode not in label_modes:
         raise UserError(f'{label_path} is a PIL mode {mode} image: labels must be {labels_are} (labels are never '
                         'converted: a guessed value would be a wrong label)')
-    label = read_image(label_path)
-    if label.shape[:2] != image.shape[:2]:
-        raise UserError(f'{label_path} is {label.shape[1]}x{label.shape[0]} but its image is '
-                        f'{image.shape[1]}x{image.shape[0]}: a label must match its image pixel for pixel')
-    return image, label
+    if label_size != size:
+        raise UserError(f'{label_path} is {label_size[0]}x{label_size[1]} but its image is {size[0]}x{size[1]}: '
+                        'a label must match its image pixel for pixel')
+
+
+def read_pair(image_path, label_path, label_modes, labels_are):
+    """(uint8 RGB image [H, W, 3], its label's pixels) of an image and its label, checked (check_pair)."""
+    check_pair(label_modes, labels_are, image_path, label_path)
+    return read_rgb(image_path), read_image(label_path)
 
 
 UNKNOWN_ID = -2  # in a label table: an id that is no label of the dataset

@@ -1,6 +1,7 @@
 """KITTI Road, a dataset provider (datasets.py): its layout and file names, ground-truth colours, image/label
 pairing by name, the checks and summary of a dataset folder, and the download of data_road.zip."""
 import collections
+import functools
 import os
 import re
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from fcn8s import downloads
 from fcn8s.errors import UserError
-from fcn8s.images import check_convertible, read_header, read_pair
+from fcn8s.images import check_convertible, check_pair, read_header, read_pair
 from fcn8s.layout import ROAD_PALETTE, Layout
 from fcn8s.metrics import IGNORE, NON_ROAD, ROAD, ROAD_CLASSES
 from fcn8s.paths import KITTI_URL
@@ -19,6 +20,7 @@ CLASSES, PALETTE = ROAD_CLASSES, ROAD_PALETTE
 label_ids = None  # a road model writes KITTI's confidence maps, not label images
 KITTI_FOLDERS = ('training/image_2', 'training/gt_image_2', 'testing/image_2')
 CATEGORIES = ('um', 'umm', 'uu')
+LABEL_MODES = (('RGB',), 'RGB images in the three KITTI colours')  # (PIL modes, what they are) of its labels
 ROAD_COLOR, NON_ROAD_COLOR, INVALID_COLOR = (255, 0, 255), (255, 0, 0), (0, 0, 0)
 IMAGE_NAME = re.compile(r'^(um|umm|uu)_(\d{6})\.png$')
 ROAD_LABEL_NAME = re.compile(r'^(um|umm|uu)_road_(\d{6})\.png$')
@@ -104,7 +106,7 @@ def training_pairs(data_folder, names=None):
 
 def load_pair(image_path, label_path):
     """(uint8 [H, W, 3] image, int8 [H, W] classes) of one training example, checked."""
-    image, gt = read_pair(image_path, label_path, ('RGB',), 'RGB images in the three KITTI colours')
+    image, gt = read_pair(image_path, label_path, *LABEL_MODES)
     try:
         return image, decode_label(gt)
     except ValueError as e:
@@ -140,7 +142,8 @@ def open_layout(folder, classes='road', background='class'):
     return Layout(KIND, folder, ROAD_CLASSES, ROAD_PALETTE,
                   [(os.path.basename(image), image, label) for image, label in
                    training_pairs(os.path.join(folder, 'training'))], None,
-                  [(name, os.path.join(test_dir, name), None) for name in test_names], category, load_pair, None)
+                  [(name, os.path.join(test_dir, name), None) for name in test_names], category, load_pair, None,
+                  functools.partial(check_pair, *LABEL_MODES))
 
 
 def summary(layout, source):

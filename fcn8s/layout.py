@@ -7,7 +7,7 @@ import functools
 import numpy as np
 
 from fcn8s.errors import UserError
-from fcn8s.images import OVERLAY_COLOR, read_pair
+from fcn8s.images import OVERLAY_COLOR, check_pair, read_pair
 from fcn8s.metrics import ROAD_CLASSES
 
 # kind: the provider's KIND; classes: the class names, class id = position (road-only: ROAD_CLASSES); palette:
@@ -15,8 +15,11 @@ from fcn8s.metrics import ROAD_CLASSES
 # train by the caller); category(name): the drive, city or sequence an image belongs to; load_pair(image path,
 # label path) -> (uint8 image [H, W, 3], int8 class ids [H, W], IGNORE where not evaluated), checked;
 # encode(class ids [H, W]) -> the label image the dataset's benchmark reads (None for a road model, whose outputs
-# are KITTI's confidence maps).
-Layout = collections.namedtuple('Layout', 'kind root classes palette train val test category load_pair encode')
+# are KITTI's confidence maps); check_pair(image path, label path): load_pair's checks from the files' headers
+# alone (images.check_pair), for datasets too large to decode before training.
+Layout = collections.namedtuple('Layout', 'kind root classes palette train val test category load_pair encode '
+                                          'check_pair')
+LABEL_ID_MODES = (('L', 'P'), 'one-channel images of label ids')  # (PIL modes, what they are) of label-id images
 ROAD_PALETTE = ((0, 0, 0), OVERLAY_COLOR)
 SPLITS = ('train', 'val', 'test')
 VAL_STRETCH = 10  # frames: the longest stretch of consecutive frames held out together for validation
@@ -24,7 +27,7 @@ VAL_STRETCH = 10  # frames: the longest stretch of consecutive frames held out t
 
 def load_label_pair(decode_label, table, image_path, label_path):
     """(uint8 image [H, W, 3], int8 class ids [H, W]) of an image and its one-channel label image, checked."""
-    image, label_ids = read_pair(image_path, label_path, ('L', 'P'), 'one-channel images of label ids')
+    image, label_ids = read_pair(image_path, label_path, *LABEL_ID_MODES)
     return image, decode_label(label_path, label_ids, table)
 
 
@@ -38,7 +41,8 @@ def label_id_layout(kind, folder, classes, split_pairs, category, decode_label, 
     road_only = classes == 'road'
     names, palette, encode = (ROAD_CLASSES, ROAD_PALETTE, None) if road_only else scene_classes
     return Layout(kind, folder, names, palette, splits['train'], splits['val'] or None, splits['test'], category,
-                  functools.partial(load_label_pair, decode_label, decoder(road_only)), encode)
+                  functools.partial(load_label_pair, decode_label, decoder(road_only)), encode,
+                  functools.partial(check_pair, *LABEL_ID_MODES))
 
 
 def split_summary(layout, source, groups):

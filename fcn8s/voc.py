@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from fcn8s.errors import UserError
-from fcn8s.images import read_image, read_pair
+from fcn8s.images import check_pair, read_image, read_pair
 from fcn8s.layout import ROAD_PALETTE, Layout, split_summary
 from fcn8s.metrics import IGNORE, ROAD_CLASSES
 
@@ -23,6 +23,9 @@ MASK_DIRS = ('SegmentationClass', 'SegmentationClassPNG')  # VOC's and CVAT's; l
 LABELMAP, CLASS_NAMES = 'labelmap.txt', 'class_names.txt'
 LABELMAP_HEADER = '# label:color_rgb:parts:actions'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+# (PIL modes, what they are) of the masks with a labelmap ('rgb') and without ('index').
+MASK_MODES = {'rgb': (('RGB', 'P'), 'RGB or palette PNGs in labelmap.txt\'s colours'),
+              'index': (('P', 'L'), 'palette or one-channel 8-bit PNGs of class indices (255 = void)')}
 # The class lists of ImageSets/Segmentation, by split; CVAT's default.txt and VOC's trainval.txt hold every image.
 LISTS = {'train': ('train.txt',), 'val': ('val.txt',), 'test': ('test.txt',),
          'all': ('default.txt', 'trainval.txt')}
@@ -159,9 +162,7 @@ def _shown(key, form):
 def load_pair(form, lookup, image_path, label_path):
     """(uint8 image [H, W, 3], int8 class ids [H, W]) of an image and its mask, checked: RGB or palette masks
     with a labelmap, one-channel or palette masks of indices without; 16-bit and alpha masks refused."""
-    modes, wanted = (('RGB', 'P'), 'RGB or palette PNGs in labelmap.txt\'s colours') if form == 'rgb' else \
-        (('P', 'L'), 'palette or one-channel 8-bit PNGs of class indices (255 = void)')
-    image, mask = read_pair(image_path, label_path, modes, wanted)
+    image, mask = read_pair(image_path, label_path, *MASK_MODES[form])
     if form == 'rgb' and mask.ndim == 2:  # a palette PNG: its colours are what labelmap.txt lists
         mask = read_image(label_path, 'RGB')
     return image, decode_mask(label_path, mask, form, lookup)
@@ -300,7 +301,7 @@ def open_layout(folder, classes='all', background='class'):
         raise UserError(f'{folder}: no image to train on')
     return Layout(KIND, folder, names, colours, splits['train'], splits['val'], splits['test'],
                   lambda name: category(os.path.splitext(name)[0]), functools.partial(load_pair, form, lookup),
-                  None if classes == 'road' else label_ids)
+                  None if classes == 'road' else label_ids, functools.partial(check_pair, *MASK_MODES[form]))
 
 
 def summary(layout, source):

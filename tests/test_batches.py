@@ -1,13 +1,16 @@
 """fcn8s/batches.py: training batches (through helper.gen_batch_function, Udacity's face of them): images kept
 with their own labels, seeded shuffling and augmentation, median-frequency class weights, 16-bit images."""
 import os
+import re
 import shutil
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 
 import helper
 from fcn8s import batches, kitti, metrics
+from fcn8s.errors import UserError
 from fcn8s.images import read_rgb, resize_image
 from tests.support import write_png16
 
@@ -107,3 +110,47 @@ def test_shuffling_is_seeded_and_changes_per_epoch(small_dataset):
     a1, a2, b1 = epoch(first), epoch(first), epoch(second)
     np.testing.assert_array_equal(a1, b1)
     assert not np.array_equal(a1, a2)
+
+
+def test_streamed_batches_are_the_kept_ones_also_when_resumed(small_dataset):
+    layout = kitti.open_layout(small_dataset)
+    pairs = [(image, label) for _, image, label in layout.train]
+
+    def epochs(in_memory, first_epoch=0, count=2):
+        get_batches_fn = batches.batch_function(pairs, (64, 224), layout.load_pair, 2, seed=4, first_epoch=first_epoch,
+                                                augment=True, balance=True, check_pair=layout.check_pair,
+                                                in_memory=in_memory)
+        return [list(get_batches_fn(5)) for _ in range(count)]
+
+    kept, streamed = epochs(True), epochs(False)
+    resumed = epochs(False, first_epoch=1, count=1)  # a run resumed at the second epoch
+    for a, b in zip([batch for epoch in kept for batch in epoch], [batch for epoch in streamed for batch in epoch]):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])  # the class weights too: the same labels read
+    for a, b in zip(kept[1], resumed[0]):
+        np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_a_streamed_dataset_stops_on_a_bad_file_before_any_batch(small_dataset, tmp_path):
+    dataset = tmp_path / 'road'
+    shutil.copytree(small_dataset, dataset)
+    layout = kitti.open_layout(str(dataset))
+    pairs = [(image, label) for _, image, label in layout.train]
+    with open(pairs[7][0], 'wb') as f:
+        f.write(b'\x89PNG\r\n')  # a file cut short: no header to read
+    with pytest.raises(UserError, match=re.escape(pairs[7][0]) + ' cannot be read as an image'):
+        batches.batch_function(pairs, (64, 224), layout.load_pair, check_pair=layout.check_pair, in_memory=False)
+    shutil.copy(pairs[0][0], pairs[7][0])
+    label = read_rgb(pairs[5][1])
+    iio.imwrite(pairs[5][1], label[:-2])
+    with pytest.raises(UserError, match=re.escape(pairs[5][1]) + r' is \d+x\d+ but its image is'):
+        batches.batch_function(pairs, (64, 224), layout.load_pair, check_pair=layout.check_pair, in_memory=False)
+
+
+def test_the_resized_set_is_kept_when_it_takes_a_32nd_of_the_memory_at_most():
+    """100 examples of 100x100: 100 * 100 * 100 * 4 bytes (RGB and a class id) = 4,000,000 bytes, a 32nd of
+    128,000,000: kept with 128,000,000 bytes available, streamed with one byte less; kept where unknown."""
+    assert batches.keep_in_memory(100, (100, 100), 128_000_000)[0]
+    kept, said = batches.keep_in_memory(100, (100, 100), 127_999_999)
+    assert not kept and 'streamed from disk' in said
+    assert batches.keep_in_memory(100, (100, 100), None)[0]

@@ -95,7 +95,8 @@ def test_image_figures_of_hand_made_images():
 
 
 def road_layout():
-    return Layout('test', '', ROAD_CLASSES, ((0, 0, 0), (0, 255, 0)), [], None, [], lambda name: name[:2], None, None)
+    return Layout('test', '', ROAD_CLASSES, ((0, 0, 0), (0, 255, 0)), [], None, [], lambda name: name[:2], None, None,
+                  None)
 
 
 def test_image_figures_keeps_the_worst_images_and_writes_a_row_per_image():
