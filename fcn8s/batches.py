@@ -86,7 +86,7 @@ def keep_in_memory(count, image_shape, available):
     if available is None or size <= IN_MEMORY_SHARE * available:
         return True, f'training images: kept in memory once read ({size / 2 ** 20:.0f} MB resized)'
     return False, (f'training images: streamed from disk, decoded and resized as each batch needs them '
-                   f'({size / 2 ** 30:.1f} GB resized would take more than {IN_MEMORY_SHARE:.0%} of the '
+                   f'({size / 2 ** 30:.1f} GB resized would take more than 1/{round(1 / IN_MEMORY_SHARE)} of the '
                    f'{available / 2 ** 30:.1f} GB available)')
 
 
