@@ -39,8 +39,15 @@ def benchmark_parser():
                         help='instead: where a training step\'s time goes, per phase and op type (TensorFlow\'s '
                              'step stats), at 96x320 batch 2 and 160x576 batch 4, fp32 and bf16, and the forward '
                              'pass in the training graph against the frozen one')
+    parser.add_argument('--serving', metavar='RUN_DIR',
+                        help='instead: `main.py serve --model RUN_DIR` under 1, 4 and 16 concurrent clients on this '
+                             'machine (throughput, p50/p95 latency, failures, the server\'s memory), against `main.py '
+                             'infer`\'s images/s on the same model and generated KITTI-size scenes')
+    parser.add_argument('--serving-seconds', type=float, default=60,
+                        help='how long each count of clients sends requests, with --serving [default: %(default)g]')
     parser.add_argument('--output',
-                        help='where to write the results [default: benchmark.json; profile.json with --profile]')
+                        help='where to write the results [default: benchmark.json; profile.json with --profile; '
+                             'serving.json with --serving]')
     return parser
 
 
@@ -48,8 +55,8 @@ def parse_args(argv=None):
     """benchmark.py's flags, checked."""
     parser = benchmark_parser()
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.variant_runs < 2:
-        parser.error('--repeats must be at least 1 and --variant-runs at least 2')
+    if args.repeats < 1 or args.variant_runs < 2 or args.serving_seconds <= 0:
+        parser.error('--repeats must be at least 1, --variant-runs at least 2 and --serving-seconds above 0')
     return args
 
 
@@ -64,11 +71,15 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import resource
+import signal
 import socket
+import subprocess
 import tempfile
 import time
 
+import httpx
 import numpy as np
 
 import helper
@@ -562,13 +573,134 @@ def profile_steps(args):
     return report
 
 
+SERVING_CLIENTS = (1, 4, 16)
+SERVING_WARMUP_S = 5  # 16 clients before the first measurement: the server's memory is taken after it
+
+
+def serving_benchmark(run_dir, seconds):
+    """main.py serve --model run_dir under each count of SERVING_CLIENTS concurrent clients (threads of this
+    process, each sending its next request when answered) for `seconds`, on PIPELINE_IMAGES generated KITTI-size
+    scenes: images/s, p50/p95 latency, failed requests, the server's RSS after the warm-up and after each count;
+    against main.py infer's images/s on the same images and model; whether SIGTERM then ends it with 0."""
+    report = {'machine': machine(), 'date': time.strftime('%Y-%m-%d %H:%M'), 'model': run_dir,
+              'command': ' '.join(['python benchmark.py', *sys.argv[1:]]), 'rows': []}
+    with tempfile.TemporaryDirectory() as folder:
+        scenes = os.path.join(make_scenes(folder), 'training', 'image_2')
+        said = subprocess.run([sys.executable, 'main.py', 'infer', '--model', run_dir, '--input', scenes, '--output',
+                               os.path.join(folder, 'overlays')], capture_output=True, text=True, check=True).stdout
+        overall, median_ms = re.search(r'([\d.]+) per second overall, ([\d.]+) ms median in the model', said).groups()
+        report['infer'] = {'images_per_s': float(overall), 'model_median_ms': float(median_ms)}
+        bodies = []
+        for name in sorted(os.listdir(scenes)):
+            with open(os.path.join(scenes, name), 'rb') as f:
+                bodies.append(f.read())
+        with open(os.path.join(folder, 'serve.log'), 'w+') as log:
+            server = subprocess.Popen([sys.executable, 'main.py', 'serve', '--model', run_dir, '--port', '0'],
+                                      stdout=log, stderr=subprocess.STDOUT)
+            try:
+                url = served_url(log, server)
+                report['server'] = httpx.get(url + '/v1/model').json()
+                report['healthz_per_s'] = framework_rate(url, 5)
+                client_load(url, bodies, 16, SERVING_WARMUP_S)
+                report['rss_after_warmup_mb'] = process_rss_mb(server.pid)
+                for clients in SERVING_CLIENTS:
+                    print(f'{clients} client(s) for {seconds:g} s ...', flush=True)
+                    row = client_load(url, bodies, clients, seconds)
+                    report['rows'].append({**row, 'rss_mb': process_rss_mb(server.pid)})
+                report['calls_by_batch'] = httpx.get(url + '/v1/model').json()['calls_by_batch']
+            finally:
+                server.send_signal(signal.SIGTERM)
+                report['exit_code_at_sigterm'] = server.wait(120)
+            log.seek(0)
+            report['tracebacks_in_log'] = log.read().count('Traceback')
+    return report
+
+
+def served_url(log, server, timeout=300):
+    """The address main.py serve says it serves on, from its log file, once it answers /healthz."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and server.poll() is None:
+        log.seek(0)
+        found = re.search(r'serving on (http://\S+)/ ', log.read())
+        if found and httpx.get(found.group(1) + '/healthz').status_code == 200:
+            return found.group(1)
+        time.sleep(0.5)
+    log.seek(0)
+    raise UserError(f'main.py serve did not start:\n{log.read()}')
+
+
+def framework_rate(url, seconds):
+    """GET /healthz answered per second to one client: what the HTTP stack itself costs a request."""
+    count, end = 0, time.monotonic() + seconds
+    with httpx.Client(base_url=url) as http:
+        while time.monotonic() < end:
+            count += http.get('/healthz').status_code == 200
+    return count / seconds
+
+
+def client_load(url, bodies, clients, seconds):
+    """{clients, requests, failed, images_per_s, p50_ms, p95_ms} of `clients` threads, each posting the next of
+    bodies (PNG bytes) as soon as its last was answered, for `seconds`."""
+    def client(offset):
+        latencies, failed = [], 0
+        with httpx.Client(base_url=url, timeout=60) as http:
+            end, i = time.monotonic() + seconds, offset
+            while time.monotonic() < end:
+                start = time.perf_counter()
+                try:
+                    failed += http.post('/v1/segment', content=bodies[i % len(bodies)]).status_code != 200
+                except httpx.HTTPError:
+                    failed += 1
+                latencies.append(time.perf_counter() - start)
+                i += 1
+        return latencies, failed
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - start
+    latencies = np.concatenate([r[0] for r in results])
+    return {'clients': clients, 'requests': len(latencies), 'failed': sum(r[1] for r in results),
+            'images_per_s': len(latencies) / wall, 'p50_ms': 1000 * float(np.percentile(latencies, 50)),
+            'p95_ms': 1000 * float(np.percentile(latencies, 95))}
+
+
+def process_rss_mb(pid):
+    """The resident memory of process pid, in MB."""
+    with open(f'/proc/{pid}/status') as f:
+        return int(re.search(r'VmRSS:\s+(\d+) kB', f.read()).group(1)) / 1024
+
+
+def format_serving(report):
+    """serving_benchmark's report as a table."""
+    server, infer = report['server'], report['infer']
+    lines = [f'Machine: {report["machine"]}; model {server["model"]}, batches of up to {server["max_batch"]}.',
+             f'main.py infer on the same images: {infer["images_per_s"]:.2f} images/s overall, '
+             f'{infer["model_median_ms"]:.1f} ms median in the model; GET /healthz: '
+             f'{report["healthz_per_s"]:.0f} answers/s to one client.', '',
+             '| clients | requests | failed | images/s | p50 ms | p95 ms | server RSS MB |',
+             '|---:|---:|---:|---:|---:|---:|---:|']
+    lines += [f'| {r["clients"]} | {r["requests"]} | {r["failed"]} | {r["images_per_s"]:.2f} | {r["p50_ms"]:.0f} | '
+              f'{r["p95_ms"]:.0f} | {r["rss_mb"]:.0f} |' for r in report['rows']]
+    return '\n'.join(lines + ['', f'RSS after the warm-up: {report["rss_after_warmup_mb"]:.0f} MB; model calls by '
+                                   f'batch: {report["calls_by_batch"]}; exit code at SIGTERM: '
+                                   f'{report["exit_code_at_sigterm"]}; tracebacks in its log: '
+                                   f'{report["tracebacks_in_log"]}'])
+
+
 def run_benchmark(argv=None):
     args = parse_args(argv)
-    args.output = args.output or ('profile.json' if args.profile else 'benchmark.json')
+    args.output = args.output or ('profile.json' if args.profile else 'serving.json' if args.serving else
+                                  'benchmark.json')
     precision.reuse_cpu_memory()  # as main.py trains; its child processes inherit it
     start = time.time()
     if args.profile:
         print(format_profile(profile_steps(args)) + f'\nwritten to {args.output}')
+        return
+    if args.serving:
+        report = serving_benchmark(args.serving, args.serving_seconds)
+        files.write_json(args.output, report)
+        print(format_serving(report) + f'\nwritten to {args.output}')
         return
     report = {'machine': machine(), 'tensorflow': tf.__version__, 'python': platform.python_version(),
               'date': time.strftime('%Y-%m-%d %H:%M'),

@@ -28,8 +28,8 @@ import zlib
 import numpy as np
 from tqdm import tqdm
 
-from fcn8s import (batches, cluster, datasets, evaluation, files, infer, outputs, precision, run_folder, synthetic,
-                   variants, vgg, weights)
+from fcn8s import (batches, cluster, datasets, evaluation, files, infer, outputs, precision, run_folder, serving,
+                   synthetic, variants, vgg, weights)
 from fcn8s.command_line import OPERATIONAL
 from fcn8s.errors import FirstStepFailed, LossDiverged, UserError
 from fcn8s.layout import labelled_pairs, split_train_val
@@ -545,7 +545,7 @@ def main(argv=None, parsed=None):
     precision.reuse_cpu_memory()
     commands = {'train': lambda a: run(argv, a), 'evaluate': lambda a: evaluation.evaluate_command(a, build_fcn),
                 'optimize': variants.optimize_command, 'infer': infer.infer_command,
-                'synthetic': synthetic.synthetic_command}
+                'synthetic': synthetic.synthetic_command, 'serve': serving.serve_command}
     try:
         commands[command](args)
     except UserError as e:

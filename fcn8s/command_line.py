@@ -268,9 +268,62 @@ def synthetic_parser():
     return parser
 
 
+def serve_parser():
+    parser = argparse.ArgumentParser(
+        prog='main.py serve',
+        description='Serve a trained model over HTTP until SIGTERM or Ctrl-C (which let the requests in flight '
+                    'finish): POST /v1/segment answers a PNG or JPEG with a PNG of its size (the overlay, the mask '
+                    'in the run\'s class colours, or a road model\'s probability), GET /v1/model describes the model, '
+                    'GET /healthz says it answers, / is a page to try it, /openapi.json describes the API. Requests '
+                    'that arrive together run as one batch. docs/serving.md: clients, limits, a reverse proxy, '
+                    'systemd, a container.')
+
+    def number(kind, low, high=None, above=False):
+        """A flag's type: a value of kind from low (above it, if above) to high."""
+        def check(text):
+            value = kind(text)
+            if value < low or above and value == low or high is not None and value > high:
+                raise argparse.ArgumentTypeError(f'{text} is not {"above" if above else "at least"} {low}'
+                                                 + (f' and at most {high}' if high is not None else ''))
+            return value
+        return check
+
+    parser.add_argument('--model', metavar='PATH', required=True,
+                        help='what main.py infer --model takes: a run folder, its optimized/ or saved_model/ '
+                             'folder, a frozen .pb, a .tflite or an .onnx file')
+    parser.add_argument('--precision', choices=('auto', *PRECISION_VARIANT), default='auto',
+                        help='as main.py infer --precision: auto = the fastest variant main.py optimize measured '
+                             'on this machine within 0.5 points of fp32\'s score, else bf16 where the CPU has it, '
+                             'else fp32 [default: auto]')
+    parser.add_argument('--runtime', choices=RUNTIMES, default='auto',
+                        help='as main.py infer --runtime: what runs an optimized model [default: auto]')
+    add_tta(parser, 'answers')
+    parser.add_argument('--host', default='127.0.0.1',
+                        help='the address to listen on: 127.0.0.1 serves this machine only; 0.0.0.0 every '
+                             'network interface (give --api-key-file, or a reverse proxy) [default: %(default)s]')
+    parser.add_argument('--port', type=number(int, 0, 65535), default=8000,
+                        help='the TCP port; 0: any free one (the server says which) [default: %(default)s]')
+    parser.add_argument('--api-key-file', metavar='PATH',
+                        help='a file whose first line is the API key: /v1/ then answers only requests with the '
+                             'header "Authorization: Bearer KEY" (401 otherwise); / and /healthz stay open '
+                             '[default: no key]')
+    parser.add_argument('--max-upload-mb', type=number(float, 0, above=True), default=32,
+                        help='the largest body accepted, in MiB: a larger one is answered 413 [default: %(default)g]')
+    parser.add_argument('--max-megapixels', type=number(float, 0, above=True), default=25,
+                        help='the most pixels of an image, in millions, read from its header before it is '
+                             'decoded: a larger one is answered 413 [default: %(default)g]')
+    parser.add_argument('--max-batch', type=number(int, 1),
+                        help='the most requests run as one batch [default: the largest batch the model takes: 4 for '
+                             'the ONNX models, 1 for frozen graphs and TFLite models]')
+    parser.add_argument('--batch-wait-ms', type=number(float, 0), default=5,
+                        help='how long a batch waits after its first request for more, in milliseconds (none when '
+                             'the batch is 1) [default: %(default)g]')
+    return parser
+
+
 # The commands of main.py besides training, by their first word.
 COMMANDS = {'evaluate': evaluate_parser, 'optimize': optimize_parser, 'infer': infer_parser,
-            'synthetic': synthetic_parser}
+            'synthetic': synthetic_parser, 'serve': serve_parser}
 
 
 def parse(argv):

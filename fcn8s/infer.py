@@ -191,8 +191,8 @@ def video_batch(predictor, batches):
 
 
 def ready_model(args):
-    """(predictor, batch sizes it takes, classes (names, palette, encode)) of --model, loaded, run once (a Session
-    sets its graph up at its first run) and described on one line."""
+    """(predictor, batch sizes it takes, classes (names, palette, encode), what it is) of --model, loaded, run once
+    (a Session sets its graph up at its first run) and described on one line."""
     start = time.perf_counter()
     try:
         predictor, description, batches = models.load_model(args.model, args.precision, args.runtime)
@@ -207,7 +207,7 @@ def ready_model(args):
     print(f'model {description}, run at {image_shape[0]}x{image_shape[1]}, '
           + ('road, ' if is_road(classes[0]) else f'{len(classes[0])} classes, ')
           + f'ready in {time.perf_counter() - start:.1f} s', flush=True)
-    return predictor, batches, classes
+    return predictor, batches, classes, description
 
 
 def infer_command(args):
@@ -223,7 +223,7 @@ def infer_command(args):
     data = (models.run_config(args.model) or {}).get('data', {})
     prelabels = not video and data.get('layout') == voc.KIND and not is_road(data['classes'])
     names, targets = output_paths(args, video, pictures, prelabels)
-    predictor, batches, classes = ready_model(args)
+    predictor, batches, classes, _ = ready_model(args)
     if args.tta == 'flip':
         predictor = flipped(predictor)
         print(f'{FLIP_SAID}: twice the model\'s time', flush=True)
