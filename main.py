@@ -434,7 +434,7 @@ def load_data(args, resume, workers):
                                             augment=not args.no_augment, balance=recipe['balance_classes'],
                                             check_pair=layout.check_pair)
     val_pairs = labelled_pairs(layout, val_names, f'--resume {args.resume}' if resume else '--dataset')
-    val_examples = evaluation.load_examples(val_pairs, layout.load_pair)
+    val_examples = evaluation.load_examples(val_pairs, layout.load_pair, layout.check_pair)
     return TrainingData(dataset, source, layout, recipe, train_names, val_names, get_batches_fn, val_examples,
                         start_step, history, epochs)
 

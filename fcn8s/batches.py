@@ -79,15 +79,13 @@ def available_memory():
         return None
 
 
-def keep_in_memory(count, image_shape, available):
-    """(whether count resized examples are kept in memory, a line saying why): where they take at most
-    IN_MEMORY_SHARE of the available bytes (unknown: kept, as small machines report theirs)."""
-    size = count * image_shape[0] * image_shape[1] * 4  # uint8 RGB and an int8 class id per pixel
+def keep_in_memory(size, available, what):
+    """(whether size bytes of what are kept in memory, a line saying so): where they take at most IN_MEMORY_SHARE
+    of the available bytes (unknown: kept)."""
     if available is None or size <= IN_MEMORY_SHARE * available:
-        return True, f'training images: kept in memory once read ({size / 2 ** 20:.0f} MB resized)'
-    return False, (f'training images: streamed from disk, decoded and resized as each batch needs them '
-                   f'({size / 2 ** 30:.1f} GB resized would take more than 1/{round(1 / IN_MEMORY_SHARE)} of the '
-                   f'{available / 2 ** 30:.1f} GB available)')
+        return True, f'{what}: kept in memory once read ({size / 2 ** 20:.0f} MB)'
+    return False, (f'{what}: streamed from disk, read again as they are needed ({size / 2 ** 30:.1f} GB would take '
+                   f'more than 1/{round(1 / IN_MEMORY_SHARE)} of the {available / 2 ** 30:.1f} GB available)')
 
 
 def streamed_labels(pairs, image_shape, load_pair):
@@ -146,7 +144,8 @@ def batch_function(pairs, image_shape, load_pair, num_classes=2, seed=0, first_e
     if in_memory is None and check_pair is None:
         in_memory = True
     if in_memory is None:
-        in_memory, said = keep_in_memory(len(pairs), image_shape, available_memory())
+        size = len(pairs) * image_shape[0] * image_shape[1] * 4  # uint8 RGB and an int8 class id per pixel
+        in_memory, said = keep_in_memory(size, available_memory(), 'training images, resized')
         print(said, flush=True)
     if in_memory:
         images, classes = load_resized(pairs, image_shape, load_pair)

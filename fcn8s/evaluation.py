@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from fcn8s import batches, bev, datasets, files, metrics, outputs, plots, precision, run_folder
 from fcn8s.errors import UserError
-from fcn8s.images import class_ids_at, class_overlay, overlay, resize_image, resize_nearest, resize_probability
+from fcn8s.images import (class_ids_at, class_overlay, overlay, read_header, resize_image, resize_nearest,
+                          resize_probability)
 from fcn8s.layout import labelled_pairs
 from fcn8s.metrics import ROAD_CLASSES, is_road
 
@@ -27,19 +28,47 @@ VALIDATION_BATCH = 8
 GALLERY_WIDTH = 1600  # pixels: a wider image | truth | prediction picture of the gallery is scaled down to it
 
 
-def load_examples(pairs, load_pair):
-    """[(name, uint8 image [h, w, 3], int8 classes [h, w])] of (image path, label path) pairs, read and checked."""
-    return [(os.path.basename(image), *load_pair(image, label))
-            for image, label in tqdm(pairs, desc='loading', leave=False)]
+class StreamedExamples:
+    """The examples (name, uint8 image [h, w, 3], int8 classes [h, w]) of (image path, label path) pairs, read by
+    load_pair again at every pass, in order: a validation set too large to keep in memory."""
+
+    def __init__(self, pairs, load_pair):
+        self.pairs, self.load_pair = pairs, load_pair
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __iter__(self):
+        for image, label in self.pairs:
+            yield (os.path.basename(image), *self.load_pair(image, label))
+
+
+def load_examples(pairs, load_pair, check_pair=None):
+    """The examples (name, uint8 image [h, w, 3], int8 classes [h, w]) of (image path, label path) pairs, every one
+    read and checked here: a list, or with check_pair (a layout.Layout's), where they would take more memory than
+    batches.keep_in_memory allows (said), StreamedExamples."""
+    examples = StreamedExamples(pairs, load_pair)
+    if check_pair is not None:
+        size = sum(4 * width * height for width, height in (read_header(image)[1] for image, _ in pairs))
+        kept, said = batches.keep_in_memory(size, batches.available_memory(), 'validation images')
+        if not kept:
+            print(said, flush=True)
+            for pair in tqdm(pairs, desc='checking', leave=False):
+                check_pair(*pair)
+            for _ in tqdm(examples, total=len(pairs), desc='reading', leave=False):
+                pass  # read once now, so that a bad label stops the run before training, not after an epoch
+            return examples
+    return list(tqdm(examples, total=len(pairs), desc='loading', leave=False))
 
 
 def network_batches(examples, image_shape, batch_size):
     """[(uint8 images [b, H, W, 3], int8 class ids [b, H, W])] of examples, in order, at the network's input size,
     batch_size at a time (kept compact: they are made once and fed every epoch)."""
-    images = [resize_image(image, image_shape) for _, image, _ in examples]
-    classes = [resize_nearest(labels, image_shape) for _, _, labels in examples]
-    return [(np.stack(images[i:i + batch_size]), np.stack(classes[i:i + batch_size]))
-            for i in range(0, len(examples), batch_size)]
+    resized = [(resize_image(image, image_shape), resize_nearest(labels, image_shape))
+               for _, image, labels in examples]
+    return [(np.stack([image for image, _ in resized[i:i + batch_size]]),
+             np.stack([labels for _, labels in resized[i:i + batch_size]]))
+            for i in range(0, len(resized), batch_size)]
 
 
 def bev_views(examples, layout):
@@ -79,7 +108,7 @@ def score_examples(run_model, examples, net_batches, image_shape, layout, desc='
     its own counts (as above), so that a caller keeps what it needs of each image (nothing else is kept).
     """
     road, num_classes, views = is_road(layout.classes), len(layout.classes), views or {}
-    hists, bev_hists, loss_sum, valid, overlays, pictures = {}, {}, 0.0, 0, {}, {}
+    hists, bev_hists, loss_sum, valid, overlays, pictures, bev_images = {}, {}, 0.0, 0, {}, {}, 0
     position = iter(examples)
     for net_images, net_classes in tqdm(net_batches, desc=desc, leave=False):
         probs, loss = run_model(net_images.astype(np.float32), batches.one_hot(net_classes, num_classes))
@@ -102,13 +131,14 @@ def score_examples(run_model, examples, net_batches, image_shape, layout, desc='
             if not any(layout.category(n) == category for n in overlays):
                 overlays[name] = overlay(image, prob) if road else class_overlay(image, prob, layout.palette)
             if name in views:
+                bev_images += 1
                 homography, bev_classes = views[name]
                 bev_prob, _ = bev.bev_probability(prob, homography)
                 _pool(bev_hists, category, metrics.fast_hist(bev_classes, metrics.confidence(bev_prob),
                                                              metrics.NUM_CLASSES, metrics.LEVELS))
                 if not any(layout.category(n) == category for n in pictures):
                     pictures[name] = bev.bev_picture(image, prob, homography)
-    return {'hists': hists, 'bev_hists': bev_hists, 'bev_images': sum(name in views for name, _, _ in examples),
+    return {'hists': hists, 'bev_hists': bev_hists, 'bev_images': bev_images,
             'loss': loss_sum / max(valid, 1) if valid else None, 'overlays': overlays, 'bev_pictures': pictures}
 
 
@@ -244,7 +274,7 @@ def validation_set(run_dir, config, flag='--checkpoint'):
         raise UserError(f'{flag} {run_dir}: its dataset {dataset} is gone (its validation images are needed)')
     layout = datasets.open_layout(dataset, *run_classes(config)[1:])
     pairs = labelled_pairs(layout, config['data']['val_names'], f'{flag} {run_dir}')
-    return layout, load_examples(pairs, layout.load_pair)
+    return layout, load_examples(pairs, layout.load_pair, layout.check_pair)
 
 
 def labelled_set(dataset, run_dir, config):
@@ -258,7 +288,8 @@ def labelled_set(dataset, run_dir, config):
     if tuple(layout.classes) != classes:
         raise UserError(f'--dataset {dataset}: its classes ({", ".join(layout.classes)}) are not those of {run_dir}')
     labelled = layout.train if layout.val is None else layout.val + layout.test
-    return layout, load_examples([(image, label) for _, image, label in labelled if label], layout.load_pair)
+    return layout, load_examples([(image, label) for _, image, label in labelled if label], layout.load_pair,
+                                 layout.check_pair)
 
 
 def evaluate_command(args, build_fcn):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import main
-from fcn8s import evaluation, kitti, metrics, run_folder
+from fcn8s import batches, camvid, evaluation, kitti, metrics, run_folder
+from fcn8s.errors import UserError
 from fcn8s.layout import Layout
 from fcn8s.metrics import ROAD_CLASSES
 
@@ -160,3 +161,22 @@ def test_evaluate_writes_the_confusion_matrix_every_images_figures_and_the_worst
     assert len(os.listdir(os.path.join(camvid_run, 'eval_worst'))) == len(rows)  # fewer images than --worst
     assert main.main(['evaluate', '--checkpoint', thin_run, '--worst', '0']) == 0
     assert not os.path.exists(os.path.join(thin_run, 'eval_worst'))
+
+
+def test_a_validation_set_too_large_to_keep_is_streamed_read_once_first_and_scored_the_same(small_camvid, tmp_path,
+                                                                                          monkeypatch, capsys):
+    camvid_dir = tmp_path / 'camvid'
+    shutil.copytree(small_camvid, camvid_dir)
+    layout = camvid.open_layout(str(camvid_dir))
+    pairs = [(image, label) for _, image, label in layout.val]
+    kept = evaluation.load_examples(pairs, layout.load_pair, layout.check_pair)
+    monkeypatch.setattr(batches, 'available_memory', lambda: 1)  # nothing fits
+    streamed = evaluation.load_examples(pairs, layout.load_pair, layout.check_pair)
+    assert isinstance(kept, list) and isinstance(streamed, evaluation.StreamedExamples)
+    assert 'validation images: streamed from disk' in capsys.readouterr().out
+    for passes in range(2):  # read again at every pass, the same each time
+        for (name, image, classes), (name2, image2, classes2) in zip(kept, streamed):
+            assert name == name2 and (image == image2).all() and (classes == classes2).all()
+    iio.imwrite(pairs[2][1], np.full(iio.imread(pairs[2][1]).shape, 200, np.uint8))  # ids CamVid lacks
+    with pytest.raises(UserError, match='has label ids \\[200\\]'):
+        evaluation.load_examples(pairs, layout.load_pair, layout.check_pair)
