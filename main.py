@@ -210,6 +210,18 @@ def diverged(loss, first_loss):
     return not np.isfinite(loss) or loss > DIVERGED_LOSS_FACTOR * max(first_loss, 1.0)
 
 
+def training_step(sess, fetches, feed, run_options, first):
+    """The loss of one training step (fetches: the train op, the loss). The run's first step failing for a kernel
+    TensorFlow lacks raises FirstStepFailed, for the caller to say which arithmetic and what to try."""
+    try:
+        return sess.run(fetches, feed, options=run_options)[1]
+    except KERNEL_ERRORS as e:
+        if not first:
+            raise
+        raise FirstStepFailed(f'TensorFlow could not run the first training step ({type(e).__name__}: '
+                              f'{e.message.splitlines()[0]})') from None
+
+
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
              num_images=None, start=(0, ()), validation=(None, None), recorder=(None, None), run_options=None):
@@ -245,13 +257,7 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
                 step += 1
                 if learning_rate is not None:
                     feed[learning_rate] = learning_rate_at(step, total_steps, learning_rate_value)
-                try:
-                    _, loss = sess.run([train_op, cross_entropy_loss], feed, options=run_options)
-                except KERNEL_ERRORS as e:
-                    if first_loss is not None:
-                        raise
-                    raise FirstStepFailed(f'TensorFlow could not run the first training step ({type(e).__name__}: '
-                                          f'{e.message.splitlines()[0]})') from None
+                loss = training_step(sess, [train_op, cross_entropy_loss], feed, run_options, first_loss is None)
                 first_loss = loss if first_loss is None else first_loss
                 if diverged(loss, first_loss):
                     bar.close()

@@ -167,8 +167,10 @@ def evaluate_parser():
 
     parser.add_argument('--checkpoint', metavar='RUN_DIR', required=True, help='a run folder of main.py')
     parser.add_argument('--dataset', metavar='DIR',
-                        help='score the labelled images of DIR (KITTI: all of training/; Cityscapes and CamVid: '
-                             'val and whatever test images have labels) instead of the run\'s validation split')
+                        help='score the labelled images of DIR instead of the run\'s validation split: a dataset '
+                             'with a validation split of its own (Cityscapes, CamVid, an export with val.txt) its '
+                             'val and whatever test images have labels, another (KITTI, an export without) all its '
+                             'training images')
     parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'),
                         help='arithmetic of the network: auto = bf16 on CPUs with AVX512_BF16 or AMX, else fp32 '
                              '[default: the precision the run validated with, so that its figures are repeated; '

@@ -1,5 +1,5 @@
 """A dataset's layout as training, evaluation and inference read it: the one record every provider (kitti.py,
-cityscapes.py, camvid.py) returns from its open_layout, what providers of label-id images share, and the
+cityscapes.py, camvid.py, voc.py) returns from its open_layout, what providers of label-id images share, and the
 validation split of a layout without one of its own."""
 import collections
 import functools

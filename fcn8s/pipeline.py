@@ -32,6 +32,9 @@ def prefetch(iterable, depth=2):
             put((False, None))
         except BaseException as e:  # handed to the consumer, which raises it (a thread must not swallow it)
             put((False, e))
+        finally:  # a generator stopped early closes now, in this thread, with what it holds (a thread pool)
+            if hasattr(iterable, 'close'):
+                iterable.close()
 
     threading.Thread(target=produce, daemon=True).start()
     try:

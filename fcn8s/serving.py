@@ -356,9 +356,13 @@ def bound_socket(host, port):
         # answer's second write waits for the client's delayed acknowledgement on a kept-alive connection.
         family, kind, protocol, _, _ = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, protocol)
+    except OSError as e:
+        raise UserError(f'--host {host} --port {port}: cannot listen there ({e.strerror or e})') from None
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as e:
+        sock.close()
         raise UserError(f'--host {host} --port {port}: cannot listen there ({e.strerror or e})') from None
     return sock
 
@@ -396,6 +400,13 @@ def serve_command(args):
     Ctrl-C, which let the requests in flight finish."""
     api_key = read_api_key(args.api_key_file)
     sock = bound_socket(args.host, args.port)  # before the model loads: a port in use is said at once
+    with contextlib.closing(sock):
+        run_server(args, api_key, sock)
+    print('stopped', flush=True)
+
+
+def run_server(args, api_key, sock):
+    """The model of --model loaded and served on the bound sock until the server stops."""
     predictor, sizes, classes, description = infer.ready_model(args)
     if args.tta == 'flip':
         predictor = flipped(predictor)
@@ -422,5 +433,3 @@ def serve_command(args):
             Server(config).run(sockets=[sock])
     finally:
         batcher.close()
-        sock.close()
-    print('stopped', flush=True)

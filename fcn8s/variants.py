@@ -23,7 +23,7 @@ ONNX_TOLERANCE = 1e-4
 
 
 def calibration_images(layout, exclude, image_shape, count=CALIBRATION_IMAGES):
-    """Up to count training images of a datasets.Layout (uint8 [H, W, 3] at image_shape), spread evenly over the
+    """Up to count training images of a layout.Layout (uint8 [H, W, 3] at image_shape), spread evenly over the
     sorted names, never one of exclude (the validation split)."""
     exclude = set(exclude)
     paths = [path for name, path, _ in sorted(layout.train) if name not in exclude]

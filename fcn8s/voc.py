@@ -19,7 +19,8 @@ KIND = 'voc'
 DESCRIPTION = ('Pascal VOC segmentation, as CVAT and labelme2voc export it (JPEGImages/, SegmentationClass/ or '
                'SegmentationClassPNG/, ImageSets/Segmentation/*.txt, labelmap.txt or class_names.txt)')
 IMAGE_DIR, LIST_DIR = 'JPEGImages', os.path.join('ImageSets', 'Segmentation')
-MASK_DIRS = ('SegmentationClass', 'SegmentationClassPNG')  # VOC's and CVAT's; labelme2voc's palette PNGs
+# VOC's and CVAT's; labelme2voc's palette PNGs (its SegmentationClass/ holds .npy arrays then).
+MASK_DIRS = ('SegmentationClass', 'SegmentationClassPNG')
 LABELMAP, CLASS_NAMES = 'labelmap.txt', 'class_names.txt'
 LABELMAP_HEADER = '# label:color_rgb:parts:actions'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -67,16 +68,25 @@ def detected(folder):
 def missing_parts(folder):
     """What a VOC-style folder lacks, for the error that lists the layouts."""
     missing = [IMAGE_DIR] if not os.path.isdir(os.path.join(folder, IMAGE_DIR)) else []
-    if not any(os.path.isdir(os.path.join(folder, d)) for d in MASK_DIRS):
+    if mask_dir(folder) is None:
         missing.append(MASK_DIRS[0])
     return missing
+
+
+def mask_dir(folder):
+    """The folder of an export's PNG masks (the first of MASK_DIRS that holds any), None if it has none."""
+    for name in MASK_DIRS:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and any(f.lower().endswith('.png') for f in os.listdir(path)):
+            return path
+    return None
 
 
 def read_labelmap(path):
     """[(name, (r, g, b))] of a CVAT labelmap.txt (`name:r,g,b:parts:actions` lines after a `#` header);
     UserError naming the line that does not parse, a name twice or a colour twice."""
     entries = []
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8-sig') as f:  # -sig: a byte-order mark, as Windows' editors write, is no text
         for number, line in enumerate(f, 1):
             if not line.strip() or line.startswith('#'):
                 continue
@@ -109,7 +119,7 @@ def class_list(folder):
         entries = read_labelmap(labelmap)
         return tuple(n for n, _ in entries), tuple(c for _, c in entries), 'rgb'
     if os.path.isfile(names_file):
-        with open(names_file, encoding='utf-8') as f:
+        with open(names_file, encoding='utf-8-sig') as f:
             names = [line.strip() for line in f if line.strip() and line.strip() != '__ignore__']
         entries = _unique(names_file, list(zip(names, colormap(len(names)))))
         return tuple(n for n, _ in entries), tuple(c for _, c in entries), 'index'
@@ -229,8 +239,8 @@ def write_lists(folder, subsets, names, palette):
 
 def labelmap_text(names, palette):
     """The text of CVAT's labelmap.txt for a class list: background (0, 0, 0) first, as CVAT writes it."""
-    entries = list(zip(names, palette))
-    if not any(n.lower() in BACKGROUND_NAMES for n in names):
+    entries = list(zip(names, map(tuple, palette)))
+    if not any(n.lower() in BACKGROUND_NAMES for n in names) and (0, 0, 0) not in [c for _, c in entries]:
         entries.insert(0, ('background', (0, 0, 0)))
     return LABELMAP_HEADER + '\n' + ''.join(f'{n}:{r},{g},{b}::\n' for n, (r, g, b) in entries)
 
@@ -257,9 +267,7 @@ def listed_splits(folder):
     every image of JPEGImages/. UserError for a list folder that holds none of these files."""
     list_dir = os.path.join(folder, LIST_DIR)
     if not os.path.isdir(list_dir):
-        names = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(folder, IMAGE_DIR))
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
-        return {'train': names, 'val': None, 'test': []}
+        return {'train': sorted(image_files(folder)), 'val': None, 'test': []}
     lists = {split: next((os.path.join(list_dir, f) for f in files if os.path.isfile(os.path.join(list_dir, f))),
                          None) for split, files in LISTS.items()}
     if lists['train'] is None and lists['all'] is None:
@@ -270,17 +278,22 @@ def listed_splits(folder):
             'test': _read_list(lists['test']) if lists['test'] else []}
 
 
+def image_files(folder):
+    """{name without extension: file name} of the JPEG and PNG images in JPEGImages/, any case of extension."""
+    return {os.path.splitext(f)[0]: f for f in os.listdir(os.path.join(folder, IMAGE_DIR))
+            if f.lower().endswith(IMAGE_EXTENSIONS)}
+
+
 def _pairs(folder, names, split):
     """[(name, image path, mask path or None)] of a split's names; UserError for an image that is not there, or
     a training or validation image without its mask."""
-    mask_dir = next(os.path.join(folder, d) for d in MASK_DIRS if os.path.isdir(os.path.join(folder, d)))
+    masks, images = mask_dir(folder), image_files(folder)
     pairs = []
     for name in names:
-        image = next((os.path.join(folder, IMAGE_DIR, name + e) for e in IMAGE_EXTENSIONS + ('.JPG', '.PNG')
-                      if os.path.isfile(os.path.join(folder, IMAGE_DIR, name + e))), None)
-        if image is None:
+        if name not in images:
             raise UserError(f'{name} ({split}) has no image in {os.path.join(folder, IMAGE_DIR)} (.jpg or .png)')
-        mask = os.path.join(mask_dir, name + '.png')
+        image = os.path.join(folder, IMAGE_DIR, images[name])
+        mask = os.path.join(masks, name + '.png')
         if not os.path.isfile(mask):
             if split != 'test':
                 raise UserError(f'{image} has no mask: {mask} is missing; label it or leave it out of the {split} '

@@ -100,16 +100,18 @@ def test_voc_palette_masks_without_a_labelmap_take_vocs_classes(tmp_path):
 
 
 def test_a_labelme2voc_folder_takes_its_class_names(tmp_path):
-    """labelme2voc.py writes JPEGImages/, SegmentationClassPNG/ (palette PNGs, 255 = __ignore__) and
-    class_names.txt (_background_ first); no list files: the frames are split by sequence."""
+    """labelme2voc.py writes JPEGImages/, SegmentationClass/ (.npy arrays), SegmentationClassPNG/ (palette PNGs,
+    255 = __ignore__) and class_names.txt (_background_ first); no list files: the frames are split by sequence."""
     root = tmp_path / 'labelme'
-    for sub in ('JPEGImages', 'SegmentationClassPNG'):
+    for sub in ('JPEGImages', 'SegmentationClass', 'SegmentationClassPNG'):
         os.makedirs(root / sub)
-    (root / 'class_names.txt').write_text('_background_\nroad\ncar\n')
+    (root / 'class_names.txt').write_text('\ufeff_background_\nroad\ncar\n', encoding='utf-8')  # with a BOM
     for i in range(12):
-        Image.fromarray(np.full((8, 10, 3), 9 * i, np.uint8)).save(root / 'JPEGImages' / f'street_{i:04d}.jpg')
+        extension = '.JPG' if i == 3 else '.jpg'  # any case of extension
+        Image.fromarray(np.full((8, 10, 3), 9 * i, np.uint8)).save(root / 'JPEGImages' / f'street_{i:04d}{extension}')
         mask = np.zeros((8, 10), np.uint8)
         mask[4:], mask[5, 5] = 1, 2
+        np.save(root / 'SegmentationClass' / f'street_{i:04d}.npy', mask.astype(np.int32))
         voc.write_mask(str(root / 'SegmentationClassPNG' / f'street_{i:04d}.png'), mask, voc.colormap(3))
     layout, summary = datasets.open_training_layout(str(root), 'all', 'class', 'user')
     assert layout.classes == ('_background_', 'road', 'car') and layout.val is None
@@ -119,6 +121,12 @@ def test_a_labelme2voc_folder_takes_its_class_names(tmp_path):
     assert (road.load_pair(*road.train[0][1:])[1] == (mask == 1)).all()  # the car counts as non-road
     without = datasets.open_layout(str(root), 'all', 'ignore')
     assert without.classes == ('road', 'car') and (without.load_pair(*without.train[0][1:])[1][:4] == IGNORE).all()
+
+
+def test_a_labelmap_gets_cvats_background_unless_a_class_has_its_colour_or_name():
+    assert voc.labelmap_text(('road', 'car'), ((128, 64, 128), (0, 0, 142))).splitlines()[1] == 'background:0,0,0::'
+    assert voc.labelmap_text(('void', 'road'), ((0, 0, 0), (128, 64, 128))).splitlines()[1:] == [
+        'void:0,0,0::', 'road:128,64,128::']
 
 
 def test_labelmap_lines_that_do_not_parse_or_repeat_are_named(tmp_path):
