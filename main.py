@@ -407,9 +407,9 @@ def resumed(args):
     return resume
 
 
-# A run's training data: source, layout, the data's recipe, split, batches, validation examples, first step and
+# A run's training data: source, layout, the data's recipe, split (and which), batches, validation examples, first step and
 # records, epochs.
-TrainingData = collections.namedtuple('TrainingData', 'dataset source layout recipe train_names val_names '
+TrainingData = collections.namedtuple('TrainingData', 'dataset source layout recipe train_names val_names split '
                                                       'get_batches_fn val_examples start_step history epochs')
 
 
@@ -430,7 +430,7 @@ def load_data(args, resume, workers):
     layout, summary = datasets.open_training_layout(dataset, args.classes, args.background, source)
     print(summary, flush=True)
     recipe = settings(args, source, layout.kind)
-    train_names, val_names = split(args, resume, layout)
+    train_names, val_names, split_said = split(args, resume, layout)
     start_step, history = (resume.step, resume.history) if resume else (0, [])
     finished_epochs = start_step // -(-len(train_names) // recipe['batch_size'])
     history = [h for h in history if h['epoch'] <= finished_epochs]  # the records of checkpointed epochs
@@ -441,28 +441,36 @@ def load_data(args, resume, workers):
                                             check_pair=layout.check_pair)
     val_pairs = labelled_pairs(layout, val_names, f'--resume {args.resume}' if resume else '--dataset')
     val_examples = evaluation.load_examples(val_pairs, layout.load_pair, layout.check_pair)
-    return TrainingData(dataset, source, layout, recipe, train_names, val_names, get_batches_fn, val_examples,
-                        start_step, history, epochs)
+    return TrainingData(dataset, source, layout, recipe, train_names, val_names, split_said, get_batches_fn,
+                        val_examples, start_step, history, epochs)
 
 
 def split(args, resume, layout):
-    """(training names, validation names): a resumed run's own, the layout's validation split, or stretches of
-    consecutive frames held out (--val-fraction)."""
+    """(training names, validation names, which split): a resumed run's own, one sequence held out whole
+    (--val-sequence), the layout's validation split, or stretches of consecutive frames held out (--val-fraction)."""
     names = [n for n, _, _ in layout.train + (layout.val or [])]
     if resume:  # the run's own split, whatever splitting does today
-        return run_folder.resumed_split(resume, names, None if layout.val is None else
-                                        [n for n, _, _ in layout.train])
-    if layout.val is None:
+        own_train = None if layout.val is None or args.val_sequence else [n for n, _, _ in layout.train]
+        return (*run_folder.resumed_split(resume, names, own_train), resume.config['data'].get('split'))
+    if args.val_sequence:
+        train_names = [n for n in names if layout.category(n) != args.val_sequence]
+        val_names = [n for n in names if layout.category(n) == args.val_sequence]
+        said = f'the sequence {args.val_sequence} held out whole, every other image trained on (--val-sequence)'
+        if not val_names:
+            raise UserError(f'--val-sequence {args.val_sequence}: no image of {layout.root} belongs to it; its '
+                            f'sequences: {", ".join(sorted({layout.category(n) for n in names}))}')
+    elif layout.val is None:
         train_names, val_names = split_train_val(names, args.val_fraction, args.seed, layout.category)
         said = f'stretches of consecutive frames of each sequence held out (--val-fraction {args.val_fraction:g})'
     else:
         train_names, val_names = [n for n, _, _ in layout.train], [n for n, _, _ in layout.val]
         said = 'the dataset\'s own validation split'
     if not train_names or not val_names:
-        raise UserError(f'--val-fraction {args.val_fraction} leaves {len(train_names)} training and '
-                        f'{len(val_names)} validation images of {len(names)}: both need at least one')
+        flag = f'--val-sequence {args.val_sequence}' if args.val_sequence else f'--val-fraction {args.val_fraction}'
+        raise UserError(f'{flag} leaves {len(train_names)} training and {len(val_names)} validation images of '
+                        f'{len(names)}: both need at least one')
     print(f'validation: {len(val_names)} images, {said}', flush=True)
-    return train_names, val_names
+    return train_names, val_names, said
 
 
 def encoder_weights(args, resume, workers):
@@ -497,7 +505,7 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers, encoder):
             'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset), 'layout': data.layout.kind,
                      'classes': list(data.layout.classes), 'palette': [list(c) for c in data.layout.palette],
                      'train_images': len(data.train_names),
-                     'val_images': len(data.val_names), 'val_names': data.val_names},
+                     'val_images': len(data.val_names), 'val_names': data.val_names, 'split': data.split},
             'weights': encoder,
             'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},
             'machine': precision.machine(),

@@ -86,6 +86,11 @@ def train_parser():
                         help='fraction of each category (KITTI: um/umm/uu) held out for validation in stretches '
                              'of consecutive frames, never trained on; a dataset with a validation split of its own '
                              'uses that instead [default: 0.1]')
+    parser.add_argument('--val-sequence', metavar='NAME',
+                        help='validate on every image of one sequence (a drive or a city: the image names\' '
+                             'prefix, e.g. CamVid\'s 0001TP, KITTI\'s um) and train on all the others, the '
+                             'dataset\'s own validation images included: how well the model does on a street it '
+                             'never saw (docs/datasets.md) [default: off]')
     parser.add_argument('--seed', type=int, default=0,
                         help='seeds the split, shuffling and initialisation [default: 0]')
     parser.add_argument('--patience', type=int, help='stop early when the validation score (MaxF; mean IoU for '

@@ -286,3 +286,17 @@ def test_a_multi_class_run_writes_class_overlays_labels_and_a_legend(camvid_run,
     assert iio.imread(os.path.join(camvid_run, 'legend.png')).shape[0] == 20 * 11
     assert os.path.isfile(os.path.join(camvid_run, 'class_iou.png')) and not os.path.exists(
         os.path.join(camvid_run, 'kitti'))
+
+
+def test_a_sequence_held_out_whole_is_the_validation_split_and_the_run_records_it(small_camvid, thin_vgg, tmp_path,
+                                                                                 capsys):
+    flags = ['--dataset', small_camvid, '--vgg-dir', thin_vgg, '--epochs', '1', '--batch-size', '4', '--image-shape',
+             '64', '96', '--keep-prob', '1', '--no-download', '--precision', 'fp32']
+    run_dir = main.run(flags + ['--val-sequence', '0006R0', '--runs-dir', str(tmp_path / 'runs')])
+    data = json.load(open(os.path.join(run_dir, 'config.json')))['data']
+    layout = camvid.open_layout(small_camvid)
+    everything = [n for n, _, _ in layout.train + layout.val]
+    assert data['val_names'] == [n for n in everything if n.startswith('0006R0_')]  # its val images and train's
+    assert data['train_images'] == len(everything) - len(data['val_names']) and 'sequence 0006R0' in data['split']
+    assert main.main(flags + ['--val-sequence', '0099XX', '--runs-dir', str(tmp_path / 'none')]) == 2
+    assert 'its sequences: 0001TP, 0006R0, 0016E5, Seq05VD' in capsys.readouterr().err
