@@ -146,21 +146,52 @@ def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, skip_sca
     return tf.identity(upscore(fuse_pool3, output_hw, *UPSCORE8, 'upscore8'), name='upscore8_out')
 
 
-def optimize(nn_last_layer, correct_label, learning_rate, num_classes, valid_pixels=None, decay=None, replicas=1):
+def optimize(nn_last_layer, correct_label, learning_rate, num_classes, valid_pixels=None, decay=None, replicas=1,
+             accumulate_steps=1):
     """Loss and Adam training op.
 
     nn_last_layer [N, H, W, K], correct_label [N, H, W, K] one-hot (all zeros = invalid pixel) ->
     (logits [N*H*W, K], train_op, cross_entropy_loss): the loss is the mean cross-entropy over valid pixels
     only; the train op minimises it plus the L2 weight decay of the new layers. One replica of several
     (cluster.py) gives the whole batch's valid_pixels, its own decay terms and the number of replicas, whose
-    gradients the strategy sums: each then carries its share of the decay.
+    gradients the strategy sums: each then carries its share of the decay. With accumulate_steps N (one device),
+    the weights change at every Nth step only, as with one batch N times larger (accumulated_update).
     """
     logits, cross_entropy_loss = masked_cross_entropy(nn_last_layer, correct_label, num_classes, valid_pixels)
     decay = tf.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES) if decay is None else decay
-    total_loss = cross_entropy_loss + tf.add_n(decay) / replicas if decay else cross_entropy_loss
-    train_op = tf.train.AdamOptimizer(learning_rate).minimize(
-        total_loss, global_step=tf.train.get_or_create_global_step(), name='train_op')
+    decay_loss = tf.add_n(decay) / replicas if decay else None
+    optimizer, global_step = tf.train.AdamOptimizer(learning_rate), tf.train.get_or_create_global_step()
+    if accumulate_steps > 1:
+        pixels = tf.maximum(tf.reduce_sum(correct_label), 1.0)  # the loss's denominator: the batch's valid pixels
+        train_op = accumulated_update(optimizer, cross_entropy_loss * pixels, pixels, decay_loss, global_step,
+                                      accumulate_steps)
+    else:
+        total_loss = cross_entropy_loss if decay_loss is None else cross_entropy_loss + decay_loss
+        train_op = optimizer.minimize(total_loss, global_step=global_step, name='train_op')
     return logits, train_op, cross_entropy_loss
+
+
+def accumulated_update(optimizer, pixel_loss, pixels, decay_loss, global_step, steps):
+    """The train op of gradient accumulation. Every step adds the gradient of its pixel loss (summed over its valid
+    pixels) and its pixels up, and counts one step; every steps-th step the optimizer applies their quotient (the
+    gradient of the mean over all their pixels: one batch steps times larger) plus the weight decay's gradient
+    once, and the sums start again from zero. The sums are variables: a checkpoint keeps them."""
+    variables = tf.trainable_variables()
+    sums = [tf.Variable(tf.zeros(v.shape, v.dtype.base_dtype), trainable=False, name=v.op.name + '/accumulated')
+            for v in variables]
+    count = tf.Variable(0.0, trainable=False, name='accumulated_pixels')
+    grads = tf.gradients(pixel_loss, variables)
+    decay_grads = tf.gradients(decay_loss, variables) if decay_loss is not None else [None] * len(variables)
+    added = [s.assign_add(g) for s, g in zip(sums, grads) if g is not None]
+    added += [count.assign_add(pixels), global_step.assign_add(1)]
+
+    def update():
+        gradients = [s / count if d is None else s / count + d for s, d in zip(sums, decay_grads)]
+        with tf.control_dependencies([optimizer.apply_gradients(zip(gradients, variables))]):
+            return tf.group(*[s.assign(tf.zeros_like(s)) for s in sums], count.assign(0.0))
+
+    with tf.control_dependencies(added):
+        return tf.cond(tf.equal(global_step.read_value() % steps, 0), update, tf.no_op, name='train_op')
 
 
 def masked_cross_entropy(nn_last_layer, correct_label, num_classes, valid_pixels=None):
@@ -290,10 +321,10 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     return history
 
 
-def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES, skip_scales=None):
+def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES, skip_scales=None, accumulate_steps=1):
     """FCN-8s with its training ops in sess's graph, every variable initialised: the VGG16 SavedModel in vgg_dir
     (or, for None, a He-initialised one seeded by seed), then layers (with skip_scales) and optimize for
-    num_classes. Returns the tensors by name."""
+    num_classes (accumulating accumulate_steps batches' gradients). Returns the tensors by name."""
     tf.set_random_seed(seed)
     correct_label = tf.placeholder(tf.float32, [None, None, None, num_classes], name='correct_label')
     learning_rate = tf.placeholder(tf.float32, [], name='learning_rate')
@@ -311,7 +342,8 @@ def build_fcn(sess, vgg_dir, seed, num_classes=NUM_CLASSES, skip_scales=None):
     else:
         input_image, keep_prob, layer3, layer4, layer7 = vgg.build_vgg16(seed=seed)
     nn_last_layer = layers(layer3, layer4, layer7, num_classes, skip_scales)
-    logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, num_classes)
+    logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label, learning_rate, num_classes,
+                                                    accumulate_steps=accumulate_steps)
     sess.run(tf.variables_initializer([v for v in tf.global_variables() if v.name not in restored]))
     if channels:
         vgg.restore_saved_model_weights(sess, vgg_dir)
@@ -331,6 +363,9 @@ def run(argv=None, args=None):
     args = command_line.parse_args(argv) if args is None else args
     workers = cluster.from_environment()  # a bad TF_CONFIG stops here, before anything is read or written
     resume = resumed(args)
+    if args.accumulate_steps > 1 and workers.replicas > 1:
+        raise UserError(f'--accumulate-steps {args.accumulate_steps} trains on one device: several devices or '
+                        'machines already make the batch larger (--batch-size is per step, over all replicas)')
     data = load_data(args, resume, workers)  # every file read and checked before the weights, the run folder
     arithmetic = precision.choose(args.precision)  # before the weights and the run folder: bf16 may be refused
     encoder = encoder_weights(args, resume, workers)
@@ -343,7 +378,7 @@ def run(argv=None, args=None):
     with tf.Graph().as_default(), tf.Session(workers.target, config=session_config) as sess:
         num_classes = len(data.layout.classes)
         if workers.strategy is None:
-            net = build_fcn(sess, vgg_dir, args.seed, num_classes, encoder.get('skip_scales'))
+            net = build_fcn(sess, vgg_dir, args.seed, num_classes, encoder.get('skip_scales'), args.accumulate_steps)
         else:
             net = cluster.build_replicated_fcn(sess, workers, vgg_dir, args.seed, fcn, num_classes,
                                                (data.source, data.train_names, data.val_names), data.dataset)

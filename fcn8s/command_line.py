@@ -65,6 +65,10 @@ def train_parser():
                              f'[default: {k["learning_rate"]:g} for pretrained weights, '
                              f'{RANDOM_ENCODER_LEARNING_RATE:g} for a random encoder learning all classes; '
                              f'{s["learning_rate"]:g} synthetic]')
+    parser.add_argument('--accumulate-steps', type=int, default=1, metavar='N',
+                        help='add the gradients of N batches up and update the weights once, as one batch N times '
+                             'larger would (at the learning rate of the Nth step): a larger batch where memory '
+                             'holds only a small one; one device only [default: %(default)s]')
     parser.add_argument('--keep-prob', type=float,
                         help=f'dropout keep probability of fc6/fc7 during training [default: {k["keep_prob"]}; '
                              f'{s["keep_prob"]} synthetic]')
@@ -139,7 +143,7 @@ def parse_args(argv=None):
     if args.image_shape and any(d <= 0 or d % 32 for d in args.image_shape):
         parser.error(f'--image-shape {args.image_shape[0]} {args.image_shape[1]}: both must be positive '
                      'multiples of 32 (the encoder halves the size five times)')
-    for name in ('epochs', 'batch_size', 'patience'):
+    for name in ('epochs', 'batch_size', 'patience', 'accumulate_steps'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be at least 1')
     if args.worker_timeout <= 0:

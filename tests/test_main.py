@@ -300,3 +300,46 @@ def test_a_sequence_held_out_whole_is_the_validation_split_and_the_run_records_i
     assert data['train_images'] == len(everything) - len(data['val_names']) and 'sequence 0006R0' in data['split']
     assert main.main(flags + ['--val-sequence', '0099XX', '--runs-dir', str(tmp_path / 'none')]) == 2
     assert 'its sequences: 0001TP, 0006R0, 0016E5, Seq05VD' in capsys.readouterr().err
+
+
+def test_accumulated_steps_update_the_weights_as_one_batch_that_many_times_larger(monkeypatch):
+    """A batch of 4 in one step against its halves in two accumulated steps: the halves have other numbers of valid
+    pixels (the second a third invalid), so a mean of the two halves' means would differ; the weight decay counts
+    once per update. Plain gradient descent stands in for Adam, whose first step is the gradient's sign: the
+    weights then show the gradient itself (Adam's later steps are functions of the gradients applied)."""
+    monkeypatch.setattr(tf.train, 'AdamOptimizer', tf.train.GradientDescentOptimizer)
+    rng = np.random.RandomState(0)
+    images = rng.uniform(0, 255, (4, 6, 6, 3)).astype(np.float32)
+    labels = np.eye(2, dtype=np.float32)[rng.randint(0, 2, (4, 6, 6))]
+    labels[2:, :2] = 0  # invalid pixels: not counted
+
+    def weights_after(steps, feeds):
+        with tf.Graph().as_default(), tf.Session() as sess:
+            image, label = tf.placeholder(tf.float32, [None, 6, 6, 3]), tf.placeholder(tf.float32, [None, 6, 6, 2])
+            weights = main._regularized_variable('w', [1, 1, 3, 2], tf.constant_initializer(rng_weights))
+            _, train_op, _ = main.optimize(tf.nn.conv2d(image, weights, 1, 'SAME') / 255, label, 0.1, 2,
+                                           accumulate_steps=steps)
+            sess.run(tf.global_variables_initializer())
+            seen = []
+            for part in feeds:
+                sess.run(train_op, {image: images[part], label: labels[part]})
+                seen.append(sess.run(weights))
+            return seen
+
+    rng_weights = rng.normal(0, 1, (1, 1, 3, 2)).astype(np.float32)
+    (whole,) = weights_after(1, [slice(0, 4)])
+    first_half, both_halves = weights_after(2, [slice(0, 2), slice(2, 4)])
+    np.testing.assert_array_equal(first_half, rng_weights)  # nothing applied before the second step
+    np.testing.assert_allclose(both_halves, whole, rtol=1e-5, atol=1e-6)
+    assert np.abs(whole - rng_weights).max() > 0.01  # a step that moved the weights: agreement means something
+
+
+def test_a_run_accumulates_on_one_device_and_refuses_on_several(small_camvid, thin_vgg, tmp_path, monkeypatch,
+                                                                capsys):
+    flags = ['--dataset', small_camvid, '--vgg-dir', thin_vgg, '--epochs', '1', '--batch-size', '2', '--image-shape',
+             '64', '96', '--keep-prob', '1', '--no-download', '--precision', 'fp32', '--accumulate-steps', '2']
+    run_dir = main.run(flags + ['--runs-dir', str(tmp_path / 'runs')])
+    assert json.load(open(os.path.join(run_dir, 'config.json')))['settings']['accumulate_steps'] == 2
+    monkeypatch.setattr(main.cluster, 'from_environment', lambda: main.cluster.local(['/cpu:0', '/cpu:1']))
+    assert main.main(flags + ['--runs-dir', str(tmp_path / 'two')]) == 2
+    assert '--accumulate-steps 2 trains on one device' in capsys.readouterr().err
