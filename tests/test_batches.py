@@ -147,10 +147,10 @@ def test_a_streamed_dataset_stops_on_a_bad_file_before_any_batch(small_dataset, 
         batches.batch_function(pairs, (64, 224), layout.load_pair, check_pair=layout.check_pair, in_memory=False)
 
 
-def test_a_set_is_kept_when_it_takes_a_32nd_of_the_memory_at_most():
-    """4,000,000 bytes are a 32nd of 128,000,000: kept with 128,000,000 bytes available, streamed with one byte
+def test_a_set_is_kept_when_it_takes_a_64th_of_the_memory_at_most():
+    """4,000,000 bytes are a 64th of 256,000,000: kept with 256,000,000 bytes available, streamed with one byte
     less; kept where unknown."""
-    assert batches.keep_in_memory(4_000_000, 128_000_000, 'images')[0]
-    kept, said = batches.keep_in_memory(4_000_000, 127_999_999, 'images')
+    assert batches.keep_in_memory(4_000_000, 256_000_000, 'images')[0]
+    kept, said = batches.keep_in_memory(4_000_000, 255_999_999, 'images')
     assert not kept and said.startswith('images: streamed from disk')
     assert batches.keep_in_memory(4_000_000, None, 'images')[0]
