@@ -28,14 +28,14 @@ import zlib
 import numpy as np
 from tqdm import tqdm
 
-from fcn8s import (batches, cluster, datasets, evaluation, files, infer, outputs, precision, run_folder, serving,
-                   synthetic, variants, vgg, weights)
+from fcn8s import (batches, cluster, datasets, evaluation, files, infer, outputs, precision, recipes, run_folder,
+                   serving, synthetic, variants, vgg, weights)
 from fcn8s.command_line import OPERATIONAL
 from fcn8s.errors import FirstStepFailed, LossDiverged, UserError
 from fcn8s.layout import labelled_pairs, split_train_val
 from fcn8s.metrics import NUM_CLASSES, score_key
 from fcn8s.pipeline import prefetch
-from fcn8s.recipes import POLY_POWER, RANDOM_ENCODER_LEARNING_RATE, RECIPES, WARMUP_STEPS
+from fcn8s.recipes import POLY_POWER, RECIPES, WARMUP_STEPS
 
 tf.disable_eager_execution()
 
@@ -369,7 +369,7 @@ def run(argv=None, args=None):
     data = load_data(args, resume, workers)  # every file read and checked before the weights, the run folder
     arithmetic = precision.choose(args.precision)  # before the weights and the run folder: bf16 may be refused
     encoder = encoder_weights(args, resume, workers)
-    recipe = {**data.recipe, 'learning_rate': encoder_learning_rate(args, data.recipe, data.layout.kind,
+    recipe = {**data.recipe, 'learning_rate': recipes.encoder_learning_rate(args, data.recipe, data.layout.kind,
                                                                     random_encoder=encoder['vgg_dir'] is None)}
     run_dir, config = start_run(args, argv, data, recipe, resume, arithmetic, workers, encoder)
     vgg_dir, fcn = encoder['vgg_dir'], network(encoder.get('skip_scales'))
@@ -442,8 +442,8 @@ def resumed(args):
     return resume
 
 
-# A run's training data: source, layout, the data's recipe, split (and which), batches, validation examples, first step and
-# records, epochs.
+# A run's training data: source, layout, the data's recipe, split (and which), batches, validation examples,
+# first step and records, epochs.
 TrainingData = collections.namedtuple('TrainingData', 'dataset source layout recipe train_names val_names split '
                                                       'get_batches_fn val_examples start_step history epochs')
 
@@ -464,7 +464,7 @@ def load_data(args, resume, workers):
                                            0 if workers.chief else args.worker_timeout)
     layout, summary = datasets.open_training_layout(dataset, args.classes, args.background, source)
     print(summary, flush=True)
-    recipe = settings(args, source, layout.kind)
+    recipe = recipes.settings(args, source, layout.kind)
     train_names, val_names, split_said = split(args, resume, layout)
     start_step, history = (resume.step, resume.history) if resume else (0, [])
     finished_epochs = start_step // -(-len(train_names) // recipe['batch_size'])
@@ -475,7 +475,7 @@ def load_data(args, resume, workers):
                                             augment=not args.no_augment, balance=recipe['balance_classes'],
                                             check_pair=layout.check_pair)
     val_pairs = labelled_pairs(layout, val_names, f'--resume {args.resume}' if resume else '--dataset')
-    val_examples = evaluation.load_examples(val_pairs, layout.load_pair, layout.check_pair)
+    val_examples = evaluation.load_examples(val_pairs, layout.load_pair)
     return TrainingData(dataset, source, layout, recipe, train_names, val_names, split_said, get_batches_fn,
                         val_examples, start_step, history, epochs)
 
@@ -555,32 +555,6 @@ def start_run(args, argv, data, recipe, resume, arithmetic, workers, encoder):
           f'{workers.described["strategy"]} ({workers.replicas} replica(s), {workers.workers} worker(s)), {recipe}'
           + (f', resuming at step {data.start_step}' if resume else ''), flush=True)
     return run_dir, config
-
-
-def settings(args, data_source, kind='kitti'):
-    """The effective training settings of the data: the recipe of its source and layout, overridden by the flags
-    given; segmenting road alone (KITTI, or --classes road) is not class-balanced unless asked. The learning
-    rate is the recipe's until the encoder is known (encoder_learning_rate)."""
-    recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
-    chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
-              if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape', 'balance_classes')}
-    chosen['image_shape'] = tuple(chosen['image_shape'])
-    if args.balance_classes is None and road_alone(args, kind):
-        chosen['balance_classes'] = False
-    return chosen
-
-
-def encoder_learning_rate(args, recipe, kind, random_encoder):
-    """The peak learning rate: the recipe's (or --learning-rate's), but RANDOM_ENCODER_LEARNING_RATE for a random
-    encoder learning scene parsing, unless --learning-rate says otherwise."""
-    if args.learning_rate is None and random_encoder and not road_alone(args, kind):
-        return RANDOM_ENCODER_LEARNING_RATE
-    return recipe['learning_rate']
-
-
-def road_alone(args, kind):
-    """Whether a run segments road alone: KITTI Road, or --classes road."""
-    return args.classes == 'road' or kind == 'kitti'
 
 
 # ---------------------------------------------------------------------------------------- command line

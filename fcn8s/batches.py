@@ -132,7 +132,8 @@ def batch_function(pairs, image_shape, load_pair, num_classes=2, seed=0, first_e
 
     in_memory: every example read, checked and resized here, once, and kept; or streamed (False): every pair's
     headers checked here by check_pair (both a layout.Layout's), each batch's examples read and resized as it is
-    made, in threads, while a step runs (the caller's prefetch). None: kept where keep_in_memory says, and said;
+    made, in threads, while a step runs (the caller's prefetch; with balance the pass over the labels checks them
+    instead). None: kept where keep_in_memory says, and said;
     always kept without check_pair (nothing would check a streamed dataset's files before training).
     Either way a bad file stops the job before any training. get_batches_fn yields (images [B, H, W, 3] raw RGB
     0-255, labels [B, H, W, num_classes]) in a new order on every call, seeded by (seed, epoch), epochs counted
@@ -149,12 +150,12 @@ def batch_function(pairs, image_shape, load_pair, num_classes=2, seed=0, first_e
         print(said, flush=True)
     if in_memory:
         images, classes = load_resized(pairs, image_shape, load_pair)
-        labels_read = classes
-    else:
+    elif not balance:  # with balance, the weights' pass over the labels reads, and so checks, every pair
         check_headers(pairs, check_pair)
-        labels_read = streamed_labels(pairs, image_shape, load_pair)
-    weights = median_frequency_weights(labels_read, num_classes) if balance else None
+    weights = None
     if balance:
+        weights = median_frequency_weights(classes if in_memory else streamed_labels(pairs, image_shape, load_pair),
+                                           num_classes)
         print('median-frequency class weights: ' + ' '.join(f'{w:.3g}' for w in weights), flush=True)
     epoch = first_epoch
 

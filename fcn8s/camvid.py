@@ -1,6 +1,7 @@
 """CamVid as SegNet distributes it, a dataset provider (datasets.py): its layout (train/, trainannot/, val/,
 valannot/, test/, testannot/), image/label pairing by name, its 11 classes (ids 0-10; 11 = unlabelled, ignored)
 and their colours; or, for road-only training, road against every labelled pixel."""
+import functools
 import os
 
 import numpy as np
@@ -71,13 +72,8 @@ def label_ids(classes):
     return np.asarray(classes, np.uint8)
 
 
-def open_layout(folder, classes='all', background='class'):
-    """The Layout of a CamVid folder; classes 'road': road against every labelled pixel. (background: VOC-style exports'
-    only.)"""
-    return layout.label_id_layout(KIND, folder, classes, split_pairs, category, decode_label, decoder,
-                                  (CLASSES, PALETTE, label_ids))
-
-
-def summary(opened, source):
-    """A few lines about a CamVid layout: classes, images per split and per sequence."""
-    return layout.split_summary(opened, source, 'sequences')
+# The provider's open_layout(folder, classes, background) and summary(layout, source) (datasets.py): label-id
+# images read with this module's pairing and ids, described per sequence.
+open_layout = functools.partial(layout.label_id_layout, KIND, split_pairs=split_pairs, category=category,
+                                decode_label=decode_label, decoder=decoder, scene_classes=(CLASSES, PALETTE, label_ids))
+summary = functools.partial(layout.split_summary, groups='sequences')

@@ -2,6 +2,7 @@
 its classes from the dataset's own reference code, `cityscapesscripts`' labels table: the 19 evaluation classes
 (trainIds), everything else ignored; or, for road-only training, road against every labelled pixel, void
 ignored."""
+import functools
 import os
 
 import numpy as np
@@ -85,13 +86,8 @@ def category(name):
     return name.split('_')[0]
 
 
-def open_layout(folder, classes='all', background='class'):
-    """The Layout of a Cityscapes folder; classes 'road': road against every labelled pixel. (background: VOC-style exports'
-    only.)"""
-    return layout.label_id_layout(KIND, folder, classes, split_pairs, category, decode_label, decoder,
-                                  (CLASSES, PALETTE, label_ids))
-
-
-def summary(opened, source):
-    """A few lines about a Cityscapes layout: classes, images per split and per city."""
-    return layout.split_summary(opened, source, 'cities')
+# The provider's open_layout(folder, classes, background) and summary(layout, source) (datasets.py): label-id
+# images read with this module's pairing and ids, described per city.
+open_layout = functools.partial(layout.label_id_layout, KIND, split_pairs=split_pairs, category=category,
+                                decode_label=decode_label, decoder=decoder, scene_classes=(CLASSES, PALETTE, label_ids))
+summary = functools.partial(layout.split_summary, groups='cities')

@@ -43,22 +43,19 @@ class StreamedExamples:
             yield (os.path.basename(image), *self.load_pair(image, label))
 
 
-def load_examples(pairs, load_pair, check_pair=None):
+def load_examples(pairs, load_pair):
     """The examples (name, uint8 image [h, w, 3], int8 classes [h, w]) of (image path, label path) pairs, every one
-    read and checked here: a list, or with check_pair (a layout.Layout's), where they would take more memory than
-    batches.keep_in_memory allows (said), StreamedExamples."""
+    read and checked here: a list, or where they would take more memory than batches.keep_in_memory allows
+    (said), StreamedExamples."""
     examples = StreamedExamples(pairs, load_pair)
-    if check_pair is not None:
-        size = sum(4 * width * height for width, height in (read_header(image)[1] for image, _ in pairs))
-        kept, said = batches.keep_in_memory(size, batches.available_memory(), 'validation images')
-        if not kept:
-            print(said, flush=True)
-            for pair in tqdm(pairs, desc='checking', leave=False):
-                check_pair(*pair)
-            for _ in tqdm(examples, total=len(pairs), desc='reading', leave=False):
-                pass  # read once now, so that a bad label stops the run before training, not after an epoch
-            return examples
-    return list(tqdm(examples, total=len(pairs), desc='loading', leave=False))
+    size = sum(4 * width * height for width, height in (read_header(image)[1] for image, _ in pairs))
+    kept, said = batches.keep_in_memory(size, batches.available_memory(), 'validation images')
+    if kept:
+        return list(tqdm(examples, total=len(pairs), desc='loading', leave=False))
+    print(said, flush=True)
+    for _ in tqdm(examples, total=len(pairs), desc='reading', leave=False):
+        pass  # read once now, so that a bad label stops the run before training, not after an epoch
+    return examples
 
 
 def network_batches(examples, image_shape, batch_size):
@@ -274,7 +271,7 @@ def validation_set(run_dir, config, flag='--checkpoint'):
         raise UserError(f'{flag} {run_dir}: its dataset {dataset} is gone (its validation images are needed)')
     layout = datasets.open_layout(dataset, *run_classes(config)[1:])
     pairs = labelled_pairs(layout, config['data']['val_names'], f'{flag} {run_dir}')
-    return layout, load_examples(pairs, layout.load_pair, layout.check_pair)
+    return layout, load_examples(pairs, layout.load_pair)
 
 
 def labelled_set(dataset, run_dir, config):
@@ -288,8 +285,7 @@ def labelled_set(dataset, run_dir, config):
     if tuple(layout.classes) != classes:
         raise UserError(f'--dataset {dataset}: its classes ({", ".join(layout.classes)}) are not those of {run_dir}')
     labelled = layout.train if layout.val is None else layout.val + layout.test
-    return layout, load_examples([(image, label) for _, image, label in labelled if label], layout.load_pair,
-                                 layout.check_pair)
+    return layout, load_examples([(image, label) for _, image, label in labelled if label], layout.load_pair)
 
 
 def evaluate_command(args, build_fcn):
@@ -324,7 +320,7 @@ def evaluate_command(args, build_fcn):
         print(f'bird\'s-eye view: {without} of the {len(examples)} images have no calibration '
               f'({os.path.join(layout.root, "training", bev.CALIB_FOLDER)}/<name>.txt) and are left out of it')
     about = {'checkpoint': best, 'dataset': args.dataset or config['data']['dataset'], 'precision': arithmetic,
-             'tta': args.tta, 'images': [name for name, _, _ in examples],
+             'tta': args.tta, 'images': [name for name, _, _ in per_image.rows],  # read once: already scored
              **({'bev_without_calibration': without} if is_road(layout.classes) else {})}
     written = write_evaluation(args.checkpoint, about, record, pictures, layout, per_image)
     print(f'written to {", ".join(written)}')

@@ -31,10 +31,12 @@ def load_label_pair(decode_label, table, image_path, label_path):
     return image, decode_label(label_path, label_ids, table)
 
 
-def label_id_layout(kind, folder, classes, split_pairs, category, decode_label, decoder, scene_classes):
+def label_id_layout(kind, folder, classes='all', background='class', *, split_pairs, category, decode_label, decoder,
+                    scene_classes):
     """The Layout of a dataset whose labels are one-channel images of ids (Cityscapes, CamVid): split_pairs(folder,
     split) lists each split, decode_label with decoder(road_only)'s table reads a label; classes 'all' has
-    scene_classes (names, palette, encode), 'road' is road against the rest."""
+    scene_classes (names, palette, encode), 'road' is road against the rest (background: VOC-style exports'
+    only). A provider's open_layout is this function with its own keywords."""
     splits = {split: split_pairs(folder, split) for split in SPLITS}
     if not splits['train']:
         raise UserError(f'{folder}: its {kind} train split holds no images: nothing to train on')

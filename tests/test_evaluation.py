@@ -169,9 +169,9 @@ def test_a_validation_set_too_large_to_keep_is_streamed_read_once_first_and_scor
     shutil.copytree(small_camvid, camvid_dir)
     layout = camvid.open_layout(str(camvid_dir))
     pairs = [(image, label) for _, image, label in layout.val]
-    kept = evaluation.load_examples(pairs, layout.load_pair, layout.check_pair)
+    kept = evaluation.load_examples(pairs, layout.load_pair)
     monkeypatch.setattr(batches, 'available_memory', lambda: 1)  # nothing fits
-    streamed = evaluation.load_examples(pairs, layout.load_pair, layout.check_pair)
+    streamed = evaluation.load_examples(pairs, layout.load_pair)
     assert isinstance(kept, list) and isinstance(streamed, evaluation.StreamedExamples)
     assert 'validation images: streamed from disk' in capsys.readouterr().out
     for passes in range(2):  # read again at every pass, the same each time
@@ -179,4 +179,4 @@ def test_a_validation_set_too_large_to_keep_is_streamed_read_once_first_and_scor
             assert name == name2 and (image == image2).all() and (classes == classes2).all()
     iio.imwrite(pairs[2][1], np.full(iio.imread(pairs[2][1]).shape, 200, np.uint8))  # ids CamVid lacks
     with pytest.raises(UserError, match='has label ids \\[200\\]'):
-        evaluation.load_examples(pairs, layout.load_pair, layout.check_pair)
+        evaluation.load_examples(pairs, layout.load_pair)
