@@ -21,21 +21,20 @@ import contextlib
 import functools
 import itertools
 import os
-import platform
 import time
 import zlib
 
 import numpy as np
 from tqdm import tqdm
 
-from fcn8s import (batches, cluster, datasets, evaluation, files, infer, outputs, precision, recipes, run_folder,
-                   serving, synthetic, variants, vgg, weights)
+from fcn8s import (batches, cluster, datasets, evaluation, files, infer, outputs, precision, run_folder, serving,
+                   synthetic, variants, vgg, weights)
 from fcn8s.command_line import OPERATIONAL
 from fcn8s.errors import FirstStepFailed, LossDiverged, UserError
 from fcn8s.layout import labelled_pairs, split_train_val
 from fcn8s.metrics import NUM_CLASSES, score_key
 from fcn8s.pipeline import prefetch
-from fcn8s.recipes import POLY_POWER, RECIPES, WARMUP_STEPS
+from fcn8s.recipes import POLY_POWER, RANDOM_ENCODER_LEARNING_RATE, RECIPES, WARMUP_STEPS
 
 tf.disable_eager_execution()
 
@@ -369,9 +368,9 @@ def run(argv=None, args=None):
     data = load_data(args, resume, workers)  # every file read and checked before the weights, the run folder
     arithmetic = precision.choose(args.precision)  # before the weights and the run folder: bf16 may be refused
     encoder = encoder_weights(args, resume, workers)
-    recipe = {**data.recipe, 'learning_rate': recipes.encoder_learning_rate(args, data.recipe, data.layout.kind,
+    recipe = {**data.recipe, 'learning_rate': encoder_learning_rate(args, data.recipe, data.layout.kind,
                                                                     random_encoder=encoder['vgg_dir'] is None)}
-    run_dir, config = start_run(args, argv, data, recipe, resume, arithmetic, workers, encoder)
+    run_dir, config = run_folder.start(args, argv, data, recipe, resume, arithmetic, workers, encoder)
     vgg_dir, fcn = encoder['vgg_dir'], network(encoder.get('skip_scales'))
 
     session_config = cluster.session_config(workers, precision.training_config(arithmetic[0]))
@@ -464,7 +463,7 @@ def load_data(args, resume, workers):
                                            0 if workers.chief else args.worker_timeout)
     layout, summary = datasets.open_training_layout(dataset, args.classes, args.background, source)
     print(summary, flush=True)
-    recipe = recipes.settings(args, source, layout.kind)
+    recipe = settings(args, source, layout.kind)
     train_names, val_names, split_said = split(args, resume, layout)
     start_step, history = (resume.step, resume.history) if resume else (0, [])
     finished_epochs = start_step // -(-len(train_names) // recipe['batch_size'])
@@ -522,39 +521,30 @@ def encoder_weights(args, resume, workers):
     return {**source, 'vgg_dir': vgg_dir and os.path.abspath(vgg_dir), 'skip_scales': UNSCALED_SKIPS}
 
 
-def start_run(args, argv, data, recipe, resume, arithmetic, workers, encoder):
-    """(run folder, its config) of a new run, or of the resumed one; config.json written either way, with the
-    recipe, the encoder's weights, the (precision, why) chosen and the cluster. Only the chief writes: other
-    workers get (None, None)."""
-    if resume:
-        run_dir, config = args.resume, resume.config
-        config.setdefault('resumed', []).append({'at_step': data.start_step, 'precision': arithmetic[0],
-                                                 'cluster': workers.described,
-                                                 'flags': {k: getattr(args, k) for k in OPERATIONAL},
-                                                 'time': time.strftime('%Y-%m-%d %H:%M:%S')})
-    else:
-        run_dir = run_folder.new_run_dir(args.runs_dir) if workers.chief else None
-        config = {
-            'command': ['main.py', *argv],
-            'settings': {**vars(args), **recipe},
-            'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset), 'layout': data.layout.kind,
-                     'classes': list(data.layout.classes), 'palette': [list(c) for c in data.layout.palette],
-                     'train_images': len(data.train_names),
-                     'val_images': len(data.val_names), 'val_names': data.val_names, 'split': data.split},
-            'weights': encoder,
-            'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},
-            'machine': precision.machine(),
-            'cluster': workers.described,
-            'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__, 'numpy': np.__version__},
-        }
-    if not workers.chief:
-        return None, None
-    run_folder.write_config(run_dir, config)
-    print(f'run folder {run_dir}: data {data.source} ({len(data.train_names)} train, {len(data.val_names)} val), '
-          f'weights {encoder["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), '
-          f'{workers.described["strategy"]} ({workers.replicas} replica(s), {workers.workers} worker(s)), {recipe}'
-          + (f', resuming at step {data.start_step}' if resume else ''), flush=True)
-    return run_dir, config
+def settings(args, data_source, kind='kitti'):
+    """The effective training settings of the data: the recipe of its source and layout, overridden by the flags
+    given; segmenting road alone (KITTI, or --classes road) is not class-balanced unless asked. The learning
+    rate is the recipe's until the encoder is known (encoder_learning_rate)."""
+    recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
+              if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape', 'balance_classes')}
+    chosen['image_shape'] = tuple(chosen['image_shape'])
+    if args.balance_classes is None and road_alone(args, kind):
+        chosen['balance_classes'] = False
+    return chosen
+
+
+def encoder_learning_rate(args, recipe, kind, random_encoder):
+    """The peak learning rate: the recipe's (or --learning-rate's), but RANDOM_ENCODER_LEARNING_RATE for a random
+    encoder learning scene parsing, unless --learning-rate says otherwise."""
+    if args.learning_rate is None and random_encoder and not road_alone(args, kind):
+        return RANDOM_ENCODER_LEARNING_RATE
+    return recipe['learning_rate']
+
+
+def road_alone(args, kind):
+    """Whether a run segments road alone: KITTI Road, or --classes road."""
+    return args.classes == 'road' or kind == 'kitti'
 
 
 # ---------------------------------------------------------------------------------------- command line

@@ -1,6 +1,5 @@
-"""The recommended settings: the training recipe of each data source and a run's settings from it and the flags
-(a flag the user sets wins), the learning-rate schedule, and the defaults of the commands' operational flags;
-docs/training.md explains the choices."""
+"""The recommended settings: the training recipe of each data source, the learning-rate schedule, and the
+defaults of the commands' operational flags. A flag the user sets wins; docs/training.md explains the choices."""
 
 RECIPES = {
     'kitti': dict(image_shape=(160, 576), epochs=30, batch_size=4, learning_rate=1e-4, keep_prob=0.5,
@@ -48,29 +47,3 @@ STEP_TIMEOUT_S = 120
 LATENCY_RUNS = 20
 WARMUP_RUNS = 3
 CALIBRATION_IMAGES = 300
-
-
-def settings(args, data_source, kind='kitti'):
-    """The effective training settings of the data: the recipe of its source and layout, overridden by the flags
-    given; segmenting road alone (KITTI, or --classes road) is not class-balanced unless asked. The learning
-    rate is the recipe's until the encoder is known (encoder_learning_rate)."""
-    recipe = RECIPES['synthetic' if data_source == 'synthetic' else kind]
-    chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()
-              if k in ('epochs', 'batch_size', 'learning_rate', 'keep_prob', 'image_shape', 'balance_classes')}
-    chosen['image_shape'] = tuple(chosen['image_shape'])
-    if args.balance_classes is None and road_alone(args, kind):
-        chosen['balance_classes'] = False
-    return chosen
-
-
-def encoder_learning_rate(args, recipe, kind, random_encoder):
-    """The peak learning rate: the recipe's (or --learning-rate's), but RANDOM_ENCODER_LEARNING_RATE for a random
-    encoder learning scene parsing, unless --learning-rate says otherwise."""
-    if args.learning_rate is None and random_encoder and not road_alone(args, kind):
-        return RANDOM_ENCODER_LEARNING_RATE
-    return recipe['learning_rate']
-
-
-def road_alone(args, kind):
-    """Whether a run segments road alone: KITTI Road, or --classes road."""
-    return args.classes == 'road' or kind == 'kitti'

@@ -9,6 +9,7 @@ import collections
 import contextlib
 import json
 import os
+import platform
 import shutil
 import sys
 import time
@@ -17,7 +18,8 @@ import imageio.v3 as iio
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from fcn8s import files, outputs, plots, vgg
+from fcn8s import files, outputs, plots, precision, vgg
+from fcn8s.command_line import OPERATIONAL
 from fcn8s.errors import LossDiverged, UserError
 from fcn8s.metrics import ROAD_CLASSES, is_road, score_key
 from fcn8s.paths import BEST_CHECKPOINT, LAST_CHECKPOINT, SERVING_DIR
@@ -105,6 +107,42 @@ def finished_run(run_dir, flag):
 def write_config(run_dir, config):
     with files.writing(run_dir, 'config.json'):
         files.write_json(os.path.join(run_dir, 'config.json'), config)
+
+
+def start(args, argv, data, recipe, resume, arithmetic, workers, encoder):
+    """(run folder, its config) of a new run of main.py (argv: its flags, args parsed; data: main's TrainingData),
+    or of the resumed one; config.json written either way, with the recipe, the encoder's weights, the (precision,
+    why) chosen and the cluster, and the run's line printed. Only the chief writes: other workers get (None,
+    None)."""
+    if resume:
+        run_dir, config = args.resume, resume.config
+        config.setdefault('resumed', []).append({'at_step': data.start_step, 'precision': arithmetic[0],
+                                                 'cluster': workers.described,
+                                                 'flags': {k: getattr(args, k) for k in OPERATIONAL},
+                                                 'time': time.strftime('%Y-%m-%d %H:%M:%S')})
+    else:
+        run_dir = new_run_dir(args.runs_dir) if workers.chief else None
+        config = {
+            'command': ['main.py', *argv],
+            'settings': {**vars(args), **recipe},
+            'data': {'source': data.source, 'dataset': os.path.abspath(data.dataset), 'layout': data.layout.kind,
+                     'classes': list(data.layout.classes), 'palette': [list(c) for c in data.layout.palette],
+                     'train_images': len(data.train_names),
+                     'val_images': len(data.val_names), 'val_names': data.val_names, 'split': data.split},
+            'weights': encoder,
+            'precision': {'chosen': arithmetic[0], 'why': arithmetic[1]},
+            'machine': precision.machine(),
+            'cluster': workers.described,
+            'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__, 'numpy': np.__version__},
+        }
+    if not workers.chief:
+        return None, None
+    write_config(run_dir, config)
+    print(f'run folder {run_dir}: data {data.source} ({len(data.train_names)} train, {len(data.val_names)} val), '
+          f'weights {encoder["source"]}, precision {arithmetic[0]} ({arithmetic[1]}), '
+          f'{workers.described["strategy"]} ({workers.replicas} replica(s), {workers.workers} worker(s)), {recipe}'
+          + (f', resuming at step {data.start_step}' if resume else ''), flush=True)
+    return run_dir, config
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints

@@ -173,13 +173,13 @@ def test_a_loss_that_blows_up_without_nan_stops_training_naming_the_step():
     (['--no-balance-classes'], 'camvid', False), (['--balance-classes'], 'kitti', True),
     (['--balance-classes', '--classes', 'road'], 'camvid', True)])
 def test_scene_parsing_is_class_balanced_unless_road_alone_or_turned_off(flags, kind, balanced):
-    assert recipes.settings(command_line.parse_args(flags), 'user', kind)['balance_classes'] is balanced
+    assert main.settings(command_line.parse_args(flags), 'user', kind)['balance_classes'] is balanced
 
 
 def test_a_random_encoder_learns_scene_parsing_at_its_own_rate_unless_told():
     def rate(flags, source, kind, random_encoder):
         args = command_line.parse_args(flags)
-        return recipes.encoder_learning_rate(args, recipes.settings(args, source, kind), kind, random_encoder)
+        return main.encoder_learning_rate(args, main.settings(args, source, kind), kind, random_encoder)
 
     for kind in ('kitti', 'camvid', 'cityscapes'):
         assert rate([], 'user', kind, False) == 1e-4  # pretrained
